@@ -1,0 +1,211 @@
+//! `agent.toml`: the host-local configuration of lb-agent (SPEC §1).
+//!
+//! [`Config`] is the validated form every other module receives; it is built
+//! once by [`load`] (or [`parse_str`]) and never mutated (SIGHUP builds a new
+//! one and swaps it in whole). Parsing is in `parse`: unknown keys and bad
+//! values are reported all at once, each with file, line and key, so an
+//! operator fixes a broken file in one round trip.
+
+mod parse;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use parse::{load, parse_str, ConfigError, ConfigErrors};
+
+/// Default location of the agent configuration.
+pub const DEFAULT_PATH: &str = "/etc/lb-agent/agent.toml";
+
+/// The whole validated agent configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub source: SourceConfig,
+    pub haproxy: HaproxyConfig,
+    pub health: HealthConfig,
+    pub bird: BirdConfig,
+    pub vip: VipConfig,
+    pub status: StatusConfig,
+    /// Local `[[check]]` tables: extra health checks the API cannot express.
+    pub checks: Vec<LocalCheck>,
+}
+
+/// `[node]`: who this host is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// Node name (default: the hostname). Sent in the User-Agent, shown on the status socket.
+    pub name: String,
+    /// Load-balancer group whose configuration is fetched (default `"default"`).
+    pub group: String,
+    /// Availability zone of this host, exposed to logic templates as `node.az`.
+    pub az: Option<String>,
+    /// Directory for everything that must survive a restart (drain flag, owned VIPs, ...).
+    pub state_dir: PathBuf,
+}
+
+/// Where the desired-state document comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceUrl {
+    /// `http://` or `https://` URL, kept verbatim.
+    Http(String),
+    /// `file://` URL: a local file, polled every `poll_interval`.
+    File(PathBuf),
+}
+
+/// `[source]`: the central API poller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceConfig {
+    pub url: SourceUrl,
+    /// Pause between polls when the server does not hold the request (±10% jitter).
+    pub poll_interval: Duration,
+    /// How long a long-poll may be held by the server (`?wait=`).
+    pub long_poll: Duration,
+    /// Bearer token file (content trimmed), read at every request so rotation needs no restart.
+    pub token_file: Option<PathBuf>,
+    /// Extra CA bundle (PEM) trusted for the API.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS; requires `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mTLS; requires `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// Last-known-good document, applied at start when the API is unreachable.
+    pub cache: PathBuf,
+    /// Refuse a document removing more than this share of VIPs or servers (1.0 disables).
+    pub max_removal_ratio: f64,
+    /// Connect timeout for the API (the request timeout is `long_poll` + this).
+    pub connect_timeout: Duration,
+}
+
+/// How backend server slots are allocated in the rendered config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotPolicy {
+    /// Round up to the next power of two strictly above the server count (min 4), so
+    /// servers can be added at runtime without a reload.
+    Pow2,
+    /// Exactly as many slots as servers.
+    Exact,
+}
+
+/// `[haproxy]`: the local HAProxy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HaproxyConfig {
+    /// The haproxy.cfg the agent renders and owns.
+    pub config: PathBuf,
+    /// Admin-level stats socket (runtime API).
+    pub runtime_socket: PathBuf,
+    /// Master CLI socket (`haproxy -W -S <this>`), used to confirm reloads.
+    pub master_socket: PathBuf,
+    /// haproxy binary, used for `-c` validation.
+    pub binary: PathBuf,
+    /// Command that reloads HAProxy. Empty: send `reload` on the master socket.
+    pub reload_command: Vec<String>,
+    /// Operator template overrides; missing files fall back to the built-in defaults.
+    pub templates: PathBuf,
+    /// Reloads are coalesced: at most one per interval.
+    pub min_reload_interval: Duration,
+    /// A change needing more runtime commands than this reloads instead.
+    pub max_runtime_ops: usize,
+    /// Server slot over-allocation policy.
+    pub server_slots: SlotPolicy,
+    /// `server-state-file` written right before every reload.
+    pub state_file: PathBuf,
+    /// Directory for map, ACL and certificate files referenced by the config.
+    pub data_dir: PathBuf,
+    /// `hard-stop-after` rendered into the global section.
+    pub hard_stop_after: Duration,
+    /// How long to wait for `show proc` to confirm a reload.
+    pub reload_timeout: Duration,
+    /// Period of the full convergence verification (read back + repair).
+    pub verify_interval: Duration,
+}
+
+/// `[health]`: defaults for the VIP service checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes before a service counts as healthy.
+    pub rise: u32,
+    /// Consecutive failures before a service counts as unhealthy.
+    pub fall: u32,
+    /// Re-check interval while a service's state is changing.
+    pub fast_interval: Duration,
+}
+
+/// What the agent does with announcements when it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStop {
+    Withdraw,
+    Keep,
+}
+
+/// `[bird]`: the include file and BIRD's control socket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BirdConfig {
+    pub include_file: PathBuf,
+    pub control_socket: PathBuf,
+    pub ipv4_variable: String,
+    pub ipv6_variable: String,
+    pub dummy_ipv4: IpNet,
+    pub dummy_ipv6: IpNet,
+    /// Graceful drain set variable; empty disables graceful drain.
+    pub drain_variable: Option<String>,
+    pub drain_grace: Duration,
+    pub on_stop: OnStop,
+    /// BGP protocol names whose `show route export` confirms the effect of a reconfigure.
+    /// Empty: confirmation by reconfigure reply only.
+    pub export_protocols: Vec<String>,
+}
+
+/// `[vip]`: VIP addresses on the local interface.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VipConfig {
+    pub interface: String,
+    pub manage: bool,
+}
+
+/// `[status]`: the local status socket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusConfig {
+    pub socket: PathBuf,
+    /// Socket permission bits (parsed from an octal string like `"0660"`).
+    pub mode: u32,
+    /// Group owning the socket; members may read, and mutate.
+    pub group: String,
+    /// Optional TCP listener for Prometheus.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Kind of a local `[[check]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LocalCheckKind {
+    /// Run a command (argv, no shell) in its own process group; exit 0 = pass.
+    Exec { command: Vec<String> },
+    /// TCP connect to `target`.
+    Tcp { target: SocketAddr },
+    /// HTTP GET `path` on `target`, expecting one of `expect_status` (empty: 2xx/3xx).
+    Http {
+        target: SocketAddr,
+        path: String,
+        host: Option<String>,
+        expect_status: Vec<u16>,
+    },
+}
+
+/// A local `[[check]]`: an extra service gating a VIP, defined only on this host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalCheck {
+    /// Service name shown on the status socket.
+    pub name: String,
+    /// The VIP prefix this check gates.
+    pub vip: IpNet,
+    pub kind: LocalCheckKind,
+    /// Overrides `[health] interval`/`timeout`/`rise`/`fall` when set.
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+}

@@ -1,0 +1,22 @@
+//! lb-agent: the node agent of an anycast + ECMP HAProxy load-balancing platform.
+//!
+//! Architecture map (data flows top to bottom):
+//!
+//! - [`config`]: `agent.toml` → validated [`config::Config`].
+//! - [`source`]: polls the central API (or a file) → raw documents; [`model::validate`]
+//!   turns one into a [`model::DesiredState`] or a list of errors with JSON paths.
+//! - [`plan`] (pure): desired vs observed HAProxy → runtime commands or a reload with reason.
+//! - [`haproxy`]: runtime-socket client, config renderer (tera), reload scheduler.
+//! - [`health`]: async tcp/http/tls/exec checks + rise/fall hysteresis.
+//! - [`gate`] (pure): which VIPs may be announced, and why not.
+//! - [`bird`]: the include file and BIRD's control socket; [`vip`]: VIP addresses via rtnetlink.
+//! - [`status`], [`cli`], [`daemon`], [`telemetry`]: the operating surface.
+
+pub mod bird;
+pub mod config;
+pub mod fsutil;
+pub mod haproxy;
+pub mod health;
+pub mod model;
+pub mod plan;
+pub mod source;

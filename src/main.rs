@@ -1,0 +1,3 @@
+fn main() {
+    println!("lb-agent {}", env!("CARGO_PKG_VERSION"));
+}

@@ -1,0 +1,1 @@
+//! Observed HAProxy state (in progress)

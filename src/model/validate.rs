@@ -1,0 +1,1 @@
+//! Wire document → DesiredState (in progress)
