@@ -1,1 +1,5 @@
-//! haproxy (in progress)
+//! Everything that talks to or writes for the local HAProxy.
+//!
+//! - `parse`: pure parsers of runtime/master CLI output.
+
+pub mod parse;

@@ -1,0 +1,195 @@
+//! Parsers for HAProxy's runtime and master CLI output (pure).
+//!
+//! They are fed captured real outputs in unit tests (`fixtures/haproxy/`),
+//! and every error names the line and echoes the input, because a parser
+//! that guesses would let the agent act on a misread state.
+
+use std::fmt;
+
+use crate::model::observed::{ObservedBackend, ObservedServer, ObservedServers, ProcRow, ProcStatus};
+
+/// A line HAProxy printed that we could not understand.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ParseError {
+    pub what: &'static str,
+    /// 1-based line number in the reply.
+    pub line: usize,
+    pub input: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} line {}: {}: {:?}", self.what, self.line, self.reason, self.input)
+    }
+}
+
+/// Parses `show servers state` (format version 1, HAProxy 2.6: 25 columns).
+pub fn servers_state(text: &str) -> Result<ObservedServers, ParseError> {
+    let err = |line: usize, input: &str, reason: String| ParseError {
+        what: "show servers state",
+        line,
+        input: input.to_string(),
+        reason,
+    };
+    let mut out = ObservedServers::default();
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    match lines.next() {
+        Some((_, "1")) => {}
+        Some((n, l)) => return Err(err(n + 1, l, "expected format version 1".into())),
+        None => return Err(err(0, "", "empty reply".into())),
+    }
+    for (n, line) in lines {
+        if line.starts_with('#') {
+            continue;
+        }
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 19 {
+            return Err(err(n + 1, line, format!("expected at least 19 columns, got {}", f.len())));
+        }
+        let num = |i: usize, name: &str| -> Result<u64, ParseError> {
+            f[i].parse::<u64>().map_err(|_| err(n + 1, line, format!("column {name} is not a number")))
+        };
+        let be_id = num(0, "be_id")? as u32;
+        let server = ObservedServer {
+            id: num(2, "srv_id")? as u32,
+            name: f[3].to_string(),
+            addr: f[4].parse().map_err(|_| err(n + 1, line, "column srv_addr is not an IP address".into()))?,
+            op_state: num(5, "srv_op_state")? as u8,
+            admin_state: num(6, "srv_admin_state")? as u8,
+            uweight: num(7, "srv_uweight")? as u16,
+            iweight: num(8, "srv_iweight")? as u16,
+            port: num(18, "srv_port")? as u16,
+        };
+        let be = out.backends.entry(f[1].to_string()).or_insert_with(|| ObservedBackend { id: be_id, servers: Vec::new() });
+        be.servers.push(server);
+    }
+    for be in out.backends.values_mut() {
+        be.servers.sort_by_key(|s| s.id);
+    }
+    Ok(out)
+}
+
+/// Parses the master CLI's `show proc` (HAProxy 2.6 layout).
+///
+/// ```text
+/// #<PID>          <type>          <reloads>       <uptime>        <version>
+/// 5971            master          2 [failed: 1]   0d00h00m10s     2.6.12-1+deb12u4
+/// # workers
+/// 6087            worker          0               0d00h00m01s     2.6.12-1+deb12u4
+/// # old workers
+/// # programs
+/// ```
+/// Anything after `# programs` (2.6 appends startup messages there) is ignored.
+pub fn show_proc(text: &str) -> Result<ProcStatus, ParseError> {
+    let err = |line: usize, input: &str, reason: &str| ParseError {
+        what: "show proc",
+        line,
+        input: input.to_string(),
+        reason: reason.to_string(),
+    };
+    #[derive(PartialEq)]
+    enum Section {
+        Master,
+        Workers,
+        Old,
+        Other,
+    }
+    let mut section = Section::Master;
+    let mut master: Option<(u32, u64, u64)> = None;
+    let mut workers = Vec::new();
+    let mut old_workers = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with("#<PID>") {
+            continue;
+        }
+        match t {
+            "# workers" => {
+                section = Section::Workers;
+                continue;
+            }
+            "# old workers" => {
+                section = Section::Old;
+                continue;
+            }
+            _ if t.starts_with('#') => {
+                section = Section::Other;
+                continue;
+            }
+            _ => {}
+        }
+        if section == Section::Other {
+            continue;
+        }
+        let cols: Vec<&str> = t.split_whitespace().collect();
+        if cols.len() < 3 {
+            return Err(err(n + 1, line, "too few columns"));
+        }
+        let pid: u32 = cols[0].parse().map_err(|_| err(n + 1, line, "PID is not a number"))?;
+        let reloads: u64 = cols[2].parse().map_err(|_| err(n + 1, line, "reload count is not a number"))?;
+        match section {
+            Section::Master => {
+                if cols[1] != "master" {
+                    return Err(err(n + 1, line, "expected the master row first"));
+                }
+                let failed = match t.find("[failed: ") {
+                    Some(i) => t[i + 9..]
+                        .split(']')
+                        .next()
+                        .and_then(|v| v.trim().parse().ok())
+                        .ok_or_else(|| err(n + 1, line, "bad [failed: N]"))?,
+                    None => 0,
+                };
+                master = Some((pid, reloads, failed));
+            }
+            Section::Workers => workers.push(ProcRow { pid, reloads }),
+            Section::Old => old_workers.push(ProcRow { pid, reloads }),
+            Section::Other => {}
+        }
+    }
+    let (master_pid, master_reloads, failed) = master.ok_or_else(|| err(0, text, "no master row"))?;
+    Ok(ProcStatus { master_pid, master_reloads, failed, workers, old_workers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATE: &str = include_str!("../../fixtures/haproxy/show-servers-state.txt");
+    const PROC_OK: &str = include_str!("../../fixtures/haproxy/show-proc-ok.txt");
+    const PROC_FAILED: &str = include_str!("../../fixtures/haproxy/show-proc-failed.txt");
+
+    #[test]
+    fn parses_servers_state() {
+        let s = servers_state(STATE).unwrap();
+        let be = &s.backends["be"];
+        assert_eq!(be.servers.len(), 4);
+        let slot = &be.servers[2];
+        assert_eq!(slot.name, "_free1");
+        assert_eq!(slot.port, 18083);
+        assert_eq!(slot.admin_state, 4, "CMAINT stays after runtime ready");
+        assert!(!slot.in_maint());
+        assert!(be.servers[3].in_maint());
+        assert_eq!(be.servers[0].uweight, 100);
+    }
+
+    #[test]
+    fn rejects_garbage_with_line() {
+        let e = servers_state("1\n# be_id\n3 be 1 web1 notanip 2 0 1 1 1 15 3 4 6 0 0 0 - 80 - 0 0 - - 0\n").unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(e.to_string().contains("srv_addr"), "{e}");
+        assert!(servers_state("Unknown command.\n").is_err());
+    }
+
+    #[test]
+    fn parses_show_proc() {
+        let p = show_proc(PROC_OK).unwrap();
+        assert_eq!((p.master_pid, p.master_reloads, p.failed), (5971, 2, 0));
+        assert_eq!(p.current_worker(), Some(6087));
+        let f = show_proc(PROC_FAILED).unwrap();
+        assert_eq!((f.master_reloads, f.failed), (1, 1));
+        assert_eq!(f.current_worker(), Some(6223));
+        assert_eq!(f.old_workers.len(), 1);
+    }
+}

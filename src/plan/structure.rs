@@ -1,0 +1,107 @@
+//! The reload-relevant structure of a desired state, and why two differ.
+//!
+//! Everything the runtime socket cannot change (SPEC §2.3: frontends, binds,
+//! pools' mode/balance/check, logic, the set of maps/ACLs/certificates,
+//! templates and global settings) is summarised per object as a digest. The
+//! structure of the running config is remembered after each confirmed reload
+//! and embedded in the rendered file's header, so an agent restart knows what
+//! HAProxy runs without reloading it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::DesiredState;
+
+/// Per-object digests of everything that needs a reload to change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Structure {
+    pub frontends: BTreeMap<String, String>,
+    pub pools: BTreeMap<String, String>,
+    pub logic: BTreeMap<String, String>,
+    pub maps: BTreeSet<String>,
+    pub acls: BTreeSet<String>,
+    pub certificates: BTreeSet<String>,
+    /// Digest of the templates and the agent settings rendered into global/defaults.
+    pub global: String,
+}
+
+fn digest<T: Serialize>(v: &T) -> String {
+    let bytes = serde_json::to_vec(v).unwrap_or_default();
+    hex::encode(&Sha256::digest(&bytes)[..8])
+}
+
+impl Structure {
+    /// The structure of `d`; `global` digests templates and render settings.
+    pub fn of(d: &DesiredState, global: &str) -> Structure {
+        Structure {
+            frontends: d
+                .frontends
+                .values()
+                .map(|f| {
+                    // The VIP health check is the agent's business, not HAProxy's.
+                    let mut f = f.clone();
+                    f.health = None;
+                    (f.name.to_string(), digest(&f))
+                })
+                .collect(),
+            pools: d
+                .pools
+                .values()
+                .map(|p| (p.name.to_string(), digest(&(&p.mode, &p.balance, &p.check))))
+                .collect(),
+            logic: d.logic.values().map(|l| (l.name.to_string(), digest(&l.template))).collect(),
+            maps: d.maps.keys().map(|k| k.to_string()).collect(),
+            acls: d.acls.keys().map(|k| k.to_string()).collect(),
+            certificates: d.certificates.keys().map(|k| k.to_string()).collect(),
+            global: global.to_string(),
+        }
+    }
+
+    /// One digest of the whole structure (written into the rendered file's header).
+    pub fn digest(&self) -> String {
+        digest(self)
+    }
+
+    pub fn has_pool(&self, name: &str) -> bool {
+        self.pools.contains_key(name)
+    }
+
+    /// Human reasons why `next` needs a reload over `self` (empty: none).
+    pub fn diff(&self, next: &Structure) -> Vec<String> {
+        let mut out = Vec::new();
+        diff_map(&mut out, "frontend", &self.frontends, &next.frontends);
+        diff_map(&mut out, "pool", &self.pools, &next.pools);
+        diff_map(&mut out, "logic", &self.logic, &next.logic);
+        diff_set(&mut out, "map", &self.maps, &next.maps);
+        diff_set(&mut out, "acl", &self.acls, &next.acls);
+        diff_set(&mut out, "certificate", &self.certificates, &next.certificates);
+        if self.global != next.global {
+            out.push("templates or global settings changed".into());
+        }
+        out
+    }
+}
+
+fn diff_map(out: &mut Vec<String>, what: &str, a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) {
+    for (k, v) in b {
+        match a.get(k) {
+            None => out.push(format!("{what} {k} added")),
+            Some(old) if old != v => out.push(format!("{what} {k} changed")),
+            _ => {}
+        }
+    }
+    for k in a.keys().filter(|k| !b.contains_key(*k)) {
+        out.push(format!("{what} {k} removed"));
+    }
+}
+
+fn diff_set(out: &mut Vec<String>, what: &str, a: &BTreeSet<String>, b: &BTreeSet<String>) {
+    for k in b.difference(a) {
+        out.push(format!("{what} {k} added"));
+    }
+    for k in a.difference(b) {
+        out.push(format!("{what} {k} removed"));
+    }
+}
