@@ -6,7 +6,9 @@
 
 use std::fmt;
 
-use crate::model::observed::{ObservedBackend, ObservedServer, ObservedServers, ProcRow, ProcStatus};
+use crate::model::observed::{
+    ObservedBackend, ObservedServer, ObservedServers, ProcRow, ProcStatus,
+};
 
 /// A line HAProxy printed that we could not understand.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,7 +22,11 @@ pub struct ParseError {
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} line {}: {}: {:?}", self.what, self.line, self.reason, self.input)
+        write!(
+            f,
+            "{} line {}: {}: {:?}",
+            self.what, self.line, self.reason, self.input
+        )
     }
 }
 
@@ -33,7 +39,10 @@ pub fn servers_state(text: &str) -> Result<ObservedServers, ParseError> {
         reason,
     };
     let mut out = ObservedServers::default();
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     match lines.next() {
         Some((_, "1")) => {}
         Some((n, l)) => return Err(err(n + 1, l, "expected format version 1".into())),
@@ -45,23 +54,36 @@ pub fn servers_state(text: &str) -> Result<ObservedServers, ParseError> {
         }
         let f: Vec<&str> = line.split(' ').collect();
         if f.len() < 19 {
-            return Err(err(n + 1, line, format!("expected at least 19 columns, got {}", f.len())));
+            return Err(err(
+                n + 1,
+                line,
+                format!("expected at least 19 columns, got {}", f.len()),
+            ));
         }
         let num = |i: usize, name: &str| -> Result<u64, ParseError> {
-            f[i].parse::<u64>().map_err(|_| err(n + 1, line, format!("column {name} is not a number")))
+            f[i].parse::<u64>()
+                .map_err(|_| err(n + 1, line, format!("column {name} is not a number")))
         };
         let be_id = num(0, "be_id")? as u32;
         let server = ObservedServer {
             id: num(2, "srv_id")? as u32,
             name: f[3].to_string(),
-            addr: f[4].parse().map_err(|_| err(n + 1, line, "column srv_addr is not an IP address".into()))?,
+            addr: f[4]
+                .parse()
+                .map_err(|_| err(n + 1, line, "column srv_addr is not an IP address".into()))?,
             op_state: num(5, "srv_op_state")? as u8,
             admin_state: num(6, "srv_admin_state")? as u8,
             uweight: num(7, "srv_uweight")? as u16,
             iweight: num(8, "srv_iweight")? as u16,
             port: num(18, "srv_port")? as u16,
         };
-        let be = out.backends.entry(f[1].to_string()).or_insert_with(|| ObservedBackend { id: be_id, servers: Vec::new() });
+        let be = out
+            .backends
+            .entry(f[1].to_string())
+            .or_insert_with(|| ObservedBackend {
+                id: be_id,
+                servers: Vec::new(),
+            });
         be.servers.push(server);
     }
     for be in out.backends.values_mut() {
@@ -126,8 +148,12 @@ pub fn show_proc(text: &str) -> Result<ProcStatus, ParseError> {
         if cols.len() < 3 {
             return Err(err(n + 1, line, "too few columns"));
         }
-        let pid: u32 = cols[0].parse().map_err(|_| err(n + 1, line, "PID is not a number"))?;
-        let reloads: u64 = cols[2].parse().map_err(|_| err(n + 1, line, "reload count is not a number"))?;
+        let pid: u32 = cols[0]
+            .parse()
+            .map_err(|_| err(n + 1, line, "PID is not a number"))?;
+        let reloads: u64 = cols[2]
+            .parse()
+            .map_err(|_| err(n + 1, line, "reload count is not a number"))?;
         match section {
             Section::Master => {
                 if cols[1] != "master" {
@@ -148,8 +174,15 @@ pub fn show_proc(text: &str) -> Result<ProcStatus, ParseError> {
             Section::Other => {}
         }
     }
-    let (master_pid, master_reloads, failed) = master.ok_or_else(|| err(0, text, "no master row"))?;
-    Ok(ProcStatus { master_pid, master_reloads, failed, workers, old_workers })
+    let (master_pid, master_reloads, failed) =
+        master.ok_or_else(|| err(0, text, "no master row"))?;
+    Ok(ProcStatus {
+        master_pid,
+        master_reloads,
+        failed,
+        workers,
+        old_workers,
+    })
 }
 
 #[cfg(test)]
@@ -176,7 +209,10 @@ mod tests {
 
     #[test]
     fn rejects_garbage_with_line() {
-        let e = servers_state("1\n# be_id\n3 be 1 web1 notanip 2 0 1 1 1 15 3 4 6 0 0 0 - 80 - 0 0 - - 0\n").unwrap_err();
+        let e = servers_state(
+            "1\n# be_id\n3 be 1 web1 notanip 2 0 1 1 1 15 3 4 6 0 0 0 - 80 - 0 0 - - 0\n",
+        )
+        .unwrap_err();
         assert_eq!(e.line, 3);
         assert!(e.to_string().contains("srv_addr"), "{e}");
         assert!(servers_state("Unknown command.\n").is_err());

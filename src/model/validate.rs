@@ -67,11 +67,18 @@ pub struct ValidateContext {
 }
 
 /// Parses and validates a document body (JSON bytes).
-pub fn parse_document(body: &[u8], ctx: &ValidateContext) -> Result<DesiredState, ValidationErrors> {
+pub fn parse_document(
+    body: &[u8],
+    ctx: &ValidateContext,
+) -> Result<DesiredState, ValidationErrors> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     let wire: WireDocument = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
+        let path = if path == "." || path == "?" {
+            String::new()
+        } else {
+            path
+        };
         ValidationErrors(vec![ValidationError {
             path,
             message: e.into_inner().to_string(),
@@ -201,7 +208,15 @@ struct WireCertificate {
 // Validation.
 
 /// Balance algorithms accepted in a pool (no parameters: the value reaches haproxy.cfg).
-const BALANCES: &[&str] = &["roundrobin", "static-rr", "leastconn", "first", "source", "uri", "random"];
+const BALANCES: &[&str] = &[
+    "roundrobin",
+    "static-rr",
+    "leastconn",
+    "first",
+    "source",
+    "uri",
+    "random",
+];
 
 struct Errs(Vec<ValidationError>);
 
@@ -236,7 +251,10 @@ impl Errs {
             "http" => Some(Mode::Http),
             "tcp" => Some(Mode::Tcp),
             other => {
-                self.push(path, format!("unknown mode {other:?}, expected \"http\" or \"tcp\""));
+                self.push(
+                    path,
+                    format!("unknown mode {other:?}, expected \"http\" or \"tcp\""),
+                );
                 None
             }
         }
@@ -245,7 +263,9 @@ impl Errs {
 
 /// Characters allowed in values that reach haproxy.cfg unquoted (paths, hosts, map keys).
 fn is_safe_token(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '\\' | '#'))
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '\\' | '#'))
 }
 
 fn check_health_kind(errs: &mut Errs, v: &Option<String>, path: String) -> Option<HealthKind> {
@@ -254,7 +274,10 @@ fn check_health_kind(errs: &mut Errs, v: &Option<String>, path: String) -> Optio
         "http" => Some(HealthKind::Http),
         "tls" => Some(HealthKind::Tls),
         other => {
-            errs.push(path, format!("unknown check type {other:?}, expected \"tcp\", \"http\" or \"tls\""));
+            errs.push(
+                path,
+                format!("unknown check type {other:?}, expected \"tcp\", \"http\" or \"tls\""),
+            );
             None
         }
     }
@@ -263,7 +286,10 @@ fn check_health_kind(errs: &mut Errs, v: &Option<String>, path: String) -> Optio
 fn check_path(errs: &mut Errs, v: &Option<String>, path: String) -> Option<String> {
     let p = v.as_ref()?;
     if !p.starts_with('/') || !is_safe_token(p) {
-        errs.push(path, format!("invalid path {p:?}: must start with '/' and contain no spaces, quotes or '#'"));
+        errs.push(
+            path,
+            format!("invalid path {p:?}: must start with '/' and contain no spaces, quotes or '#'"),
+        );
         return None;
     }
     Some(p.clone())
@@ -273,7 +299,8 @@ fn check_host(errs: &mut Errs, v: &Option<String>, path: String) -> Option<Strin
     let h = v.as_ref()?;
     let ok = !h.is_empty()
         && h.len() <= 253
-        && h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'));
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'));
     if !ok {
         errs.push(path, format!("invalid host {h:?}"));
         return None;
@@ -287,7 +314,10 @@ fn check_statuses(errs: &mut Errs, v: &[i64], path: &str) -> Vec<u16> {
         if (100..=599).contains(s) {
             out.push(*s as u16);
         } else {
-            errs.push(format!("{path}[{i}]"), format!("HTTP status {s} out of range 100-599"));
+            errs.push(
+                format!("{path}[{i}]"),
+                format!("HTTP status {s} out of range 100-599"),
+            );
         }
     }
     out
@@ -308,7 +338,10 @@ fn validate(w: WireDocument, ctx: &ValidateContext) -> Result<DesiredState, Vali
 
     match w.schema {
         Some(1) => {}
-        Some(n) => errs.push("schema", format!("unsupported schema {n}, this agent understands schema 1")),
+        Some(n) => errs.push(
+            "schema",
+            format!("unsupported schema {n}, this agent understands schema 1"),
+        ),
         None => errs.push("schema", "missing required field"),
     }
     let revision = match w.revision {
@@ -325,7 +358,13 @@ fn validate(w: WireDocument, ctx: &ValidateContext) -> Result<DesiredState, Vali
     let group = match &w.group {
         Some(g) if *g == ctx.group => g.clone(),
         Some(g) => {
-            errs.push("group", format!("document is for group {g:?}, this host is in group {:?}", ctx.group));
+            errs.push(
+                "group",
+                format!(
+                    "document is for group {g:?}, this host is in group {:?}",
+                    ctx.group
+                ),
+            );
             g.clone()
         }
         None => {
@@ -338,21 +377,30 @@ fn validate(w: WireDocument, ctx: &ValidateContext) -> Result<DesiredState, Vali
     let mut vips: Vec<Vip> = Vec::new();
     for (i, v) in w.vips.iter().enumerate() {
         let path = format!("vips[{i}].address");
-        let Some(a) = errs.required(&v.address, path.clone()) else { continue };
+        let Some(a) = errs.required(&v.address, path.clone()) else {
+            continue;
+        };
         match a.parse::<IpNet>() {
-            Ok(net) if net.trunc() != net => {
-                errs.push(path, format!("{a} has host bits set (did you mean {}?)", net.trunc()))
-            }
+            Ok(net) if net.trunc() != net => errs.push(
+                path,
+                format!("{a} has host bits set (did you mean {}?)", net.trunc()),
+            ),
             Ok(net) => {
                 if vips.iter().any(|x| x.address == net) {
                     errs.push(path, format!("duplicate VIP {net}"));
-                } else if let Some(o) = vips.iter().find(|x| x.address.contains(&net) || net.contains(&x.address)) {
+                } else if let Some(o) = vips
+                    .iter()
+                    .find(|x| x.address.contains(&net) || net.contains(&x.address))
+                {
                     errs.push(path, format!("VIP {net} overlaps VIP {}", o.address));
                 } else {
                     vips.push(Vip { address: net });
                 }
             }
-            Err(_) => errs.push(path, format!("invalid prefix {a:?}, expected e.g. \"192.0.2.10/32\"")),
+            Err(_) => errs.push(
+                path,
+                format!("invalid prefix {a:?}, expected e.g. \"192.0.2.10/32\""),
+            ),
         }
     }
     vips.sort();
@@ -364,14 +412,26 @@ fn validate(w: WireDocument, ctx: &ValidateContext) -> Result<DesiredState, Vali
         let pem = errs.required(&c.pem, format!("certificates[{i}].pem"));
         if let Some(p) = pem {
             if !p.contains("-----BEGIN ") {
-                errs.push(format!("certificates[{i}].pem"), "not a PEM bundle (no -----BEGIN line)");
+                errs.push(
+                    format!("certificates[{i}].pem"),
+                    "not a PEM bundle (no -----BEGIN line)",
+                );
             }
         }
         if let (Some(name), Some(pem)) = (name, pem) {
             if certificates.contains_key(&name) {
-                errs.push(format!("certificates[{i}].name"), format!("duplicate certificate name {name}"));
+                errs.push(
+                    format!("certificates[{i}].name"),
+                    format!("duplicate certificate name {name}"),
+                );
             } else {
-                certificates.insert(name.clone(), Certificate { name, pem: pem.clone() });
+                certificates.insert(
+                    name.clone(),
+                    Certificate {
+                        name,
+                        pem: pem.clone(),
+                    },
+                );
             }
         }
     }
@@ -382,14 +442,26 @@ fn validate(w: WireDocument, ctx: &ValidateContext) -> Result<DesiredState, Vali
         let template = errs.required(&l.template, format!("logic[{i}].template"));
         if let Some(t) = template {
             if let Err(e) = tera::Tera::default().add_raw_template("logic", t) {
-                errs.push(format!("logic[{i}].template"), format!("template does not parse: {}", error_chain(&e)));
+                errs.push(
+                    format!("logic[{i}].template"),
+                    format!("template does not parse: {}", error_chain(&e)),
+                );
             }
         }
         if let (Some(name), Some(template)) = (name, template) {
             if logic.contains_key(&name) {
-                errs.push(format!("logic[{i}].name"), format!("duplicate logic name {name}"));
+                errs.push(
+                    format!("logic[{i}].name"),
+                    format!("duplicate logic name {name}"),
+                );
             } else {
-                logic.insert(name.clone(), Logic { name, template: template.clone() });
+                logic.insert(
+                    name.clone(),
+                    Logic {
+                        name,
+                        template: template.clone(),
+                    },
+                );
             }
         }
     }
@@ -399,17 +471,32 @@ fn validate(w: WireDocument, ctx: &ValidateContext) -> Result<DesiredState, Vali
         let name = errs.name(&m.name, format!("maps[{i}].name"));
         for (k, v) in &m.entries {
             if !is_safe_token(k) {
-                errs.push(format!("maps[{i}].entries"), format!("invalid key {k:?}: no spaces, quotes or '#'"));
+                errs.push(
+                    format!("maps[{i}].entries"),
+                    format!("invalid key {k:?}: no spaces, quotes or '#'"),
+                );
             }
             if v.is_empty() || v.chars().any(|c| c.is_control()) {
-                errs.push(format!("maps[{i}].entries.{k}"), "value is empty or contains control characters");
+                errs.push(
+                    format!("maps[{i}].entries.{k}"),
+                    "value is empty or contains control characters",
+                );
             }
         }
         if let Some(name) = name {
             if maps.contains_key(&name) {
-                errs.push(format!("maps[{i}].name"), format!("duplicate map name {name}"));
+                errs.push(
+                    format!("maps[{i}].name"),
+                    format!("duplicate map name {name}"),
+                );
             } else {
-                maps.insert(name.clone(), MapDef { name, entries: m.entries.clone() });
+                maps.insert(
+                    name.clone(),
+                    MapDef {
+                        name,
+                        entries: m.entries.clone(),
+                    },
+                );
             }
         }
     }
@@ -419,12 +506,18 @@ fn validate(w: WireDocument, ctx: &ValidateContext) -> Result<DesiredState, Vali
         let name = errs.name(&a.name, format!("acls[{i}].name"));
         for (j, e) in a.entries.iter().enumerate() {
             if !is_safe_token(e) {
-                errs.push(format!("acls[{i}].entries[{j}]"), format!("invalid pattern {e:?}: no spaces, quotes or '#'"));
+                errs.push(
+                    format!("acls[{i}].entries[{j}]"),
+                    format!("invalid pattern {e:?}: no spaces, quotes or '#'"),
+                );
             }
         }
         if let Some(name) = name {
             if acls.contains_key(&name) {
-                errs.push(format!("acls[{i}].name"), format!("duplicate ACL name {name}"));
+                errs.push(
+                    format!("acls[{i}].name"),
+                    format!("duplicate ACL name {name}"),
+                );
             } else {
                 let mut entries = a.entries.clone();
                 entries.sort();
@@ -444,22 +537,35 @@ fn validate(w: WireDocument, ctx: &ValidateContext) -> Result<DesiredState, Vali
             None => Some(Balance("roundrobin".into())),
             Some(b) if BALANCES.contains(&b) => Some(Balance(b.to_string())),
             Some(b) => {
-                errs.push(format!("{base}.balance"), format!("unknown balance {b:?}, expected one of {}", BALANCES.join(", ")));
+                errs.push(
+                    format!("{base}.balance"),
+                    format!(
+                        "unknown balance {b:?}, expected one of {}",
+                        BALANCES.join(", ")
+                    ),
+                );
                 None
             }
         };
-        let check = p.check.as_ref().and_then(|c| {
+        let check = p.check.as_ref().map(|c| {
             let cb = format!("{base}.check");
-            let kind = check_health_kind(&mut errs, &c.kind, format!("{cb}.type")).unwrap_or(HealthKind::Tcp);
+            let kind = check_health_kind(&mut errs, &c.kind, format!("{cb}.type"))
+                .unwrap_or(HealthKind::Tcp);
             let path = check_path(&mut errs, &c.path, format!("{cb}.path"));
             let host = check_host(&mut errs, &c.host, format!("{cb}.host"));
-            let interval = c.interval.as_ref().and_then(|s| match humantime::parse_duration(s) {
-                Ok(d) if d >= Duration::from_millis(10) => Some(d),
-                _ => {
-                    errs.push(format!("{cb}.interval"), format!("invalid interval {s:?}, expected e.g. \"2s\" (at least 10ms)"));
-                    None
-                }
-            });
+            let interval = c
+                .interval
+                .as_ref()
+                .and_then(|s| match humantime::parse_duration(s) {
+                    Ok(d) if d >= Duration::from_millis(10) => Some(d),
+                    _ => {
+                        errs.push(
+                            format!("{cb}.interval"),
+                            format!("invalid interval {s:?}, expected e.g. \"2s\" (at least 10ms)"),
+                        );
+                        None
+                    }
+                });
             let mut count = |v: Option<i64>, field: &str| match v {
                 None => None,
                 Some(n) if (1..=100).contains(&n) => Some(n as u32),
@@ -470,7 +576,14 @@ fn validate(w: WireDocument, ctx: &ValidateContext) -> Result<DesiredState, Vali
             };
             let rise = count(c.rise, "rise");
             let fall = count(c.fall, "fall");
-            Some(PoolCheck { kind, path, host, interval, rise, fall })
+            PoolCheck {
+                kind,
+                path,
+                host,
+                interval,
+                rise,
+                fall,
+            }
         });
         let mut servers = BTreeMap::new();
         let mut endpoints = BTreeSet::new();
@@ -480,12 +593,17 @@ fn validate(w: WireDocument, ctx: &ValidateContext) -> Result<DesiredState, Vali
             let address = errs.required(&s.address, format!("{sb}.address")).and_then(|a| {
                 a.parse::<IpAddr>().map_err(|_| errs.push(format!("{sb}.address"), format!("{a:?} is not an IP address (HAProxy's runtime API takes IP literals only)"))).ok()
             });
-            let port = errs.required(&s.port, format!("{sb}.port")).and_then(|p| check_port(&mut errs, *p, format!("{sb}.port")));
+            let port = errs
+                .required(&s.port, format!("{sb}.port"))
+                .and_then(|p| check_port(&mut errs, *p, format!("{sb}.port")));
             let weight = match s.weight {
                 None => Some(1),
                 Some(wt) if (0..=256).contains(&wt) => Some(wt as u16),
                 Some(wt) => {
-                    errs.push(format!("{sb}.weight"), format!("weight {wt} out of range 0-256"));
+                    errs.push(
+                        format!("{sb}.weight"),
+                        format!("weight {wt} out of range 0-256"),
+                    );
                     None
                 }
             };
@@ -494,30 +612,69 @@ fn validate(w: WireDocument, ctx: &ValidateContext) -> Result<DesiredState, Vali
                 Some("drain") => Some(ServerState::Drain),
                 Some("maint") => Some(ServerState::Maint),
                 Some(o) => {
-                    errs.push(format!("{sb}.state"), format!("unknown state {o:?}, expected \"ready\", \"drain\" or \"maint\""));
+                    errs.push(
+                        format!("{sb}.state"),
+                        format!("unknown state {o:?}, expected \"ready\", \"drain\" or \"maint\""),
+                    );
                     None
                 }
             };
             if let Some(az) = &s.az {
                 if Name::try_new(az).is_err() {
-                    errs.push(format!("{sb}.az"), format!("invalid availability zone {az:?}"));
+                    errs.push(
+                        format!("{sb}.az"),
+                        format!("invalid availability zone {az:?}"),
+                    );
                 }
             }
-            if let (Some(name), Some(address), Some(port), Some(weight), Some(state)) = (sname, address, port, weight, state) {
+            if let (Some(name), Some(address), Some(port), Some(weight), Some(state)) =
+                (sname, address, port, weight, state)
+            {
                 if servers.contains_key(&name) {
-                    errs.push(format!("{sb}.name"), format!("duplicate server name {name} in pool"));
+                    errs.push(
+                        format!("{sb}.name"),
+                        format!("duplicate server name {name} in pool"),
+                    );
                 } else if !endpoints.insert((address, port)) {
-                    errs.push(format!("{sb}.address"), format!("{} is already used by another server of this pool", SocketAddr::new(address, port)));
+                    errs.push(
+                        format!("{sb}.address"),
+                        format!(
+                            "{} is already used by another server of this pool",
+                            SocketAddr::new(address, port)
+                        ),
+                    );
                 } else {
-                    servers.insert(name.clone(), Server { name, address, port, weight, state, az: s.az.clone() });
+                    servers.insert(
+                        name.clone(),
+                        Server {
+                            name,
+                            address,
+                            port,
+                            weight,
+                            state,
+                            az: s.az.clone(),
+                        },
+                    );
                 }
             }
         }
         if let (Some(name), Some(mode), Some(balance)) = (name, mode, balance) {
             if pools.contains_key(&name) {
-                errs.push(format!("{base}.name"), format!("duplicate pool name {name}"));
+                errs.push(
+                    format!("{base}.name"),
+                    format!("duplicate pool name {name}"),
+                );
             } else {
-                pools.insert(name.clone(), Pool { name, mode, balance, check, servers });
+                pools.insert(
+                    name.clone(),
+                    Pool {
+                        name,
+                        mode,
+                        balance,
+                        check,
+                        servers,
+                    },
+                );
             }
         }
     }
@@ -532,7 +689,10 @@ fn validate(w: WireDocument, ctx: &ValidateContext) -> Result<DesiredState, Vali
         let mut bind = Vec::new();
         if let Some(list) = errs.required(&f.bind, format!("{base}.bind")) {
             if list.is_empty() {
-                errs.push(format!("{base}.bind"), "a frontend needs at least one bind address");
+                errs.push(
+                    format!("{base}.bind"),
+                    "a frontend needs at least one bind address",
+                );
             }
             for (j, b) in list.iter().enumerate() {
                 let bp = format!("{base}.bind[{j}]");
@@ -558,54 +718,84 @@ fn validate(w: WireDocument, ctx: &ValidateContext) -> Result<DesiredState, Vali
         }
         let tls = f.tls.as_ref().map(|t| {
             if t.certificates.is_empty() {
-                errs.push(format!("{base}.tls.certificates"), "TLS needs at least one certificate");
+                errs.push(
+                    format!("{base}.tls.certificates"),
+                    "TLS needs at least one certificate",
+                );
             }
             let mut certs = Vec::new();
             for (j, c) in t.certificates.iter().enumerate() {
                 match Name::try_new(c) {
                     Ok(n) if certificates.contains_key(&n) => certs.push(n),
-                    Ok(_) => errs.push(format!("{base}.tls.certificates[{j}]"), format!("unknown certificate {c:?}")),
-                    Err(e) => errs.push(format!("{base}.tls.certificates[{j}]"), format!("invalid name {c:?}: {e}")),
+                    Ok(_) => errs.push(
+                        format!("{base}.tls.certificates[{j}]"),
+                        format!("unknown certificate {c:?}"),
+                    ),
+                    Err(e) => errs.push(
+                        format!("{base}.tls.certificates[{j}]"),
+                        format!("invalid name {c:?}: {e}"),
+                    ),
                 }
             }
-            FrontendTls { certificates: certs }
+            FrontendTls {
+                certificates: certs,
+            }
         });
-        let default_pool = f.default_pool.as_ref().and_then(|p| match Name::try_new(p) {
-            Ok(n) => match pools.get(&n) {
-                Some(pool) => {
-                    if let Some(m) = mode {
-                        if pool.mode != m {
-                            errs.push(
-                                format!("{base}.default_pool"),
-                                format!("pool {p} is in {} mode but the frontend is in {} mode", pool.mode.as_str(), m.as_str()),
-                            );
+        let default_pool = f
+            .default_pool
+            .as_ref()
+            .and_then(|p| match Name::try_new(p) {
+                Ok(n) => match pools.get(&n) {
+                    Some(pool) => {
+                        if let Some(m) = mode {
+                            if pool.mode != m {
+                                errs.push(
+                                    format!("{base}.default_pool"),
+                                    format!(
+                                        "pool {p} is in {} mode but the frontend is in {} mode",
+                                        pool.mode.as_str(),
+                                        m.as_str()
+                                    ),
+                                );
+                            }
                         }
+                        Some(n)
                     }
-                    Some(n)
-                }
-                None => {
-                    errs.push(format!("{base}.default_pool"), format!("unknown pool {p:?}"));
+                    None => {
+                        errs.push(
+                            format!("{base}.default_pool"),
+                            format!("unknown pool {p:?}"),
+                        );
+                        None
+                    }
+                },
+                Err(e) => {
+                    errs.push(
+                        format!("{base}.default_pool"),
+                        format!("invalid name {p:?}: {e}"),
+                    );
                     None
                 }
-            },
-            Err(e) => {
-                errs.push(format!("{base}.default_pool"), format!("invalid name {p:?}: {e}"));
-                None
-            }
-        });
+            });
         let mut flogic = Vec::new();
         for (j, l) in f.logic.iter().enumerate() {
             match Name::try_new(l) {
                 Ok(n) if logic.contains_key(&n) => flogic.push(n),
                 Ok(_) => errs.push(format!("{base}.logic[{j}]"), format!("unknown logic {l:?}")),
-                Err(e) => errs.push(format!("{base}.logic[{j}]"), format!("invalid name {l:?}: {e}")),
+                Err(e) => errs.push(
+                    format!("{base}.logic[{j}]"),
+                    format!("invalid name {l:?}: {e}"),
+                ),
             }
         }
         let maxconn = match f.maxconn {
             None => None,
             Some(m) if (1..=10_000_000).contains(&m) => Some(m as u32),
             Some(m) => {
-                errs.push(format!("{base}.maxconn"), format!("maxconn {m} out of range 1-10000000"));
+                errs.push(
+                    format!("{base}.maxconn"),
+                    format!("maxconn {m} out of range 1-10000000"),
+                );
                 None
             }
         };
@@ -615,14 +805,33 @@ fn validate(w: WireDocument, ctx: &ValidateContext) -> Result<DesiredState, Vali
                 kind: check_health_kind(&mut errs, &h.kind, format!("{hb}.type")),
                 path: check_path(&mut errs, &h.path, format!("{hb}.path")),
                 host: check_host(&mut errs, &h.host, format!("{hb}.host")),
-                expect_status: check_statuses(&mut errs, &h.expect_status, &format!("{hb}.expect_status")),
+                expect_status: check_statuses(
+                    &mut errs,
+                    &h.expect_status,
+                    &format!("{hb}.expect_status"),
+                ),
             }
         });
         if let (Some(name), Some(mode)) = (name, mode) {
             if frontends.contains_key(&name) {
-                errs.push(format!("{base}.name"), format!("duplicate frontend name {name}"));
+                errs.push(
+                    format!("{base}.name"),
+                    format!("duplicate frontend name {name}"),
+                );
             } else {
-                frontends.insert(name.clone(), Frontend { name, bind, mode, tls, default_pool, logic: flogic, maxconn, health });
+                frontends.insert(
+                    name.clone(),
+                    Frontend {
+                        name,
+                        bind,
+                        mode,
+                        tls,
+                        default_pool,
+                        logic: flogic,
+                        maxconn,
+                        health,
+                    },
+                );
             }
         }
     }
@@ -630,7 +839,18 @@ fn validate(w: WireDocument, ctx: &ValidateContext) -> Result<DesiredState, Vali
     if !errs.0.is_empty() {
         return Err(ValidationErrors(errs.0));
     }
-    Ok(DesiredState { revision, group, force: w.force, vips, frontends, pools, logic, maps, acls, certificates })
+    Ok(DesiredState {
+        revision,
+        group,
+        force: w.force,
+        vips,
+        frontends,
+        pools,
+        logic,
+        maps,
+        acls,
+        certificates,
+    })
 }
 
 fn parse_bind(s: &str) -> Option<SocketAddr> {
@@ -654,7 +874,11 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// Counts VIPs and servers (identified by pool + server name) present in
 /// `prev` and absent from `next`; if either share exceeds `max_ratio`, the
 /// document is refused with a message saying how much it would remove.
-pub fn removal_guard(prev: &DesiredState, next: &DesiredState, max_ratio: f64) -> Result<(), String> {
+pub fn removal_guard(
+    prev: &DesiredState,
+    next: &DesiredState,
+    max_ratio: f64,
+) -> Result<(), String> {
     if next.force || max_ratio >= 1.0 {
         return Ok(());
     }
@@ -664,7 +888,11 @@ pub fn removal_guard(prev: &DesiredState, next: &DesiredState, max_ratio: f64) -
     let servers = |d: &DesiredState| -> BTreeSet<(String, String)> {
         d.pools
             .values()
-            .flat_map(|p| p.servers.keys().map(move |s| (p.name.to_string(), s.to_string())))
+            .flat_map(|p| {
+                p.servers
+                    .keys()
+                    .map(move |s| (p.name.to_string(), s.to_string()))
+            })
             .collect()
     };
     let prev_srv = servers(prev);
@@ -693,7 +921,9 @@ mod tests {
     use super::*;
 
     fn ctx() -> ValidateContext {
-        ValidateContext { group: "blue".into() }
+        ValidateContext {
+            group: "blue".into(),
+        }
     }
 
     fn doc(extra: serde_json::Value) -> Vec<u8> {
@@ -714,7 +944,12 @@ mod tests {
     }
 
     fn errors(body: &[u8]) -> Vec<String> {
-        parse_document(body, &ctx()).unwrap_err().0.iter().map(|e| e.to_string()).collect()
+        parse_document(body, &ctx())
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     #[test]
@@ -727,18 +962,28 @@ mod tests {
 
     #[test]
     fn missing_port_names_the_path() {
-        let body = doc(serde_json::json!({"pools": [{"name": "web", "mode": "http", "servers": [
-            {"name": "a", "address": "10.1.0.1", "port": 1}, {"name": "b", "address": "10.1.0.2"}]}]}));
-        assert_eq!(errors(&body), vec!["pools[0].servers[1].port: missing required field"]);
+        let body = doc(
+            serde_json::json!({"pools": [{"name": "web", "mode": "http", "servers": [
+            {"name": "a", "address": "10.1.0.1", "port": 1}, {"name": "b", "address": "10.1.0.2"}]}]}),
+        );
+        assert_eq!(
+            errors(&body),
+            vec!["pools[0].servers[1].port: missing required field"]
+        );
     }
 
     #[test]
     fn wrong_type_names_the_path() {
-        let body = doc(serde_json::json!({"pools": [{"name": "web", "mode": "http", "servers": [
-            {"name": "a", "address": "10.1.0.1", "port": "80"}]}]}));
+        let body = doc(
+            serde_json::json!({"pools": [{"name": "web", "mode": "http", "servers": [
+            {"name": "a", "address": "10.1.0.1", "port": "80"}]}]}),
+        );
         let e = errors(&body);
         assert_eq!(e.len(), 1);
-        assert!(e[0].starts_with("pools[0].servers[0].port: invalid type"), "{e:?}");
+        assert!(
+            e[0].starts_with("pools[0].servers[0].port: invalid type"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -758,7 +1003,10 @@ mod tests {
             "pools[0].servers[0].port: port 70000 out of range",
             "pools[0].servers[0].weight: weight 300 out of range",
         ] {
-            assert!(e.iter().any(|x| x.starts_with(want)), "missing {want:?} in {e:#?}");
+            assert!(
+                e.iter().any(|x| x.starts_with(want)),
+                "missing {want:?} in {e:#?}"
+            );
         }
     }
 
@@ -772,7 +1020,10 @@ mod tests {
     #[test]
     fn wrong_group_is_rejected() {
         let body = doc(serde_json::json!({"group": "green"}));
-        assert_eq!(errors(&body), vec!["group: document is for group \"green\", this host is in group \"blue\""]);
+        assert_eq!(
+            errors(&body),
+            vec!["group: document is for group \"green\", this host is in group \"blue\""]
+        );
     }
 
     #[test]
@@ -781,7 +1032,10 @@ mod tests {
         let mut next = DesiredState::empty("blue");
         next.revision = 8;
         let e = removal_guard(&prev, &next, 0.5).unwrap_err();
-        assert!(e.contains("1 of 1 VIPs") && e.contains("1 of 1 servers"), "{e}");
+        assert!(
+            e.contains("1 of 1 VIPs") && e.contains("1 of 1 servers"),
+            "{e}"
+        );
         next.force = true;
         assert!(removal_guard(&prev, &next, 0.5).is_ok());
         next.force = false;

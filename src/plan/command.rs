@@ -13,15 +13,35 @@ use crate::model::ServerState;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// `set server B/S addr IP port P` (IP literals only).
-    SetAddr { backend: String, server: String, addr: IpAddr, port: u16 },
+    SetAddr {
+        backend: String,
+        server: String,
+        addr: IpAddr,
+        port: u16,
+    },
     /// `set server B/S weight W`.
-    SetWeight { backend: String, server: String, weight: u16 },
+    SetWeight {
+        backend: String,
+        server: String,
+        weight: u16,
+    },
     /// `set server B/S state ready|drain|maint`.
-    SetState { backend: String, server: String, state: ServerState },
+    SetState {
+        backend: String,
+        server: String,
+        state: ServerState,
+    },
     /// `add server B/S ADDR:PORT weight W [check ...]`; the server starts in
     /// maintenance (never `enabled`: on 2.6 such a server shows UP but gets no
     /// traffic), so a `SetState` follows.
-    AddServer { backend: String, server: String, addr: IpAddr, port: u16, weight: u16, check: Option<String> },
+    AddServer {
+        backend: String,
+        server: String,
+        addr: IpAddr,
+        port: u16,
+        weight: u16,
+        check: Option<String>,
+    },
     /// `enable health B/S` (checks of an added server start disabled).
     EnableHealth { backend: String, server: String },
     /// `del server B/S` (must be in maintenance, refused while connections linger).
@@ -59,7 +79,12 @@ impl Command {
 
     /// Judges HAProxy's reply (trailing newlines already stripped).
     pub fn check_reply(&self, reply: &str) -> Result<(), ReplyError> {
-        let hard = || Err(ReplyError::Hard(format!("{:?} answered {reply:?}", self.to_line())));
+        let hard = || {
+            Err(ReplyError::Hard(format!(
+                "{:?} answered {reply:?}",
+                self.to_line()
+            )))
+        };
         match self {
             Command::SetWeight { .. } | Command::SetState { .. } | Command::EnableHealth { .. } => {
                 if reply.is_empty() {
@@ -69,7 +94,8 @@ impl Command {
                 }
             }
             Command::SetAddr { .. } => {
-                if (reply.starts_with("IP changed from '") || reply.starts_with("no need to change the addr"))
+                if (reply.starts_with("IP changed from '")
+                    || reply.starts_with("no need to change the addr"))
                     && !reply.contains('\n')
                 {
                     Ok(())
@@ -86,10 +112,9 @@ impl Command {
             }
             Command::DelServer { .. } => match reply {
                 "Server deleted." => Ok(()),
-                r if r.starts_with("Server still has connections attached") => Err(ReplyError::Soft(format!(
-                    "{:?}: {r} (left in maintenance)",
-                    self.to_line()
-                ))),
+                r if r.starts_with("Server still has connections attached") => Err(
+                    ReplyError::Soft(format!("{:?}: {r} (left in maintenance)", self.to_line())),
+                ),
                 _ => hard(),
             },
         }
@@ -99,21 +124,47 @@ impl Command {
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::SetAddr { backend, server, addr, port } => {
+            Command::SetAddr {
+                backend,
+                server,
+                addr,
+                port,
+            } => {
                 write!(f, "set server {backend}/{server} addr {addr} port {port}")
             }
-            Command::SetWeight { backend, server, weight } => write!(f, "set server {backend}/{server} weight {weight}"),
-            Command::SetState { backend, server, state } => {
+            Command::SetWeight {
+                backend,
+                server,
+                weight,
+            } => write!(f, "set server {backend}/{server} weight {weight}"),
+            Command::SetState {
+                backend,
+                server,
+                state,
+            } => {
                 write!(f, "set server {backend}/{server} state {}", state.as_str())
             }
-            Command::AddServer { backend, server, addr, port, weight, check } => {
-                write!(f, "add server {backend}/{server} {} weight {weight}", SocketAddr::new(*addr, *port))?;
+            Command::AddServer {
+                backend,
+                server,
+                addr,
+                port,
+                weight,
+                check,
+            } => {
+                write!(
+                    f,
+                    "add server {backend}/{server} {} weight {weight}",
+                    SocketAddr::new(*addr, *port)
+                )?;
                 if let Some(c) = check {
                     write!(f, " {c}")?;
                 }
                 Ok(())
             }
-            Command::EnableHealth { backend, server } => write!(f, "enable health {backend}/{server}"),
+            Command::EnableHealth { backend, server } => {
+                write!(f, "enable health {backend}/{server}")
+            }
             Command::DelServer { backend, server } => write!(f, "del server {backend}/{server}"),
         }
     }
@@ -133,25 +184,49 @@ mod tests {
             weight: 5,
             check: Some("check inter 2000ms".into()),
         };
-        assert_eq!(c.to_line(), "add server www/a [2001:db8::1]:80 weight 5 check inter 2000ms");
-        let s = Command::SetState { backend: "b".into(), server: "s".into(), state: ServerState::Drain };
+        assert_eq!(
+            c.to_line(),
+            "add server www/a [2001:db8::1]:80 weight 5 check inter 2000ms"
+        );
+        let s = Command::SetState {
+            backend: "b".into(),
+            server: "s".into(),
+            state: ServerState::Drain,
+        };
         assert_eq!(s.to_line(), "set server b/s state drain");
     }
 
     #[test]
     fn replies_are_checked_exactly() {
-        let w = Command::SetWeight { backend: "b".into(), server: "s".into(), weight: 1 };
+        let w = Command::SetWeight {
+            backend: "b".into(),
+            server: "s".into(),
+            weight: 1,
+        };
         assert!(w.check_reply("").is_ok());
         assert!(w.check_reply("No such server.").is_err());
-        let a = Command::SetAddr { backend: "b".into(), server: "s".into(), addr: "10.0.0.1".parse().unwrap(), port: 1 };
+        let a = Command::SetAddr {
+            backend: "b".into(),
+            server: "s".into(),
+            addr: "10.0.0.1".parse().unwrap(),
+            port: 1,
+        };
         assert!(a.check_reply("IP changed from '127.0.0.1' to '10.0.0.1', port changed from '1' to '80' by 'stats socket command'").is_ok());
         assert!(a.check_reply("no need to change the addr, port changed from '1' to '18083' by 'stats socket command'").is_ok());
-        assert!(a.check_reply("Invalid addr 'x' by 'stats socket command'").is_err());
-        let d = Command::DelServer { backend: "b".into(), server: "s".into() };
+        assert!(a
+            .check_reply("Invalid addr 'x' by 'stats socket command'")
+            .is_err());
+        let d = Command::DelServer {
+            backend: "b".into(),
+            server: "s".into(),
+        };
         assert!(matches!(
             d.check_reply("Server still has connections attached to it, cannot remove it."),
             Err(ReplyError::Soft(_))
         ));
-        assert!(matches!(d.check_reply("Only servers in maintenance mode can be deleted."), Err(ReplyError::Hard(_))));
+        assert!(matches!(
+            d.check_reply("Only servers in maintenance mode can be deleted."),
+            Err(ReplyError::Hard(_))
+        ));
     }
 }

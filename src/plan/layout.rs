@@ -54,7 +54,11 @@ pub fn pool_layout(pool: &Pool, policy: SlotPolicy) -> Vec<SlotLine> {
             name: s.name.to_string(),
             addr: s.address,
             port: s.port,
-            weight: if s.state == ServerState::Drain { 0 } else { s.weight },
+            weight: if s.state == ServerState::Drain {
+                0
+            } else {
+                s.weight
+            },
             disabled: s.state == ServerState::Maint,
             is_slot: false,
         })

@@ -29,7 +29,7 @@ use crate::model::observed::{ObservedBackend, ObservedServer, ObservedServers};
 use crate::model::{DesiredState, Pool, Server, ServerState};
 
 pub use command::Command;
-pub use layout::{is_slot_name, pool_layout, slot_count, SlotLine, SLOT_PREFIX};
+pub use layout::{check_keywords, is_slot_name, pool_layout, slot_count, SlotLine, SLOT_PREFIX};
 pub use structure::Structure;
 
 /// The outcome of planning: runtime commands, and whether a reload is needed.
@@ -82,7 +82,10 @@ pub fn plan(
             None => {
                 // Only worth saying when the structure claims the pool is loaded.
                 if loaded.is_some_and(|l| l.has_pool(pool.name.as_str())) {
-                    p.reload.push(format!("backend {} missing in the running HAProxy", pool.name));
+                    p.reload.push(format!(
+                        "backend {} missing in the running HAProxy",
+                        pool.name
+                    ));
                 }
             }
         }
@@ -115,7 +118,8 @@ struct Assignment<'a> {
 fn assign<'a>(pool: &'a Pool, be: &'a ObservedBackend) -> Assignment<'a> {
     let mut a = Assignment::default();
     let mut used: BTreeSet<&str> = BTreeSet::new();
-    let by_name: BTreeMap<&str, &ObservedServer> = be.servers.iter().map(|s| (s.name.as_str(), s)).collect();
+    let by_name: BTreeMap<&str, &ObservedServer> =
+        be.servers.iter().map(|s| (s.name.as_str(), s)).collect();
     let mut pending = Vec::new();
     for s in pool.servers.values() {
         match by_name.get(s.name.as_str()) {
@@ -126,7 +130,11 @@ fn assign<'a>(pool: &'a Pool, be: &'a ObservedBackend) -> Assignment<'a> {
             None => pending.push(s),
         }
     }
-    let slots: Vec<&ObservedServer> = be.servers.iter().filter(|o| is_slot_name(&o.name)).collect();
+    let slots: Vec<&ObservedServer> = be
+        .servers
+        .iter()
+        .filter(|o| is_slot_name(&o.name))
+        .collect();
     let mut still = Vec::new();
     for s in pending {
         // Prefer a slot in service (it is really carrying this server) over one in maintenance.
@@ -173,10 +181,17 @@ fn plan_pool(pool: &Pool, be: &ObservedBackend, p: &mut Plan) {
                 check: pool.check.as_ref().map(layout::check_keywords),
             });
             if pool.check.is_some() {
-                p.commands.push(Command::EnableHealth { backend: backend.into(), server: s.name.to_string() });
+                p.commands.push(Command::EnableHealth {
+                    backend: backend.into(),
+                    server: s.name.to_string(),
+                });
             }
             if s.state != ServerState::Maint {
-                p.commands.push(Command::SetState { backend: backend.into(), server: s.name.to_string(), state: s.state });
+                p.commands.push(Command::SetState {
+                    backend: backend.into(),
+                    server: s.name.to_string(),
+                    state: s.state,
+                });
             }
         } else {
             p.reload.push(format!(
@@ -191,9 +206,16 @@ fn plan_pool(pool: &Pool, be: &ObservedBackend, p: &mut Plan) {
             continue;
         }
         if !o.in_maint() {
-            p.commands.push(Command::SetState { backend: backend.into(), server: o.name.clone(), state: ServerState::Maint });
+            p.commands.push(Command::SetState {
+                backend: backend.into(),
+                server: o.name.clone(),
+                state: ServerState::Maint,
+            });
         } else if !is_slot_name(&o.name) && pool.balance.is_dynamic() {
-            p.cleanup.push(Command::DelServer { backend: backend.into(), server: o.name.clone() });
+            p.cleanup.push(Command::DelServer {
+                backend: backend.into(),
+                server: o.name.clone(),
+            });
         }
     }
 }
@@ -202,18 +224,37 @@ fn plan_pool(pool: &Pool, be: &ObservedBackend, p: &mut Plan) {
 ///
 /// Order matters: address and weight first, the state last, so a server
 /// entering service never takes traffic at a stale address or weight.
-fn converge_server(backend: &str, hname: &str, s: &Server, o: &ObservedServer, out: &mut Vec<Command>) {
+fn converge_server(
+    backend: &str,
+    hname: &str,
+    s: &Server,
+    o: &ObservedServer,
+    out: &mut Vec<Command>,
+) {
     let srv = || hname.to_string();
     if o.addr != s.address || o.port != s.port {
-        out.push(Command::SetAddr { backend: backend.into(), server: srv(), addr: s.address, port: s.port });
+        out.push(Command::SetAddr {
+            backend: backend.into(),
+            server: srv(),
+            addr: s.address,
+            port: s.port,
+        });
     }
     match s.state {
         ServerState::Ready => {
             if o.uweight != s.weight {
-                out.push(Command::SetWeight { backend: backend.into(), server: srv(), weight: s.weight });
+                out.push(Command::SetWeight {
+                    backend: backend.into(),
+                    server: srv(),
+                    weight: s.weight,
+                });
             }
             if o.in_maint() || o.in_drain() {
-                out.push(Command::SetState { backend: backend.into(), server: srv(), state: ServerState::Ready });
+                out.push(Command::SetState {
+                    backend: backend.into(),
+                    server: srv(),
+                    state: ServerState::Ready,
+                });
             }
         }
         ServerState::Drain => {
@@ -221,12 +262,20 @@ fn converge_server(backend: &str, hname: &str, s: &Server, o: &ObservedServer, o
             // drain keyword), so "in service with weight 0" is drained too.
             let drained = !o.in_maint() && (o.in_drain() || o.uweight == 0);
             if !drained {
-                out.push(Command::SetState { backend: backend.into(), server: srv(), state: ServerState::Drain });
+                out.push(Command::SetState {
+                    backend: backend.into(),
+                    server: srv(),
+                    state: ServerState::Drain,
+                });
             }
         }
         ServerState::Maint => {
             if !o.in_maint() {
-                out.push(Command::SetState { backend: backend.into(), server: srv(), state: ServerState::Maint });
+                out.push(Command::SetState {
+                    backend: backend.into(),
+                    server: srv(),
+                    state: ServerState::Maint,
+                });
             }
         }
     }

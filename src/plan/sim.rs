@@ -45,25 +45,43 @@ impl SimHaproxy {
                     addr: l.addr,
                     port: l.port,
                     op_state: 2,
-                    admin_state: if l.disabled { admin::FMAINT | admin::CMAINT } else { 0 },
+                    admin_state: if l.disabled {
+                        admin::FMAINT | admin::CMAINT
+                    } else {
+                        0
+                    },
                     uweight: l.weight,
                     iweight: l.weight,
                 })
                 .collect();
             let _ = i;
-            backends.insert(pool.name.to_string(), SimBackend { dynamic: pool.balance.is_dynamic(), servers });
+            backends.insert(
+                pool.name.to_string(),
+                SimBackend {
+                    dynamic: pool.balance.is_dynamic(),
+                    servers,
+                },
+            );
         }
         SimHaproxy { backends }
     }
 
     /// Applies one command the way HAProxy 2.6 would, or refuses it.
     pub fn apply(&mut self, c: &Command) -> Result<(), String> {
-        let be = self.backends.get_mut(c.backend()).ok_or("No such backend.")?;
+        let be = self
+            .backends
+            .get_mut(c.backend())
+            .ok_or("No such backend.")?;
         let find = |be: &mut SimBackend, name: &str| -> Result<usize, String> {
-            be.servers.iter().position(|s| s.name == name).ok_or_else(|| "No such server.".to_string())
+            be.servers
+                .iter()
+                .position(|s| s.name == name)
+                .ok_or_else(|| "No such server.".to_string())
         };
         match c {
-            Command::SetAddr { server, addr, port, .. } => {
+            Command::SetAddr {
+                server, addr, port, ..
+            } => {
                 let i = find(be, server)?;
                 be.servers[i].addr = *addr;
                 be.servers[i].port = *port;
@@ -84,9 +102,18 @@ impl SimHaproxy {
                     ServerState::Maint => *s = (*s | admin::FMAINT) & !admin::FDRAIN,
                 }
             }
-            Command::AddServer { server, addr, port, weight, .. } => {
+            Command::AddServer {
+                server,
+                addr,
+                port,
+                weight,
+                ..
+            } => {
                 if !be.dynamic {
-                    return Err("Backend must use a dynamic load balancing to support dynamic servers.".into());
+                    return Err(
+                        "Backend must use a dynamic load balancing to support dynamic servers."
+                            .into(),
+                    );
                 }
                 if be.servers.iter().any(|s| s.name == *server) {
                     return Err("Already exists a server with the same name in backend.".into());
@@ -124,7 +151,15 @@ impl SimHaproxy {
                 .backends
                 .iter()
                 .enumerate()
-                .map(|(i, (name, b))| (name.clone(), ObservedBackend { id: i as u32 + 1, servers: b.servers.clone() }))
+                .map(|(i, (name, b))| {
+                    (
+                        name.clone(),
+                        ObservedBackend {
+                            id: i as u32 + 1,
+                            servers: b.servers.clone(),
+                        },
+                    )
+                })
                 .collect(),
         }
     }

@@ -51,7 +51,11 @@ impl Structure {
                 .values()
                 .map(|p| (p.name.to_string(), digest(&(&p.mode, &p.balance, &p.check))))
                 .collect(),
-            logic: d.logic.values().map(|l| (l.name.to_string(), digest(&l.template))).collect(),
+            logic: d
+                .logic
+                .values()
+                .map(|l| (l.name.to_string(), digest(&l.template)))
+                .collect(),
             maps: d.maps.keys().map(|k| k.to_string()).collect(),
             acls: d.acls.keys().map(|k| k.to_string()).collect(),
             certificates: d.certificates.keys().map(|k| k.to_string()).collect(),
@@ -76,7 +80,12 @@ impl Structure {
         diff_map(&mut out, "logic", &self.logic, &next.logic);
         diff_set(&mut out, "map", &self.maps, &next.maps);
         diff_set(&mut out, "acl", &self.acls, &next.acls);
-        diff_set(&mut out, "certificate", &self.certificates, &next.certificates);
+        diff_set(
+            &mut out,
+            "certificate",
+            &self.certificates,
+            &next.certificates,
+        );
         if self.global != next.global {
             out.push("templates or global settings changed".into());
         }
@@ -84,7 +93,12 @@ impl Structure {
     }
 }
 
-fn diff_map(out: &mut Vec<String>, what: &str, a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) {
+fn diff_map(
+    out: &mut Vec<String>,
+    what: &str,
+    a: &BTreeMap<String, String>,
+    b: &BTreeMap<String, String>,
+) {
     for (k, v) in b {
         match a.get(k) {
             None => out.push(format!("{what} {k} added")),

@@ -8,9 +8,11 @@ use proptest::prelude::*;
 use super::sim::SimHaproxy;
 use super::*;
 use crate::config::SlotPolicy;
-use crate::model::{Balance, Mode, Name, Pool, PoolCheck, HealthKind};
+use crate::model::{Balance, HealthKind, Mode, Name, Pool, PoolCheck};
 
-const OPTS: PlanOptions = PlanOptions { max_runtime_ops: 10_000 };
+const OPTS: PlanOptions = PlanOptions {
+    max_runtime_ops: 10_000,
+};
 
 fn server(name: &str, addr: &str, port: u16, weight: u16, state: ServerState) -> Server {
     Server {
@@ -30,7 +32,14 @@ fn state_with(pools: Vec<(&str, &str, Vec<Server>)>) -> DesiredState {
             name: Name::try_new(name).unwrap(),
             mode: Mode::Http,
             balance: Balance(balance.into()),
-            check: Some(PoolCheck { kind: HealthKind::Http, path: None, host: None, interval: None, rise: None, fall: None }),
+            check: Some(PoolCheck {
+                kind: HealthKind::Http,
+                path: None,
+                host: None,
+                interval: None,
+                rise: None,
+                fall: None,
+            }),
             servers: servers.into_iter().map(|s| (s.name.clone(), s)).collect(),
         };
         d.pools.insert(pool.name.clone(), pool);
@@ -60,10 +69,13 @@ fn assert_serves(d: &DesiredState, sim: &SimHaproxy) {
         let be = &sim.backends[pool.name.as_str()];
         let mut hosted = 0;
         for o in &be.servers {
-            let want = pool.servers.values().find(|s| s.address == o.addr && s.port == o.port
-                && (s.name.as_str() == o.name || is_slot_name(&o.name)));
+            let want = pool.servers.values().find(|s| {
+                s.address == o.addr
+                    && s.port == o.port
+                    && (s.name.as_str() == o.name || is_slot_name(&o.name))
+            });
             match want {
-                Some(s) if !(s.state == ServerState::Maint) => {
+                Some(s) if s.state != ServerState::Maint => {
                     assert!(!o.in_maint(), "{} hosting {} is in maint", o.name, s.name);
                     match s.state {
                         ServerState::Ready => {
@@ -74,10 +86,20 @@ fn assert_serves(d: &DesiredState, sim: &SimHaproxy) {
                     hosted += 1;
                 }
                 Some(_) => assert!(o.in_maint(), "{o:?} should be in maint"),
-                None => assert!(o.in_maint(), "{} serves {}:{} which is not desired", o.name, o.addr, o.port),
+                None => assert!(
+                    o.in_maint(),
+                    "{} serves {}:{} which is not desired",
+                    o.name,
+                    o.addr,
+                    o.port
+                ),
             }
         }
-        let active = pool.servers.values().filter(|s| s.state != ServerState::Maint).count();
+        let active = pool
+            .servers
+            .values()
+            .filter(|s| s.state != ServerState::Maint)
+            .count();
         assert_eq!(hosted, active, "pool {}", pool.name);
     }
 }
@@ -99,24 +121,45 @@ fn plan_of_loaded_state_is_empty() {
 
 #[test]
 fn weight_state_and_address_are_runtime() {
-    let before = state_with(vec![("www", "static-rr", vec![server("a", "10.0.0.1", 80, 100, ServerState::Ready)])]);
-    let after = state_with(vec![("www", "static-rr", vec![server("a", "10.0.0.9", 81, 7, ServerState::Drain)])]);
+    let before = state_with(vec![(
+        "www",
+        "static-rr",
+        vec![server("a", "10.0.0.1", 80, 100, ServerState::Ready)],
+    )]);
+    let after = state_with(vec![(
+        "www",
+        "static-rr",
+        vec![server("a", "10.0.0.9", 81, 7, ServerState::Drain)],
+    )]);
     let mut sim = SimHaproxy::load(&before, SlotPolicy::Pow2);
     let p = plan_for(&after, &sim);
     assert!(p.reload.is_empty(), "{:?}", p.reload);
     let lines: Vec<String> = p.commands.iter().map(|c| c.to_line()).collect();
-    assert_eq!(lines, vec!["set server www/a addr 10.0.0.9 port 81", "set server www/a state drain"]);
+    assert_eq!(
+        lines,
+        vec![
+            "set server www/a addr 10.0.0.9 port 81",
+            "set server www/a state drain"
+        ]
+    );
     apply(&mut sim, &p);
     assert!(plan_for(&after, &sim).is_converged());
 }
 
 #[test]
 fn new_server_takes_a_free_slot_in_order() {
-    let before = state_with(vec![("www", "static-rr", vec![server("a", "10.0.0.1", 80, 100, ServerState::Ready)])]);
+    let before = state_with(vec![(
+        "www",
+        "static-rr",
+        vec![server("a", "10.0.0.1", 80, 100, ServerState::Ready)],
+    )]);
     let after = state_with(vec![(
         "www",
         "static-rr",
-        vec![server("a", "10.0.0.1", 80, 100, ServerState::Ready), server("b", "10.0.0.2", 80, 3, ServerState::Ready)],
+        vec![
+            server("a", "10.0.0.1", 80, 100, ServerState::Ready),
+            server("b", "10.0.0.2", 80, 3, ServerState::Ready),
+        ],
     )]);
     let mut sim = SimHaproxy::load(&before, SlotPolicy::Pow2);
     let p = plan_for(&after, &sim);
@@ -140,7 +183,10 @@ fn new_server_takes_a_free_slot_in_order() {
 #[test]
 fn static_pool_without_slots_needs_reload_dynamic_pool_adds() {
     let one = vec![server("a", "10.0.0.1", 80, 1, ServerState::Ready)];
-    let two = vec![server("a", "10.0.0.1", 80, 1, ServerState::Ready), server("b", "10.0.0.2", 80, 1, ServerState::Ready)];
+    let two = vec![
+        server("a", "10.0.0.1", 80, 1, ServerState::Ready),
+        server("b", "10.0.0.2", 80, 1, ServerState::Ready),
+    ];
     for (balance, reload) in [("static-rr", true), ("roundrobin", false)] {
         let before = state_with(vec![("p", balance, one.clone())]);
         let after = state_with(vec![("p", balance, two.clone())]);
@@ -151,7 +197,11 @@ fn static_pool_without_slots_needs_reload_dynamic_pool_adds() {
             let lines: Vec<String> = p.commands.iter().map(|c| c.to_line()).collect();
             assert_eq!(
                 lines,
-                vec!["add server p/b 10.0.0.2:80 weight 1 check", "enable health p/b", "set server p/b state ready"]
+                vec![
+                    "add server p/b 10.0.0.2:80 weight 1 check",
+                    "enable health p/b",
+                    "set server p/b state ready"
+                ]
             );
             apply(&mut sim, &p);
             assert!(plan_for(&after, &sim).is_converged());
@@ -180,23 +230,51 @@ fn structure_changes_need_reload_with_reason() {
     assert_eq!(p.reload, vec!["pool www changed"]);
     let p = plan(&b, &st_b, None, &sim.observe(), OPTS);
     assert_eq!(p.reload, vec!["running configuration unknown"]);
-    assert_eq!(Structure::of(&a, "g2").diff(&st_a), vec!["templates or global settings changed"]);
+    assert_eq!(
+        Structure::of(&a, "g2").diff(&st_a),
+        vec!["templates or global settings changed"]
+    );
 }
 
 #[test]
 fn too_many_runtime_ops_reload_instead() {
-    let servers: Vec<Server> = (0..10).map(|i| server(&format!("s{i}"), &format!("10.0.0.{i}"), 80, 1, ServerState::Ready)).collect();
+    let servers: Vec<Server> = (0..10)
+        .map(|i| {
+            server(
+                &format!("s{i}"),
+                &format!("10.0.0.{i}"),
+                80,
+                1,
+                ServerState::Ready,
+            )
+        })
+        .collect();
     let before = state_with(vec![("p", "roundrobin", servers.clone())]);
     let after = state_with(vec![(
         "p",
         "roundrobin",
-        servers.iter().map(|s| Server { weight: 9, ..s.clone() }).collect(),
+        servers
+            .iter()
+            .map(|s| Server {
+                weight: 9,
+                ..s.clone()
+            })
+            .collect(),
     )]);
     let sim = SimHaproxy::load(&before, SlotPolicy::Pow2);
     let st = Structure::of(&after, "g");
-    let p = plan(&after, &st, Some(&st), &sim.observe(), PlanOptions { max_runtime_ops: 5 });
+    let p = plan(
+        &after,
+        &st,
+        Some(&st),
+        &sim.observe(),
+        PlanOptions { max_runtime_ops: 5 },
+    );
     assert!(p.commands.is_empty());
-    assert_eq!(p.reload, vec!["10 runtime commands exceed max_runtime_ops 5"]);
+    assert_eq!(
+        p.reload,
+        vec!["10 runtime commands exceed max_runtime_ops 5"]
+    );
 }
 
 #[test]
@@ -204,12 +282,25 @@ fn agent_restart_finds_servers_in_slots() {
     // A server placed in a slot by a previous agent process is found again by
     // its address, not moved to another slot.
     let before = state_with(vec![("www", "static-rr", vec![])]);
-    let after = state_with(vec![("www", "static-rr", vec![server("z", "10.0.0.5", 80, 1, ServerState::Ready)])]);
+    let after = state_with(vec![(
+        "www",
+        "static-rr",
+        vec![server("z", "10.0.0.5", 80, 1, ServerState::Ready)],
+    )]);
     let mut sim = SimHaproxy::load(&before, SlotPolicy::Pow2);
     // Fill _slot3 behind the planner's back, as an earlier run could have.
     for c in [
-        Command::SetAddr { backend: "www".into(), server: "_slot3".into(), addr: "10.0.0.5".parse().unwrap(), port: 80 },
-        Command::SetState { backend: "www".into(), server: "_slot3".into(), state: ServerState::Ready },
+        Command::SetAddr {
+            backend: "www".into(),
+            server: "_slot3".into(),
+            addr: "10.0.0.5".parse().unwrap(),
+            port: 80,
+        },
+        Command::SetState {
+            backend: "www".into(),
+            server: "_slot3".into(),
+            state: ServerState::Ready,
+        },
     ] {
         sim.apply(&c).unwrap();
     }
@@ -220,21 +311,36 @@ fn agent_restart_finds_servers_in_slots() {
 // Properties.
 
 fn arb_state() -> impl Strategy<Value = ServerState> {
-    prop_oneof![Just(ServerState::Ready), Just(ServerState::Drain), Just(ServerState::Maint)]
+    prop_oneof![
+        Just(ServerState::Ready),
+        Just(ServerState::Drain),
+        Just(ServerState::Maint)
+    ]
 }
 
 /// Servers drawn from a small universe so that two states overlap.
 fn arb_servers() -> impl Strategy<Value = BTreeMap<Name, Server>> {
-    proptest::collection::btree_map(0u8..12, (0u8..3, 0u16..3, 0u16..=256, arb_state()), 0..9).prop_map(|m| {
-        m.into_iter()
-            .map(|(i, (a, port, w, st))| {
-                let name = Name::try_new(&format!("srv{i}")).unwrap();
-                // Address depends on the name plus a variant, so addresses move sometimes.
-                let address: IpAddr = format!("10.{a}.0.{i}").parse().unwrap();
-                (name.clone(), Server { name, address, port: 8000 + port, weight: w, state: st, az: None })
-            })
-            .collect()
-    })
+    proptest::collection::btree_map(0u8..12, (0u8..3, 0u16..3, 0u16..=256, arb_state()), 0..9)
+        .prop_map(|m| {
+            m.into_iter()
+                .map(|(i, (a, port, w, st))| {
+                    let name = Name::try_new(&format!("srv{i}")).unwrap();
+                    // Address depends on the name plus a variant, so addresses move sometimes.
+                    let address: IpAddr = format!("10.{a}.0.{i}").parse().unwrap();
+                    (
+                        name.clone(),
+                        Server {
+                            name,
+                            address,
+                            port: 8000 + port,
+                            weight: w,
+                            state: st,
+                            az: None,
+                        },
+                    )
+                })
+                .collect()
+        })
 }
 
 fn arb_pair() -> impl Strategy<Value = (DesiredState, DesiredState, bool)> {
@@ -245,7 +351,13 @@ fn arb_pair() -> impl Strategy<Value = (DesiredState, DesiredState, bool)> {
         for (i, (dynamic, sa, sb)) in pools.into_iter().enumerate() {
             let name = Name::try_new(&format!("pool{i}")).unwrap();
             let balance = Balance(if dynamic { "roundrobin" } else { "static-rr" }.into());
-            let mk = |servers| Pool { name: name.clone(), mode: Mode::Tcp, balance: balance.clone(), check: None, servers };
+            let mk = |servers| Pool {
+                name: name.clone(),
+                mode: Mode::Tcp,
+                balance: balance.clone(),
+                check: None,
+                servers,
+            };
             a.pools.insert(name.clone(), mk(sa));
             b.pools.insert(name.clone(), mk(sb));
         }

@@ -1,0 +1,443 @@
+//! Renders the whole desired state into `haproxy.cfg` plus its data files (pure).
+//!
+//! Templates are tera files. The defaults ship in the repository (`templates/`)
+//! and are compiled into the binary; an operator may override any of them
+//! by putting a file with the same name into `[haproxy] templates` (a missing
+//! directory or file falls back to the built-in one), and may add extra
+//! `*.tera` files to include from there.
+//!
+//! Rendering is pure: [`Renderer::new`] is the only step reading files. The
+//! output ([`Rendered`]) holds the config text and every map, ACL and
+//! certificate file it refers to, with paths below `data_dir`; the reload
+//! scheduler stages, validates and installs them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::SlotPolicy;
+use crate::model::validate::error_chain;
+use crate::model::{DesiredState, HealthKind};
+use crate::plan::{check_keywords, pool_layout, Structure};
+
+/// The built-in templates: (name, source).
+pub const DEFAULT_TEMPLATES: &[(&str, &str)] = &[
+    (
+        "haproxy.cfg.tera",
+        include_str!("../../templates/haproxy.cfg.tera"),
+    ),
+    (
+        "global.cfg.tera",
+        include_str!("../../templates/global.cfg.tera"),
+    ),
+    (
+        "frontend.cfg.tera",
+        include_str!("../../templates/frontend.cfg.tera"),
+    ),
+    (
+        "backend.cfg.tera",
+        include_str!("../../templates/backend.cfg.tera"),
+    ),
+];
+
+const MAIN: &str = "haproxy.cfg.tera";
+
+/// Why a config could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("reading template {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("template {name}: {message}")]
+    Template { name: String, message: String },
+    #[error("logic {logic} for frontend {frontend}: {message}")]
+    Logic {
+        logic: String,
+        frontend: String,
+        message: String,
+    },
+}
+
+/// Host settings rendered into the global section and the agent header.
+#[derive(Debug, Clone, Serialize)]
+pub struct RenderSettings {
+    pub runtime_socket: PathBuf,
+    pub state_file: PathBuf,
+    pub hard_stop_after: Duration,
+    pub data_dir: PathBuf,
+    pub slot_policy_pow2: bool,
+    pub node_name: String,
+    pub node_group: String,
+    pub node_az: Option<String>,
+}
+
+impl RenderSettings {
+    pub fn slot_policy(&self) -> SlotPolicy {
+        if self.slot_policy_pow2 {
+            SlotPolicy::Pow2
+        } else {
+            SlotPolicy::Exact
+        }
+    }
+}
+
+/// A rendered configuration and the files it refers to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub config: String,
+    /// Data files: path relative to `data_dir` → content.
+    pub files: BTreeMap<PathBuf, Vec<u8>>,
+}
+
+/// The template set plus host settings.
+#[derive(Debug)]
+pub struct Renderer {
+    tera: tera::Tera,
+    settings: RenderSettings,
+    /// Digest of template sources and settings: part of the structure.
+    global_digest: String,
+}
+
+/// Relative path of a map file below `data_dir`.
+pub fn map_path(name: &str) -> PathBuf {
+    PathBuf::from("maps").join(format!("{name}.map"))
+}
+
+/// Relative path of an ACL pattern file below `data_dir`.
+pub fn acl_path(name: &str) -> PathBuf {
+    PathBuf::from("acls").join(format!("{name}.acl"))
+}
+
+/// Relative path of a certificate bundle below `data_dir`.
+pub fn cert_path(name: &str) -> PathBuf {
+    PathBuf::from("certs").join(format!("{name}.pem"))
+}
+
+#[derive(Serialize)]
+struct Snippet {
+    name: String,
+    lines: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct FrontendCtx {
+    name: String,
+    mode: &'static str,
+    binds: Vec<String>,
+    certificates: Vec<String>,
+    maxconn: Option<u32>,
+    default_pool: Option<String>,
+    logic: Vec<Snippet>,
+}
+
+#[derive(Serialize)]
+struct CheckCtx {
+    kind: &'static str,
+    path: Option<String>,
+    host: Option<String>,
+    keywords: String,
+}
+
+#[derive(Serialize)]
+struct ServerCtx {
+    name: String,
+    address: String,
+    weight: u16,
+    disabled: bool,
+    is_slot: bool,
+}
+
+#[derive(Serialize)]
+struct PoolCtx {
+    name: String,
+    mode: &'static str,
+    balance: String,
+    check: Option<CheckCtx>,
+    servers: Vec<ServerCtx>,
+}
+
+impl Renderer {
+    /// Loads the built-in templates, overridden by files in `dir` when given.
+    pub fn new(dir: Option<&Path>, settings: RenderSettings) -> Result<Renderer, RenderError> {
+        let mut sources: BTreeMap<String, String> = DEFAULT_TEMPLATES
+            .iter()
+            .map(|(n, s)| (n.to_string(), s.to_string()))
+            .collect();
+        if let Some(dir) = dir {
+            match std::fs::read_dir(dir) {
+                Ok(entries) => {
+                    for e in entries.flatten() {
+                        let path = e.path();
+                        let Some(name) = path
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .map(str::to_string)
+                        else {
+                            continue;
+                        };
+                        if !name.ends_with(".tera") || !path.is_file() {
+                            continue;
+                        }
+                        let text =
+                            std::fs::read_to_string(&path).map_err(|source| RenderError::Io {
+                                path: path.clone(),
+                                source,
+                            })?;
+                        sources.insert(name, text);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(RenderError::Io {
+                        path: dir.to_path_buf(),
+                        source,
+                    })
+                }
+            }
+        }
+        let mut tera = tera::Tera::default();
+        tera.autoescape_on(vec![]);
+        tera.add_raw_templates(
+            sources
+                .iter()
+                .map(|(n, s)| (n.as_str(), s.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| RenderError::Template {
+            name: "templates".into(),
+            message: error_chain(&e),
+        })?;
+        let mut h = Sha256::new();
+        for (n, s) in &sources {
+            h.update(n.as_bytes());
+            h.update([0]);
+            h.update(s.as_bytes());
+            h.update([0]);
+        }
+        h.update(serde_json::to_vec(&settings).unwrap_or_default());
+        let global_digest = hex::encode(&h.finalize()[..8]);
+        Ok(Renderer {
+            tera,
+            settings,
+            global_digest,
+        })
+    }
+
+    /// Digest of templates + settings, the `global` part of a [`Structure`].
+    pub fn global_digest(&self) -> &str {
+        &self.global_digest
+    }
+
+    pub fn settings(&self) -> &RenderSettings {
+        &self.settings
+    }
+
+    /// The structure of `d` under these templates.
+    pub fn structure(&self, d: &DesiredState) -> Structure {
+        Structure::of(d, &self.global_digest)
+    }
+
+    /// Renders `d` with data-file paths below `data_dir` (the real one, or a
+    /// staging directory for validation).
+    pub fn render(&self, d: &DesiredState, data_dir: &Path) -> Result<Rendered, RenderError> {
+        let s = &self.settings;
+        let mut files = BTreeMap::new();
+        let mut maps = BTreeMap::new();
+        for m in d.maps.values() {
+            let rel = map_path(m.name.as_str());
+            let mut body = String::new();
+            for (k, v) in &m.entries {
+                body.push_str(k);
+                body.push(' ');
+                body.push_str(v);
+                body.push('\n');
+            }
+            maps.insert(
+                m.name.to_string(),
+                data_dir.join(&rel).display().to_string(),
+            );
+            files.insert(rel, body.into_bytes());
+        }
+        let mut acls = BTreeMap::new();
+        for a in d.acls.values() {
+            let rel = acl_path(a.name.as_str());
+            let mut body = String::new();
+            for e in &a.entries {
+                body.push_str(e);
+                body.push('\n');
+            }
+            acls.insert(
+                a.name.to_string(),
+                data_dir.join(&rel).display().to_string(),
+            );
+            files.insert(rel, body.into_bytes());
+        }
+        for c in d.certificates.values() {
+            let rel = cert_path(c.name.as_str());
+            let mut pem = c.pem.clone();
+            if !pem.ends_with('\n') {
+                pem.push('\n');
+            }
+            files.insert(rel, pem.into_bytes());
+        }
+        let node =
+            serde_json::json!({ "name": s.node_name, "group": s.node_group, "az": s.node_az });
+
+        let mut pools = Vec::new();
+        for p in d.pools.values() {
+            let servers = pool_layout(p, s.slot_policy())
+                .into_iter()
+                .map(|l| ServerCtx {
+                    name: l.name,
+                    address: std::net::SocketAddr::new(l.addr, l.port).to_string(),
+                    weight: l.weight,
+                    disabled: l.disabled,
+                    is_slot: l.is_slot,
+                })
+                .collect();
+            let check = p.check.as_ref().map(|c| {
+                let mut keywords = check_keywords(c);
+                if c.kind == HealthKind::Tls {
+                    keywords.push_str(" check-ssl verify none");
+                }
+                CheckCtx {
+                    kind: match c.kind {
+                        HealthKind::Tcp => "tcp",
+                        HealthKind::Http => "http",
+                        HealthKind::Tls => "tls",
+                    },
+                    path: c.path.clone(),
+                    host: c.host.clone(),
+                    keywords,
+                }
+            });
+            pools.push(PoolCtx {
+                name: p.name.to_string(),
+                mode: p.mode.as_str(),
+                balance: p.balance.0.clone(),
+                check,
+                servers,
+            });
+        }
+
+        let mut frontends = Vec::new();
+        for f in d.frontends.values() {
+            let pool = f.default_pool.as_ref().and_then(|n| d.pools.get(n));
+            let mut logic = Vec::new();
+            for ln in &f.logic {
+                let Some(l) = d.logic.get(ln) else { continue };
+                let mut ctx = tera::Context::new();
+                ctx.insert("frontend", f);
+                ctx.insert("pool", &pool);
+                ctx.insert("node", &node);
+                ctx.insert("maps", &maps);
+                ctx.insert("acls", &acls);
+                let text = tera::Tera::one_off(&l.template, &ctx, false).map_err(|e| {
+                    RenderError::Logic {
+                        logic: l.name.to_string(),
+                        frontend: f.name.to_string(),
+                        message: error_chain(&e),
+                    }
+                })?;
+                let lines = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                logic.push(Snippet {
+                    name: l.name.to_string(),
+                    lines,
+                });
+            }
+            let certificates = f
+                .tls
+                .as_ref()
+                .map(|t| {
+                    t.certificates
+                        .iter()
+                        .map(|c| data_dir.join(cert_path(c.as_str())).display().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            frontends.push(FrontendCtx {
+                name: f.name.to_string(),
+                mode: f.mode.as_str(),
+                binds: f.bind.iter().map(|b| b.to_string()).collect(),
+                certificates,
+                maxconn: f.maxconn,
+                default_pool: f.default_pool.as_ref().map(|p| p.to_string()),
+                logic,
+            });
+        }
+
+        let mut ctx = tera::Context::new();
+        ctx.insert(
+            "agent",
+            &serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "revision": d.revision,
+                "structure": self.structure(d).digest(),
+            }),
+        );
+        ctx.insert("node", &node);
+        ctx.insert(
+            "global",
+            &serde_json::json!({
+                "runtime_socket": s.runtime_socket,
+                "state_file": s.state_file,
+                "hard_stop_after_ms": s.hard_stop_after.as_millis() as u64,
+                "data_dir": data_dir,
+            }),
+        );
+        ctx.insert("frontends", &frontends);
+        ctx.insert("pools", &pools);
+        ctx.insert("maps", &maps);
+        ctx.insert("acls", &acls);
+        let config = self
+            .tera
+            .render(MAIN, &ctx)
+            .map_err(|e| RenderError::Template {
+                name: MAIN.into(),
+                message: error_chain(&e),
+            })?;
+        Ok(Rendered {
+            config: tidy(&config),
+            files,
+        })
+    }
+}
+
+/// Collapses runs of blank lines left by template control flow.
+fn tidy(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut blank = 0;
+    for line in s.lines() {
+        let line = line.trim_end();
+        if line.is_empty() {
+            blank += 1;
+            if blank > 1 {
+                continue;
+            }
+        } else {
+            blank = 0;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Reads the structure digest embedded in a rendered config's header.
+pub fn embedded_structure_digest(config: &str) -> Option<String> {
+    config
+        .lines()
+        .take(10)
+        .find_map(|l| l.strip_prefix("# lb-agent-structure: "))
+        .map(|s| s.trim().to_string())
+}
