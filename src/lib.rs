@@ -19,4 +19,5 @@ pub mod haproxy;
 pub mod health;
 pub mod model;
 pub mod plan;
+pub mod reconcile;
 pub mod source;

@@ -1,0 +1,146 @@
+//! Test harness: a real HAProxy 2.6 in master-worker mode, sockets in a temp dir.
+//!
+//! Started with a bootstrap config (admin socket only) like a fresh host's
+//! distro config; the agent then takes over. Stopped by PID on drop, even
+//! when the test panics.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const HAPROXY: &str = "/usr/sbin/haproxy";
+
+/// True when HAProxy is installed; prints a loud skip message otherwise.
+pub fn available(test: &str) -> bool {
+    if Path::new(HAPROXY).exists() {
+        return true;
+    }
+    eprintln!("!!! SKIPPED {test}: {HAPROXY} not found; install it with `apt-get install -y haproxy` (.ci/run does)");
+    false
+}
+
+/// Paths of one HAProxy instance under test.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub admin: PathBuf,
+    pub master: PathBuf,
+    pub state_file: PathBuf,
+    pub data_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub cache: PathBuf,
+    pub pidfile: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        let dir = tempfile::Builder::new()
+            .prefix("lb-agent-test.")
+            .tempdir()
+            .unwrap();
+        let p = |n: &str| dir.path().join(n);
+        let lab = Lab {
+            config: p("haproxy.cfg"),
+            admin: p("admin.sock"),
+            master: p("master.sock"),
+            state_file: p("server-state"),
+            data_dir: p("data"),
+            state_dir: p("state"),
+            cache: p("state/last-good.json"),
+            pidfile: p("haproxy.pid"),
+            log: p("haproxy.log"),
+            dir,
+        };
+        std::fs::create_dir_all(&lab.state_dir).unwrap();
+        lab
+    }
+
+    /// A minimal config with just the admin socket, as a distro would ship.
+    pub fn bootstrap_config(&self) -> String {
+        format!(
+            "global\n    stats socket {} mode 600 level admin\n\ndefaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n",
+            self.admin.display()
+        )
+    }
+}
+
+/// A running HAProxy master (and its workers).
+pub struct Haproxy {
+    child: Child,
+    pub pid: u32,
+}
+
+impl Haproxy {
+    /// Starts `haproxy -W -S master.sock -f config` and waits until both sockets answer.
+    pub fn start(lab: &Lab) -> Haproxy {
+        if !lab.config.exists() {
+            std::fs::write(&lab.config, lab.bootstrap_config()).unwrap();
+        }
+        let log = std::fs::File::create(&lab.log).unwrap();
+        let child = Command::new(HAPROXY)
+            .arg("-W")
+            .arg("-S")
+            .arg(&lab.master)
+            .arg("-f")
+            .arg(&lab.config)
+            .arg("-p")
+            .arg(&lab.pidfile)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawning haproxy");
+        let pid = child.id();
+        let h = Haproxy { child, pid };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = std::os::unix::net::UnixStream::connect(&lab.master).is_ok()
+                && std::os::unix::net::UnixStream::connect(&lab.admin).is_ok();
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "haproxy did not come up: {}",
+                std::fs::read_to_string(&lab.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        h
+    }
+
+    /// Sends one command to a socket in non-interactive mode and returns the reply.
+    pub fn cli(sock: &Path, cmd: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
