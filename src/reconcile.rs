@@ -31,12 +31,14 @@ use crate::config::HaproxyConfig;
 use crate::fsutil::{read_optional, write_atomic};
 use crate::haproxy::master::MasterClient;
 use crate::haproxy::reload::{Installer, ReloadError};
+use crate::haproxy::render::{acl_path, cert_path, map_path};
 use crate::haproxy::render::{embedded_structure_digest, Renderer};
 use crate::haproxy::runtime::{RuntimeClient, Session};
 use crate::haproxy::state_file;
-use crate::model::observed::ObservedServers;
+use crate::model::observed::{ObservedData, ObservedServers};
 use crate::model::validate::removal_guard;
 use crate::model::{DesiredState, Revision};
+use crate::plan::data::plan_data;
 use crate::plan::{plan, Plan, PlanOptions, Structure};
 
 /// A document offered to the reconciler.
@@ -147,6 +149,8 @@ pub struct Reconciler {
     last_reload_attempt: Option<Instant>,
     /// Structure digest whose reload failed: not retried until it changes or an operator asks.
     failed_reload: Option<String>,
+    /// Revision for which a reload was done to repair convergence (not repeated).
+    convergence_reloaded: Option<Revision>,
     /// Digest of the rendered config + data files last written by a persist or reload.
     persisted: Option<String>,
     cached_revision: Option<Revision>,
@@ -182,6 +186,7 @@ impl Reconciler {
             last_reload_attempt: None,
             failed_reload: None,
             persisted: None,
+            convergence_reloaded: None,
             cached_revision: None,
             status,
         }
@@ -329,15 +334,8 @@ impl Reconciler {
                 return;
             }
         };
-        let observed = match session.servers_state().await {
-            Ok(o) => o,
-            Err(e) => {
-                self.update(|st| {
-                    st.converged = false;
-                    st.error = Some(format!("show servers state: {e}"));
-                });
-                return;
-            }
+        let Some((observed, data)) = self.observe(&mut session, &d).await else {
+            return;
         };
         if !self.loaded_resolved {
             self.resolve_loaded(&structure).await;
@@ -347,7 +345,7 @@ impl Reconciler {
         let opts = PlanOptions {
             max_runtime_ops: self.s.haproxy.max_runtime_ops,
         };
-        let mut p = plan(&d, &structure, self.loaded.as_ref(), &observed, opts);
+        let mut p = self.plan(&d, &structure, &observed, &data, opts);
         if !p.reload.is_empty() && self.validated.as_ref().map(|v| v.0) != Some(d.revision) {
             // A reload will install this document's config: validate it before applying anything of it.
             if let Err(e) = self.validate(&d).await {
@@ -374,19 +372,35 @@ impl Reconciler {
                     return;
                 }
             }
-            match self.reobserve(&mut session).await {
-                Some(o) => p = plan(&d, &structure, self.loaded.as_ref(), &o, opts),
+            match self.observe(&mut session, &d).await {
+                Some((o, data)) => p = self.plan(&d, &structure, &o, &data, opts),
                 None => return,
             }
         }
         if !p.commands.is_empty() {
             let n = p.commands.len();
-            warn!(remaining = n, failures = ?last_failures, "runtime state did not converge after repair; reloading");
-            p.reload.push(format!(
-                "convergence: {n} runtime changes did not take ({})",
-                last_failures.first().cloned().unwrap_or_default()
-            ));
+            let first = last_failures
+                .first()
+                .cloned()
+                .unwrap_or_else(|| p.commands[0].to_string());
             self.update(|st| st.convergence_failures += 1);
+            if self.convergence_reloaded == Some(d.revision) {
+                // A reload did not fix it either: reloading again would only loop.
+                error!(remaining = n, first = %first, "runtime state still differs after a reload; giving up until the next document");
+                self.update(|st| {
+                    st.revision = Some(d.revision);
+                    st.converged = false;
+                    st.error = Some(format!(
+                        "not converged: {n} runtime changes do not take ({first})"
+                    ));
+                });
+                session.quit().await;
+                return;
+            }
+            warn!(remaining = n, first = %first, "runtime state did not converge after repair; reloading");
+            p.reload.push(format!(
+                "convergence: {n} runtime changes did not take ({first})"
+            ));
         }
         if !p.cleanup.is_empty() {
             if let Ok(r) = session.apply(&p.cleanup).await {
@@ -502,17 +516,68 @@ impl Reconciler {
         Ok(report.failed)
     }
 
-    async fn reobserve(&mut self, session: &mut Session) -> Option<ObservedServers> {
-        match session.servers_state().await {
+    /// Reads servers and our map/ACL/certificate files from the runtime socket.
+    async fn observe(
+        &mut self,
+        session: &mut Session,
+        d: &DesiredState,
+    ) -> Option<(ObservedServers, ObservedData)> {
+        let dir = &self.s.haproxy.data_dir;
+        let maps: Vec<String> = d
+            .maps
+            .keys()
+            .map(|n| dir.join(map_path(n.as_str())).display().to_string())
+            .collect();
+        let acls: Vec<String> = d
+            .acls
+            .keys()
+            .map(|n| dir.join(acl_path(n.as_str())).display().to_string())
+            .collect();
+        let certs: Vec<String> = d
+            .certificates
+            .keys()
+            .map(|n| dir.join(cert_path(n.as_str())).display().to_string())
+            .collect();
+        let r = async {
+            Ok::<_, crate::haproxy::runtime::RuntimeError>((
+                session.servers_state().await?,
+                session.data(&maps, &acls, &certs).await?,
+            ))
+        }
+        .await;
+        match r {
             Ok(o) => Some(o),
             Err(e) => {
                 self.update(|st| {
                     st.converged = false;
-                    st.error = Some(format!("read back: {e}"));
+                    st.error = Some(format!("observing HAProxy: {e}"));
                 });
                 None
             }
         }
+    }
+
+    fn plan(
+        &self,
+        d: &DesiredState,
+        structure: &Structure,
+        servers: &ObservedServers,
+        data: &ObservedData,
+        opts: PlanOptions,
+    ) -> Plan {
+        let mut p = plan(d, structure, self.loaded.as_ref(), servers, opts);
+        let before = p.commands.len();
+        plan_data(d, &self.s.haproxy.data_dir, data, &mut p);
+        if p.commands.len() > opts.max_runtime_ops && before <= opts.max_runtime_ops {
+            p.reload.push(format!(
+                "{} runtime commands exceed max_runtime_ops {}",
+                p.commands.len(),
+                opts.max_runtime_ops
+            ));
+            p.commands.clear();
+            p.cleanup.clear();
+        }
+        p
     }
 
     /// Works out which structure the running HAProxy loaded (once, at start).
@@ -669,6 +734,9 @@ impl Reconciler {
                     }
                     self.loaded = Some(structure.clone());
                     self.failed_reload = None;
+                    if reasons.iter().any(|r| r.starts_with("convergence")) {
+                        self.convergence_reloaded = Some(d.revision);
+                    }
                     self.update(|st| {
                         st.reloads += 1;
                         for r in &reasons {

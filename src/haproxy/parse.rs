@@ -185,6 +185,89 @@ pub fn show_proc(text: &str) -> Result<ProcStatus, ParseError> {
     })
 }
 
+/// Files listed by `show map` / `show acl` (the ones HAProxy loaded from a file).
+///
+/// ```text
+/// # id (file) description
+/// 4 (/tmp/hx/h.map) pattern loaded from file '/tmp/hx/h.map' used by map at file 'm.cfg' line 11. ...
+/// 1 () acl 'src' file 'm.cfg' line 10. ...
+/// ```
+pub fn loaded_files(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let open = l.find(" (")?;
+            let close = l[open..].find(") ")? + open;
+            let f = &l[open + 2..close];
+            (!f.is_empty()).then(|| f.to_string())
+        })
+        .collect()
+}
+
+/// Entries of `show map FILE`: `0x55d1c8864250 key value` per line.
+pub fn map_entries(text: &str) -> Result<Vec<(String, String)>, ParseError> {
+    let mut out = Vec::new();
+    for (n, l) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let mut it = l.splitn(3, ' ');
+        match (it.next(), it.next(), it.next()) {
+            (Some(ptr), Some(k), Some(v)) if ptr.starts_with("0x") => {
+                out.push((k.to_string(), v.to_string()))
+            }
+            _ => {
+                return Err(ParseError {
+                    what: "show map",
+                    line: n + 1,
+                    input: l.to_string(),
+                    reason: "expected '0x<ref> key value'".into(),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Patterns of `show acl FILE`: `0x55d1c8864250 pattern` per line.
+pub fn acl_entries(text: &str) -> Result<Vec<String>, ParseError> {
+    let mut out = Vec::new();
+    for (n, l) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        match l.split_once(' ') {
+            Some((ptr, pat)) if ptr.starts_with("0x") => out.push(pat.to_string()),
+            _ => {
+                return Err(ParseError {
+                    what: "show acl",
+                    line: n + 1,
+                    input: l.to_string(),
+                    reason: "expected '0x<ref> pattern'".into(),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// File names listed by `show ssl cert` (`# filename` header, one path per line).
+pub fn cert_files(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.trim().trim_start_matches('*').to_string())
+        .collect()
+}
+
+/// The `SHA1 FingerPrint:` of `show ssl cert FILE`.
+pub fn cert_fingerprint(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("SHA1 FingerPrint: "))
+        .map(|s| s.trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +299,35 @@ mod tests {
         assert_eq!(e.line, 3);
         assert!(e.to_string().contains("srv_addr"), "{e}");
         assert!(servers_state("Unknown command.\n").is_err());
+    }
+
+    #[test]
+    fn parses_map_and_acl_output() {
+        let list = "# id (file) description\n4 (/tmp/hx/h.map) pattern loaded from file '/tmp/hx/h.map' used by map at file 'm.cfg' line 11. curr_ver=0 next_ver=0 entry_cnt=2\n1 () acl 'src' file 'm.cfg' line 10. curr_ver=0 next_ver=0 entry_cnt=0\n";
+        assert_eq!(loaded_files(list), vec!["/tmp/hx/h.map"]);
+        let m = map_entries("0x560c8c864250 a.example.com be\n0x560c8c8642e0 b.example.com be x\n")
+            .unwrap();
+        assert_eq!(
+            m,
+            vec![
+                ("a.example.com".into(), "be".into()),
+                ("b.example.com".into(), "be x".into())
+            ]
+        );
+        assert!(map_entries("Unknown map identifier. Please use #<id> or <file>.").is_err());
+        assert_eq!(
+            acl_entries("0x560c8c8531a0 203.0.113.0/24\n").unwrap(),
+            vec!["203.0.113.0/24"]
+        );
+        let cert = "Filename: /tmp/hx/c1.pem\nStatus: Used\nSHA1 FingerPrint: 50CF17AB6D88FEDF2E8ED09478996997556C01C6\nSubject: /CN=x\n";
+        assert_eq!(
+            cert_fingerprint(cert).as_deref(),
+            Some("50CF17AB6D88FEDF2E8ED09478996997556C01C6")
+        );
+        assert_eq!(
+            cert_files("# filename\n/tmp/hx/c1.pem\n"),
+            vec!["/tmp/hx/c1.pem"]
+        );
     }
 
     #[test]

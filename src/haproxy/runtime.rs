@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::time::timeout;
 
-use crate::model::observed::ObservedServers;
+use crate::model::observed::{ObservedData, ObservedServers};
 use crate::plan::command::ReplyError;
 use crate::plan::Command;
 
@@ -141,14 +141,15 @@ impl Session {
             if self.buf.len() > MAX_REPLY {
                 return Err(RuntimeError::ReplyTooLarge);
             }
-            let mut chunk = [0u8; 64 * 1024];
-            let n = timeout(self.timeout, self.stream.read(&mut chunk))
+            // Read straight into the buffer: a stack array here would live in every
+            // future that awaits a reply.
+            self.buf.reserve(64 * 1024);
+            let n = timeout(self.timeout, self.stream.read_buf(&mut self.buf))
                 .await
                 .map_err(|_| RuntimeError::Timeout(self.timeout))??;
             if n == 0 {
                 return Err(RuntimeError::Closed);
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 
@@ -213,25 +214,160 @@ impl Session {
         self.command("show servers state").await
     }
 
-    /// Applies commands pipelined, judging every reply exactly.
+    /// Applies commands in order: runs of plain commands pipelined, transactions
+    /// one step at a time; every reply judged exactly.
     pub async fn apply(&mut self, cmds: &[Command]) -> Result<ApplyReport, RuntimeError> {
-        let lines: Vec<String> = cmds.iter().map(|c| c.to_line()).collect();
-        let replies = self.pipeline(&lines).await?;
         let mut report = ApplyReport::default();
-        for (c, r) in cmds.iter().zip(&replies) {
-            match c.check_reply(r) {
-                Ok(()) => report.ok += 1,
-                Err(ReplyError::Soft(m)) => report.soft.push(m),
-                Err(ReplyError::Hard(m)) => report.failed.push(m),
+        let mut i = 0;
+        while i < cmds.len() {
+            if cmds[i].is_transaction() {
+                match self.transaction(&cmds[i]).await? {
+                    Ok(()) => report.ok += 1,
+                    Err(m) => report.failed.push(m),
+                }
+                i += 1;
+                continue;
             }
+            let end = cmds[i..]
+                .iter()
+                .position(|c| c.is_transaction())
+                .map_or(cmds.len(), |k| i + k);
+            let run = &cmds[i..end];
+            let lines: Vec<String> = run.iter().map(|c| c.to_line()).collect();
+            let replies = self.pipeline(&lines).await?;
+            for (c, r) in run.iter().zip(&replies) {
+                match c.check_reply(r) {
+                    Ok(()) => report.ok += 1,
+                    Err(ReplyError::Soft(m)) => report.soft.push(m),
+                    Err(ReplyError::Hard(m)) => report.failed.push(m),
+                }
+            }
+            i = end;
         }
         Ok(report)
+    }
+
+    /// Runs a multi-step transaction; the outer error is the socket, the inner one HAProxy's refusal.
+    async fn transaction(&mut self, c: &Command) -> Result<Result<(), String>, RuntimeError> {
+        let refuse = |step: &str, reply: &str| Err(format!("{c}: {step} answered {reply:?}"));
+        match c {
+            Command::ReplaceMap { file, entries } => {
+                let lines: Vec<String> = entries.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                self.replace_file("map", file, &lines).await
+            }
+            Command::ReplaceAcl { file, patterns } => {
+                self.replace_file("acl", file, patterns).await
+            }
+            Command::SetCert { file, pem } => {
+                let r = self.payload(&format!("set ssl cert {file}"), pem).await?;
+                if !r.contains(&format!("Transaction created for certificate {file}!"))
+                    && !r.contains(&format!("Transaction updated for certificate {file}!"))
+                {
+                    let _ = self.command(&format!("abort ssl cert {file}")).await?;
+                    return Ok(refuse("set ssl cert", &r));
+                }
+                let r = self.command(&format!("commit ssl cert {file}")).await?;
+                if r.contains("Success!") && !r.contains("rror") {
+                    Ok(Ok(()))
+                } else {
+                    let _ = self.command(&format!("abort ssl cert {file}")).await?;
+                    Ok(refuse("commit ssl cert", &r))
+                }
+            }
+            _ => Ok(Err(format!("{c} is not a transaction"))),
+        }
+    }
+
+    /// `prepare KIND FILE`, `add KIND @V FILE <<` in chunks under 16 KiB, `commit KIND @V FILE`.
+    async fn replace_file(
+        &mut self,
+        kind: &str,
+        file: &str,
+        lines: &[String],
+    ) -> Result<Result<(), String>, RuntimeError> {
+        let r = self.command(&format!("prepare {kind} {file}")).await?;
+        let Some(version) = r
+            .strip_prefix("New version created: ")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        else {
+            return Ok(Err(format!("prepare {kind} {file} answered {r:?}")));
+        };
+        for chunk in chunk_lines(lines, MAX_PAYLOAD) {
+            let r = self
+                .payload(&format!("add {kind} @{version} {file}"), &chunk)
+                .await?;
+            if !r.trim().is_empty() {
+                return Ok(Err(format!("add {kind} @{version} {file} answered {r:?}")));
+            }
+        }
+        let r = self
+            .command(&format!("commit {kind} @{version} {file}"))
+            .await?;
+        if r.is_empty() {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(format!(
+                "commit {kind} @{version} {file} answered {r:?}"
+            )))
+        }
+    }
+
+    /// Reads the contents of the map, ACL and certificate files HAProxy loaded,
+    /// restricted to the paths in `want` (our own files).
+    pub async fn data(
+        &mut self,
+        want_maps: &[String],
+        want_acls: &[String],
+        want_certs: &[String],
+    ) -> Result<ObservedData, RuntimeError> {
+        let mut out = ObservedData::default();
+        if !want_maps.is_empty() {
+            let loaded = parse::loaded_files(&self.command("show map").await?);
+            for f in want_maps.iter().filter(|f| loaded.contains(f)) {
+                let text = self.command(&format!("show map {f}")).await?;
+                out.maps.insert(f.clone(), parse::map_entries(&text)?);
+            }
+        }
+        if !want_acls.is_empty() {
+            let loaded = parse::loaded_files(&self.command("show acl").await?);
+            for f in want_acls.iter().filter(|f| loaded.contains(f)) {
+                let text = self.command(&format!("show acl {f}")).await?;
+                out.acls.insert(f.clone(), parse::acl_entries(&text)?);
+            }
+        }
+        if !want_certs.is_empty() {
+            let loaded = parse::cert_files(&self.command("show ssl cert").await?);
+            for f in want_certs.iter().filter(|f| loaded.contains(f)) {
+                let text = self.command(&format!("show ssl cert {f}")).await?;
+                if let Some(fp) = parse::cert_fingerprint(&text) {
+                    out.certs.insert(f.clone(), fp);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Ends the session politely.
     pub async fn quit(mut self) {
         let _ = self.stream.write_all(b"quit\n").await;
     }
+}
+
+/// Splits lines into payloads of at most `max` bytes (each line kept whole).
+fn chunk_lines(lines: &[String], max: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for l in lines {
+        if !cur.is_empty() && cur.len() + l.len() + 1 > max {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.push_str(l);
+        cur.push('\n');
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -241,6 +377,17 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_stay_under_the_payload_limit() {
+        let lines: Vec<String> = (0..3000)
+            .map(|i| format!("host{i}.example.com backend_{i}"))
+            .collect();
+        let chunks = chunk_lines(&lines, MAX_PAYLOAD);
+        assert!(chunks.len() > 1);
+        assert!(chunks.iter().all(|c| c.len() <= MAX_PAYLOAD));
+        assert_eq!(chunks.concat().lines().count(), 3000);
+    }
 
     #[test]
     fn refuses_dangerous_lines() {

@@ -98,3 +98,16 @@ impl ProcStatus {
         self.workers.iter().min_by_key(|w| w.reloads).map(|w| w.pid)
     }
 }
+
+/// Map, ACL and certificate contents of the running HAProxy, for the files
+/// it has loaded (a file no config line refers to is not loaded, and then
+/// rewriting it on disk is all there is to do).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedData {
+    /// Map file path → entries, in HAProxy's order (duplicates possible: `add map` does not deduplicate).
+    pub maps: BTreeMap<String, Vec<(String, String)>>,
+    /// ACL pattern file path → patterns.
+    pub acls: BTreeMap<String, Vec<String>>,
+    /// Certificate file path → SHA-1 fingerprint of its leaf certificate (uppercase hex).
+    pub certs: BTreeMap<String, String>,
+}

@@ -46,6 +46,33 @@ pub enum Command {
     EnableHealth { backend: String, server: String },
     /// `del server B/S` (must be in maintenance, refused while connections linger).
     DelServer { backend: String, server: String },
+    /// `add map FILE KEY VALUE`.
+    AddMap {
+        file: String,
+        key: String,
+        value: String,
+    },
+    /// `set map FILE KEY VALUE` (changes every entry with that key).
+    SetMap {
+        file: String,
+        key: String,
+        value: String,
+    },
+    /// `del map FILE KEY` (removes every entry with that key).
+    DelMap { file: String, key: String },
+    /// `add acl FILE PATTERN`.
+    AddAcl { file: String, pattern: String },
+    /// `del acl FILE PATTERN`.
+    DelAcl { file: String, pattern: String },
+    /// Transaction: `prepare map`, `add map @V FILE <<` in payload chunks under 16 KiB, `commit map`.
+    ReplaceMap {
+        file: String,
+        entries: Vec<(String, String)>,
+    },
+    /// Transaction: `prepare acl`, `add acl @V FILE <<` in chunks, `commit acl`.
+    ReplaceAcl { file: String, patterns: Vec<String> },
+    /// Transaction: `set ssl cert FILE <<` + PEM, then `commit ssl cert FILE`.
+    SetCert { file: String, pem: String },
 }
 
 /// How a reply failed.
@@ -74,7 +101,23 @@ impl Command {
             | Command::AddServer { backend, .. }
             | Command::EnableHealth { backend, .. }
             | Command::DelServer { backend, .. } => backend,
+            Command::AddMap { file, .. }
+            | Command::SetMap { file, .. }
+            | Command::DelMap { file, .. }
+            | Command::AddAcl { file, .. }
+            | Command::DelAcl { file, .. }
+            | Command::ReplaceMap { file, .. }
+            | Command::ReplaceAcl { file, .. }
+            | Command::SetCert { file, .. } => file,
         }
+    }
+
+    /// True for multi-step transactions that cannot be pipelined as one line.
+    pub fn is_transaction(&self) -> bool {
+        matches!(
+            self,
+            Command::ReplaceMap { .. } | Command::ReplaceAcl { .. } | Command::SetCert { .. }
+        )
     }
 
     /// Judges HAProxy's reply (trailing newlines already stripped).
@@ -86,7 +129,14 @@ impl Command {
             )))
         };
         match self {
-            Command::SetWeight { .. } | Command::SetState { .. } | Command::EnableHealth { .. } => {
+            Command::SetWeight { .. }
+            | Command::SetState { .. }
+            | Command::EnableHealth { .. }
+            | Command::AddMap { .. }
+            | Command::SetMap { .. }
+            | Command::DelMap { .. }
+            | Command::AddAcl { .. }
+            | Command::DelAcl { .. } => {
                 if reply.is_empty() {
                     Ok(())
                 } else {
@@ -117,6 +167,10 @@ impl Command {
                 ),
                 _ => hard(),
             },
+            // Transactions are judged step by step by the runtime client.
+            Command::ReplaceMap { .. } | Command::ReplaceAcl { .. } | Command::SetCert { .. } => {
+                Ok(())
+            }
         }
     }
 }
@@ -166,6 +220,18 @@ impl fmt::Display for Command {
                 write!(f, "enable health {backend}/{server}")
             }
             Command::DelServer { backend, server } => write!(f, "del server {backend}/{server}"),
+            Command::AddMap { file, key, value } => write!(f, "add map {file} {key} {value}"),
+            Command::SetMap { file, key, value } => write!(f, "set map {file} {key} {value}"),
+            Command::DelMap { file, key } => write!(f, "del map {file} {key}"),
+            Command::AddAcl { file, pattern } => write!(f, "add acl {file} {pattern}"),
+            Command::DelAcl { file, pattern } => write!(f, "del acl {file} {pattern}"),
+            Command::ReplaceMap { file, entries } => {
+                write!(f, "replace map {file} ({} entries)", entries.len())
+            }
+            Command::ReplaceAcl { file, patterns } => {
+                write!(f, "replace acl {file} ({} patterns)", patterns.len())
+            }
+            Command::SetCert { file, .. } => write!(f, "set ssl cert {file}"),
         }
     }
 }

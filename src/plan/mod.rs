@@ -19,6 +19,7 @@
 //! slot, or is added with `add server` on dynamic-algorithm pools.
 
 pub mod command;
+pub mod data;
 pub mod layout;
 pub mod sim;
 mod structure;

@@ -68,6 +68,17 @@ impl SimHaproxy {
 
     /// Applies one command the way HAProxy 2.6 would, or refuses it.
     pub fn apply(&mut self, c: &Command) -> Result<(), String> {
+        if !matches!(
+            c,
+            Command::SetAddr { .. }
+                | Command::SetWeight { .. }
+                | Command::SetState { .. }
+                | Command::AddServer { .. }
+                | Command::EnableHealth { .. }
+                | Command::DelServer { .. }
+        ) {
+            return Err(format!("the simulator models servers only, not {c}"));
+        }
         let be = self
             .backends
             .get_mut(c.backend())
@@ -140,6 +151,7 @@ impl SimHaproxy {
                 }
                 be.servers.remove(i);
             }
+            _ => unreachable!("filtered above"),
         }
         Ok(())
     }
