@@ -149,6 +149,7 @@ fn self_signed(dir: &std::path::Path, cn: &str) -> String {
     std::fs::read_to_string(c).unwrap() + &std::fs::read_to_string(k).unwrap()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn doc(
     rev: u64,
     vip: &str,
