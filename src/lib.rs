@@ -13,7 +13,9 @@
 //! - [`status`], [`cli`], [`daemon`], [`telemetry`]: the operating surface.
 
 pub mod bird;
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod fsutil;
 pub mod haproxy;
 pub mod health;
@@ -21,3 +23,4 @@ pub mod model;
 pub mod plan;
 pub mod reconcile;
 pub mod source;
+pub mod telemetry;

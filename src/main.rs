@@ -1,3 +1,28 @@
+//! Thin entry point: parse the command line, set up logging, dispatch, map errors to exit codes.
+
+use clap::Parser;
+use lb_agent::cli::{self, Cli, Cmd, Failure};
+
 fn main() {
-    println!("lb-agent {}", env!("CARGO_PKG_VERSION"));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run { config } => run(&config),
+        Cmd::CheckConfig { config } => cli::check_config(&config),
+        Cmd::Render { desired, config } => cli::render(&desired, config.as_deref()),
+    };
+    if let Err(f) = result {
+        eprintln!("lb-agent: {}", f.message);
+        std::process::exit(f.code);
+    }
+}
+
+fn run(config: &std::path::Path) -> Result<(), Failure> {
+    lb_agent::telemetry::init("info");
+    let cfg = cli::load_config(config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("lb-agent")
+        .build()
+        .map_err(|e| Failure::runtime(format!("starting the runtime: {e}")))?;
+    rt.block_on(lb_agent::daemon::run(cfg, config)).map_err(|e| Failure::runtime(format!("{e:#}")))
 }

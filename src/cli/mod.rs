@@ -1,0 +1,133 @@
+//! Command-line interface (clap). `main` dispatches; this module holds the
+//! argument types and the offline commands (`check-config`, `render`).
+//!
+//! Exit codes (SPEC §4): 0 ok, 1 runtime error, 2 usage or configuration
+//! error, 3 agent unreachable.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, DEFAULT_PATH};
+use crate::model::validate::{parse_document, ValidateContext};
+
+/// Exit code: success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: runtime error.
+pub const EXIT_RUNTIME: i32 = 1;
+/// Exit code: usage or configuration error.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code: the agent's status socket is unreachable.
+pub const EXIT_UNREACHABLE: i32 = 3;
+
+/// lb-agent: node agent for HAProxy load balancers on an anycast + ECMP platform.
+#[derive(Debug, Parser)]
+#[command(name = "lb-agent", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the agent (the systemd service).
+    Run {
+        /// agent.toml to use.
+        #[arg(long, short, env = "LB_AGENT_CONFIG", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Validate agent.toml and report every problem with file, line and key.
+    CheckConfig {
+        /// agent.toml to check.
+        #[arg(long, short, env = "LB_AGENT_CONFIG", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Print the haproxy.cfg the agent would install for a desired-state document (dry run).
+    Render {
+        /// The desired-state document (JSON, schema 1).
+        #[arg(long)]
+        desired: PathBuf,
+        /// agent.toml for paths and templates; built-in defaults when absent.
+        #[arg(long, short, env = "LB_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure { code: EXIT_USAGE, message: message.into() }
+    }
+    pub fn runtime(message: impl Into<String>) -> Failure {
+        Failure { code: EXIT_RUNTIME, message: message.into() }
+    }
+}
+
+/// Loads agent.toml, mapping every problem to a usage failure listing them all.
+pub fn load_config(path: &Path) -> Result<Config, Failure> {
+    config::load(path).map_err(|e| Failure::usage(format!("{} is invalid:\n{e}", path.display())))
+}
+
+/// Writes to stdout; a closed pipe (`| head`) ends the program quietly.
+pub fn print(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(EXIT_OK),
+        Err(e) => Err(Failure::runtime(format!("writing to stdout: {e}"))),
+    }
+}
+
+/// `lb-agent check-config`.
+pub fn check_config(path: &Path) -> Result<(), Failure> {
+    let cfg = load_config(path)?;
+    print(&format!(
+        "{}: OK (node {}, group {}, source {})\n",
+        path.display(),
+        cfg.node.name,
+        cfg.node.group,
+        match &cfg.source.url {
+            config::SourceUrl::Http(u) => u.clone(),
+            config::SourceUrl::File(p) => format!("file://{}", p.display()),
+        }
+    ))
+}
+
+/// `lb-agent render --desired FILE`.
+pub fn render(desired: &Path, config_path: Option<&Path>) -> Result<(), Failure> {
+    let body = std::fs::read(desired).map_err(|e| Failure::usage(format!("reading {}: {e}", desired.display())))?;
+    let (cfg, group) = match config_path {
+        Some(p) => {
+            let c = load_config(p)?;
+            let g = c.node.group.clone();
+            (c, g)
+        }
+        None => {
+            let c = config::parse_str("", "<defaults>").map_err(|e| Failure::usage(e.to_string()))?;
+            // Without an agent.toml, accept the document's own group.
+            let g = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("group").and_then(|g| g.as_str()).map(str::to_string))
+                .unwrap_or_else(|| c.node.group.clone());
+            (c, g)
+        }
+    };
+    let d = parse_document(&body, &ValidateContext { group }).map_err(|e| {
+        Failure::runtime(format!(
+            "{} is invalid:\n{}",
+            desired.display(),
+            e.0.iter().map(|x| format!("  {x}")).collect::<Vec<_>>().join("\n")
+        ))
+    })?;
+    let r = crate::daemon::renderer(&cfg).map_err(|e| Failure::usage(format!("{e:#}")))?;
+    let out = r.render(&d, &cfg.haproxy.data_dir).map_err(|e| Failure::runtime(e.to_string()))?;
+    print(&out.config)
+}
