@@ -463,3 +463,80 @@ async fn reset_without_a_running_bird_still_writes_the_dummy_only_include() {
     let report = lb_agent::bird::reset(&cfg).await.unwrap();
     assert!(!report.written, "second reset rewrote an identical file");
 }
+
+#[tokio::test]
+async fn publisher_backs_off_while_bird_is_down_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = bird_config(dir.path());
+    let opts = PublisherOptions {
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+        ..PublisherOptions::default()
+    };
+    let want = DesiredAnnouncements::advertise([net("192.0.2.10/32")]);
+    let (_tx, rx) = watch::channel(want.clone());
+    let (status_tx, mut status) = watch::channel(BirdStatus::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(
+        Publisher::new(&cfg, opts)
+            .unwrap()
+            .run(rx, status_tx, cancel.clone()),
+    );
+
+    // No BIRD yet: every pass fails; the retries space out 50, 100, 200, 200, 200 ms.
+    let mut failures_at = Vec::new();
+    while failures_at.len() < 6 {
+        tokio::time::timeout(Duration::from_secs(2), status.changed())
+            .await
+            .expect("a retry within the backoff cap")
+            .unwrap();
+        let s = status.borrow_and_update().clone();
+        assert!(!s.ok);
+        assert_eq!(s.failures as usize, failures_at.len() + 1, "{s:?}");
+        assert!(
+            s.error.as_deref().unwrap().contains("cannot connect"),
+            "{s:?}"
+        );
+        failures_at.push(Instant::now());
+    }
+    let gaps: Vec<Duration> = failures_at.windows(2).map(|w| w[1] - w[0]).collect();
+    for (gap, want_ms) in gaps.iter().zip([50u64, 100, 200, 200, 200]) {
+        let want = Duration::from_millis(want_ms);
+        assert!(
+            *gap >= want - Duration::from_millis(5) && *gap < want + Duration::from_millis(100),
+            "retry gaps {gaps:?}"
+        );
+    }
+    // The desired include is on disk already: a BIRD starting now loads it.
+    let s = status.borrow().clone();
+    assert_eq!((s.writes, s.reconfigures), (1, 0), "{s:?}");
+    let text = std::fs::read_to_string(&cfg.include_file).unwrap();
+    assert!(text.contains("192.0.2.10/32"), "{text}");
+
+    // BIRD comes up (on the desired include): confirmed within one capped retry.
+    let conf = format!(
+        "router id 10.255.0.1;\ninclude \"{}\";\nprotocol device {{ }}\n",
+        cfg.include_file.display()
+    );
+    let _bird = Bird::start(dir.path(), &conf, None);
+    let started = Instant::now();
+    let s = tokio::time::timeout(Duration::from_secs(2), status.wait_for(|s| s.ok))
+        .await
+        .expect("recovered")
+        .unwrap()
+        .clone();
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.announced.as_ref(), Some(&want));
+    assert!(s.error.is_none());
+    // BIRD read the include at start, so no configure was needed.
+    assert_eq!((s.writes, s.reconfigures), (1, 0), "{s:?}");
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -17,6 +17,8 @@
 //!   publishes a [`publisher::BirdStatus`]. [`publisher::reset`] is the
 //!   fail-closed reset used by the packages and the CLI.
 
+#![warn(missing_docs)]
+
 pub mod control;
 pub mod include;
 pub mod publisher;

@@ -100,6 +100,21 @@ pub struct BirdStatus {
     /// Desired prefixes that no `export_protocols` protocol exports (no
     /// static route for them in bird.conf, or the session is down).
     pub not_exported: BTreeSet<IpNet>,
+    /// Where the time of the last successful pass went.
+    pub last_pass: Option<PassTiming>,
+}
+
+/// Durations of the steps of one successful pass (for metrics and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassTiming {
+    /// Writing the include (temp file, fsync, rename, directory fsync), if written.
+    pub write: Option<Duration>,
+    /// `configure` round trip, if one was needed.
+    pub configure: Option<Duration>,
+    /// The confirmation queries (of the last confirmation in the pass).
+    pub confirm: Duration,
+    /// The whole pass, from taking the desired value to confirmation.
+    pub total: Duration,
 }
 
 /// A failed pass: what went wrong, for the status and the log.
@@ -127,12 +142,13 @@ enum PassError {
 /// On `8002` after writing the include it decides what to leave on disk:
 /// - the file on disk is not what was written (someone else changed it in
 ///   between) → the rendered file is written again;
-/// - BIRD blames the include although it is exactly what was rendered (for
-///   example a variable name that bird.conf already defines) → the last
-///   include BIRD accepted is restored (from this run, else the file found at
-///   start, else the dummy-only render), so a BIRD restart still starts;
-/// - BIRD blames another file → the include is valid and stays; the error
-///   is reported until bird.conf is fixed.
+/// - otherwise the last include BIRD accepted (from this run, else the valid
+///   file found at start, else the dummy-only render) is put back and BIRD
+///   is asked to `configure check`: if that passes, the new include was the
+///   problem (for example a variable name bird.conf also defines) and the
+///   restored one stays, so a BIRD restart still starts and announces what
+///   BIRD runs now; if bird.conf fails even so, the new include is written
+///   again, since it is what BIRD should load once bird.conf is fixed.
 #[derive(Debug)]
 pub struct Publisher {
     include_file: PathBuf,
@@ -145,8 +161,6 @@ pub struct Publisher {
     /// Every prefix this publisher has seen desired or found announced:
     /// the ones a confirmation must prove absent when not desired.
     universe: BTreeSet<IpNet>,
-    /// What BIRD was last confirmed to run.
-    confirmed: Option<DesiredAnnouncements>,
     status: BirdStatus,
     backoff: Duration,
 }
@@ -171,7 +185,6 @@ impl Publisher {
             opts,
             accepted: None,
             universe: BTreeSet::new(),
-            confirmed: None,
             status: BirdStatus::default(),
             backoff: opts.backoff_initial,
         })
@@ -246,31 +259,38 @@ impl Publisher {
     /// on a rejection, and its prefixes must be proven withdrawn when not
     /// desired.
     async fn load_startup_include(&mut self) {
-        match read_text(&self.include_file).await {
-            Ok(Some(text)) => {
-                match include::parse(&text).and_then(|f| f.announcements(&self.layout)) {
-                    Ok(a) => {
-                        info!(
-                            include = %self.include_file.display(),
-                            advertised = a.announcements.advertise.len(),
-                            drained = a.announcements.drain.len(),
-                            "include found at start"
-                        );
-                        self.universe.extend(a.announcements.all());
-                        if a.missing.is_empty() {
-                            self.accepted = Some(text);
-                        }
-                    }
-                    Err(error) => {
-                        warn!(include = %self.include_file.display(), %error, "include found at start does not parse; it will be rewritten")
-                    }
-                }
-            }
-            Ok(None) => info!(include = %self.include_file.display(), "no include at start"),
+        let include = self.include_file.display().to_string();
+        let text = match read_text(&self.include_file).await {
+            Ok(Some(text)) => text,
+            Ok(None) => return info!(%include, "no include at start"),
+            Err(error) => return warn!(%include, %error, "cannot read the include at start"),
+        };
+        let file = match include::parse(&text) {
+            Ok(file) => file,
             Err(error) => {
-                warn!(include = %self.include_file.display(), %error, "cannot read the include at start")
+                return warn!(%include, %error, "include found at start does not parse; it will be rewritten")
+            }
+        };
+        match file.announcements(&self.layout) {
+            Ok(a) => {
+                info!(
+                    %include,
+                    advertised = a.announcements.advertise.len(),
+                    drained = a.announcements.drain.len(),
+                    missing = ?a.missing,
+                    unknown = ?a.unknown,
+                    "include found at start"
+                );
+                self.universe.extend(a.announcements.all());
+            }
+            Err(error) => {
+                warn!(%include, %error, "include found at start does not fit the configured layout")
             }
         }
+        // Valid for BIRD and most likely what BIRD runs: even in another
+        // layout (variables renamed or added in agent.toml since), it is the
+        // fallback BIRD is known to accept.
+        self.accepted = Some(text);
     }
 
     async fn pass(
@@ -285,6 +305,7 @@ impl Publisher {
         self.status.warnings = problems;
         self.universe.extend(clean.all());
         let text = include::render(&self.layout, &clean)?;
+        let started = Instant::now();
 
         let on_disk = read_text(&self.include_file)
             .await
@@ -294,15 +315,28 @@ impl Publisher {
                 source,
             })?;
         let wrote = on_disk.as_deref() != Some(text.as_str());
+        let mut write = None;
         if wrote {
+            let t = Instant::now();
             self.write(&text).await?;
-        } else if self.confirm(&clean).await.is_ok() {
-            // BIRD already runs these sets: nothing to do.
-            self.succeed(&clean, &text);
-            debug!(?reason, "BIRD already runs the desired sets");
-            return Ok(());
+            write = Some(t.elapsed());
+        } else {
+            let t = Instant::now();
+            if self.confirm(&clean).await.is_ok() {
+                // BIRD already runs these sets: nothing to do.
+                self.status.last_pass = Some(PassTiming {
+                    write: None,
+                    configure: None,
+                    confirm: t.elapsed(),
+                    total: started.elapsed(),
+                });
+                self.succeed(&clean, &text);
+                debug!(?reason, "BIRD already runs the desired sets");
+                return Ok(());
+            }
         }
 
+        let t = Instant::now();
         let outcome = match self.ctl.configure().await {
             Ok(outcome) => outcome,
             Err(ControlError::ConfigRejected(rejection)) => {
@@ -315,14 +349,26 @@ impl Publisher {
         self.status.reconfigures += 1;
         self.status.last_reconfigure = Some(SystemTime::now());
         self.status.last_outcome = Some(outcome);
+        let configure = t.elapsed();
 
+        let t = Instant::now();
         self.confirm(&clean).await?;
+        let timing = PassTiming {
+            write,
+            configure: Some(configure),
+            confirm: t.elapsed(),
+            total: started.elapsed(),
+        };
+        self.status.last_pass = Some(timing);
         info!(
             ?reason,
             ?outcome,
             wrote,
             advertised = clean.advertise.len(),
             drained = clean.drain.len(),
+            write_us = write.map(|d| d.as_micros() as u64),
+            configure_us = configure.as_micros() as u64,
+            confirm_us = timing.confirm.as_micros() as u64,
             "BIRD runs the desired announcements"
         );
         self.succeed(&clean, &text);
@@ -331,7 +377,6 @@ impl Publisher {
 
     fn succeed(&mut self, clean: &DesiredAnnouncements, text: &str) {
         self.accepted = Some(text.to_string());
-        self.confirmed = Some(clean.clone());
         self.status.ok = true;
         self.status.error = None;
         self.status.announced = Some(clean.clone());
@@ -375,42 +420,47 @@ impl Publisher {
                 "BIRD rejected an include modified by someone else ({rejection}); rewritten"
             ));
         }
-        if !self.blames_include(&rejection) {
-            return PassError::Rejected(format!(
-                "BIRD rejected its configuration, not in the include: {rejection}"
-            ));
-        }
-        let restore = match &self.accepted {
+        // The file is exactly what was rendered. BIRD's blame is no guide
+        // (a clash between the include and bird.conf is blamed on whichever
+        // comes second), so test: put the last accepted include back and
+        // ask BIRD to check the configuration without applying it.
+        let fallback = match &self.accepted {
             Some(t) => t.clone(),
             None => match include::render(&self.layout, &DesiredAnnouncements::default()) {
                 Ok(t) => t,
                 Err(e) => return e.into(),
             },
         };
-        if restore != written {
-            if let Err(e) = self.write(&restore).await {
-                return e;
-            }
+        if fallback == written {
+            return PassError::Rejected(format!(
+                "BIRD rejected its configuration with the last accepted include: {rejection}"
+            ));
         }
-        warn!(%rejection, "BIRD rejected the include; restored the last accepted one");
-        PassError::Rejected(format!(
-            "BIRD rejected the include ({rejection}); restored the last accepted include"
-        ))
-    }
-
-    fn blames_include(&self, rejection: &ConfigRejection) -> bool {
-        let Some(file) = rejection.file.as_deref() else {
-            return false;
-        };
-        let blamed = Path::new(file);
-        if blamed == self.include_file {
-            return true;
+        if let Err(e) = self.write(&fallback).await {
+            return e;
         }
-        match (blamed.canonicalize(), self.include_file.canonicalize()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => {
-                blamed.file_name().is_some() && blamed.file_name() == self.include_file.file_name()
+        match self.ctl.configure_check().await {
+            Ok(()) => {
+                warn!(%rejection, "BIRD rejected the new include; restored the last accepted one");
+                PassError::Rejected(format!(
+                    "BIRD rejected the new include ({rejection}); restored the last accepted include"
+                ))
             }
+            Err(ControlError::ConfigRejected(again)) => {
+                // bird.conf is broken whatever the include says: keep the
+                // desired include, it is what BIRD should load once fixed.
+                warn!(%rejection, %again, "BIRD rejects its configuration even with the last accepted include");
+                if let Err(e) = self.write(written).await {
+                    return e;
+                }
+                PassError::Rejected(format!(
+                    "BIRD rejects its configuration, not because of the include: {again}"
+                ))
+            }
+            Err(e) => PassError::Rejected(format!(
+                "BIRD rejected the new include ({rejection}); restored the last accepted include, \
+                 but could not check it: {e}"
+            )),
         }
     }
 
