@@ -216,40 +216,43 @@ pub struct ConfigRejection {
 
 impl ConfigRejection {
     /// Parses `file:line:col message` (or `file: message`, or just a message).
+    /// The file name may contain spaces and colons: the location is the
+    /// first `:<digits>:<digits> ` in the text.
     pub fn parse(text: &str) -> ConfigRejection {
-        let located = text.split_once(' ').and_then(|(loc, msg)| {
-            let mut parts = loc.rsplitn(3, ':');
-            let col = parts.next()?.parse().ok()?;
-            let line = parts.next()?.parse().ok()?;
-            let file = parts.next()?.to_string();
-            Some((file, line, col, msg))
-        });
-        match located {
-            Some((file, line, col, msg)) => ConfigRejection {
-                file: Some(file),
-                line: Some(line),
-                column: Some(col),
-                message: msg.to_string(),
-                text: text.to_string(),
-            },
-            None => match text.split_once(": ") {
-                Some((file, msg)) if !file.contains(' ') => ConfigRejection {
-                    file: Some(file.to_string()),
-                    line: None,
-                    column: None,
-                    message: msg.to_string(),
+        for (i, _) in text.match_indices(':') {
+            if let Some((line, column, message)) = location_after(&text[i + 1..]) {
+                return ConfigRejection {
+                    file: Some(text[..i].to_string()),
+                    line: Some(line),
+                    column: Some(column),
+                    message: message.to_string(),
                     text: text.to_string(),
-                },
-                _ => ConfigRejection {
-                    file: None,
-                    line: None,
-                    column: None,
-                    message: text.to_string(),
-                    text: text.to_string(),
-                },
-            },
+                };
+            }
+        }
+        let (file, message) = match text.split_once(": ") {
+            Some((file, msg)) if !file.contains(' ') => (Some(file.to_string()), msg),
+            _ => (None, text),
+        };
+        ConfigRejection {
+            file,
+            line: None,
+            column: None,
+            message: message.to_string(),
+            text: text.to_string(),
         }
     }
+}
+
+/// `<line>:<col> <message>` → its parts.
+fn location_after(rest: &str) -> Option<(u32, u32, &str)> {
+    let (line, rest) = rest.split_once(':')?;
+    let (column, message) = rest.split_once(' ')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(line) || !digits(column) {
+        return None;
+    }
+    Some((line.parse().ok()?, column.parse().ok()?, message))
 }
 
 impl fmt::Display for ConfigRejection {
@@ -1215,6 +1218,11 @@ mod tests {
         assert_eq!(c.file.as_deref(), Some("nonexistent.conf"));
         assert_eq!(c.line, None);
         assert_eq!(c.message, "No such file or directory");
+        let c =
+            ConfigRejection::parse("/etc/bird/my dir/a:b.conf:12:7 syntax error, unexpected ';'");
+        assert_eq!(c.file.as_deref(), Some("/etc/bird/my dir/a:b.conf"));
+        assert_eq!((c.line, c.column), (Some(12), Some(7)));
+        assert_eq!(c.message, "syntax error, unexpected ';'");
         let c = ConfigRejection::parse("Something odd happened");
         assert_eq!(
             (c.file, c.message.as_str()),
