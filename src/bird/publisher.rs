@@ -197,6 +197,12 @@ impl Publisher {
     /// [`read_announced`] and its own state). Then a pass runs on every
     /// change (after `settle`), on retry after a failure, and every
     /// `resync_interval`.
+    ///
+    /// Cancellation is honoured between passes: a pass in progress finishes
+    /// first (it is bounded by the control-socket timeouts), so `run` never
+    /// returns with a rejected include still on disk. To withdraw on stop,
+    /// send the empty set, wait for [`BirdStatus::announced`] to show it, then
+    /// cancel.
     pub async fn run(
         mut self,
         mut desired: watch::Receiver<DesiredAnnouncements>,
