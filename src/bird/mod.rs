@@ -1,1 +1,69 @@
-//! bird (in progress)
+//! BIRD: the include file that gates anycast announcements, and BIRD's
+//! control socket (SPEC §3).
+//!
+//! The agent never talks BGP itself. It decides *which* VIP prefixes may be
+//! announced and hands that set to BIRD the way anycast-healthchecker does:
+//! it rewrites a small include file that defines the prefix sets used by the
+//! operator's BGP export filter (`net ~ ACAST_PS_ADVERTISE`) and asks BIRD to
+//! `configure`. Changing only a prefix set makes BIRD refeed the export
+//! channel, so the prefix is announced or withdrawn without a session reset.
+//!
+//! - [`include`] (pure): render, parse and validate the include file.
+//! - [`control`]: a native client for BIRD's control-socket line protocol
+//!   (no `birdc` process per call), with pure parsers for the replies.
+//! - [`publisher`]: the long-lived task that owns BIRD for the agent. It takes
+//!   the desired announcements from a `watch` channel, coalesces bursts,
+//!   writes the include atomically, reconfigures, *confirms the effect* and
+//!   publishes a [`publisher::BirdStatus`]. [`publisher::reset`] is the
+//!   fail-closed reset used by the packages and the CLI.
+
+#![warn(missing_docs)]
+
+pub mod control;
+pub mod include;
+pub mod publisher;
+
+use std::collections::BTreeSet;
+
+use ipnet::IpNet;
+
+pub use control::{BirdControl, ConfigureOutcome, ControlError, ControlOptions, Reply};
+pub use include::{IncludeLayout, LayoutError};
+pub use publisher::{
+    read_announced, reset, BirdStatus, Publisher, PublisherOptions, ResetBird, ResetReport,
+};
+
+/// What the agent wants BIRD to announce: the input of the [`Publisher`].
+///
+/// Both sets hold IPv4 and IPv6 prefixes mixed; the include file splits them
+/// into the per-family variables. A prefix in `drain` is announced through the
+/// operator's drain filter (AS-path prepend or GRACEFUL_SHUTDOWN), so traffic
+/// moves away before the prefix is withdrawn.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct DesiredAnnouncements {
+    /// Prefixes announced normally (`ipv4_variable` / `ipv6_variable`).
+    pub advertise: BTreeSet<IpNet>,
+    /// Prefixes announced with the drain treatment (`drain_variable`); ignored
+    /// (that is, withdrawn) when no drain variable is configured.
+    pub drain: BTreeSet<IpNet>,
+}
+
+impl DesiredAnnouncements {
+    /// Announcements with only an advertise set.
+    pub fn advertise<I: IntoIterator<Item = IpNet>>(prefixes: I) -> Self {
+        DesiredAnnouncements {
+            advertise: prefixes.into_iter().collect(),
+            drain: BTreeSet::new(),
+        }
+    }
+
+    /// True when nothing at all is announced.
+    pub fn is_empty(&self) -> bool {
+        self.advertise.is_empty() && self.drain.is_empty()
+    }
+
+    /// Every prefix in either set.
+    pub fn all(&self) -> BTreeSet<IpNet> {
+        self.advertise.union(&self.drain).copied().collect()
+    }
+}

@@ -1,0 +1,164 @@
+//! A real BIRD 2 for integration tests.
+//!
+//! [`Bird::start`] writes `bird.conf` into a directory, runs
+//! `bird -f -c <conf> -s <sock> -P <pid>` (optionally inside a network
+//! namespace, through `ip netns exec`, which execs BIRD so the child PID is
+//! BIRD's), and waits, bounded, for the control socket's `0001` greeting.
+//! On drop it stops BIRD by PID: SIGTERM, then SIGKILL after a grace period.
+//! A missing `bird` binary is a test failure, not a skip: the CI installs it.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// A running BIRD, stopped on drop.
+#[derive(Debug)]
+pub struct Bird {
+    child: Option<Child>,
+    /// Directory holding bird.conf, the socket, the pid file and the logs.
+    pub dir: PathBuf,
+    /// Control socket.
+    pub socket: PathBuf,
+    /// Main configuration file.
+    pub config: PathBuf,
+    netns: Option<String>,
+}
+
+impl Bird {
+    /// Writes `config_text` to `<dir>/bird.conf` and starts BIRD on it.
+    pub fn start(dir: &Path, config_text: &str, netns: Option<&str>) -> Bird {
+        fs::create_dir_all(dir).unwrap();
+        let config = dir.join("bird.conf");
+        fs::write(&config, config_text).unwrap();
+        let mut bird = Bird {
+            child: None,
+            dir: dir.to_path_buf(),
+            socket: dir.join("bird.ctl"),
+            config,
+            netns: netns.map(str::to_string),
+        };
+        bird.spawn();
+        bird
+    }
+
+    /// Starts BIRD again on the same files (after [`Bird::stop`]).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        assert!(
+            Path::new("/usr/sbin/bird").exists() || which("bird"),
+            "BIRD 2 is not installed: apt-get install -y bird2"
+        );
+        let _ = fs::remove_file(&self.socket);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "bird"]);
+                c
+            }
+            None => Command::new("bird"),
+        };
+        cmd.arg("-f")
+            .arg("-c")
+            .arg(&self.config)
+            .arg("-s")
+            .arg(&self.socket)
+            .arg("-P")
+            .arg(self.dir.join("bird.pid"))
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(self.dir.join("bird.stdout")).unwrap())
+            .stderr(fs::File::create(self.dir.join("bird.stderr")).unwrap());
+        let child = cmd.spawn().expect("spawning bird");
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(10));
+    }
+
+    fn wait_ready(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "bird exited during startup ({status}); stderr: {}\nlog: {}",
+                    fs::read_to_string(self.dir.join("bird.stderr")).unwrap_or_default(),
+                    self.log()
+                );
+            }
+            if let Ok(s) = UnixStream::connect(&self.socket) {
+                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let mut line = String::new();
+                if BufReader::new(&s).read_line(&mut line).is_ok() && line.starts_with("0001 ") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bird did not greet on {} within {limit:?}; log: {}",
+                self.socket.display(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// BIRD's PID (the child's PID).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("bird running").id()
+    }
+
+    /// Sends a signal to BIRD by PID.
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), sig).unwrap();
+    }
+
+    /// Stops BIRD: SIGTERM, then SIGKILL after 3 s; reaps it.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = Pid::from_raw(child.id() as i32);
+        // A SIGSTOPped BIRD ignores SIGTERM until continued.
+        let _ = kill(pid, Signal::SIGCONT);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = child.wait();
+    }
+
+    /// BIRD's log file, if the config logs to `<dir>/bird.log`.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("bird.log")).unwrap_or_default()
+    }
+
+    /// `log "<dir>/bird.log" all;`: a line to put in a test config.
+    pub fn log_line(dir: &Path) -> String {
+        format!("log \"{}\" all;\n", dir.join("bird.log").display())
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
