@@ -46,14 +46,17 @@ pub fn renderer(cfg: &Config) -> anyhow::Result<Renderer> {
 
 /// The document parser the source uses: JSON → validated [`DesiredState`].
 pub fn parser(group: &str) -> Parser<DesiredState> {
-    let ctx = ValidateContext { group: group.to_string() };
+    let ctx = ValidateContext {
+        group: group.to_string(),
+    };
     Arc::new(move |body: &[u8]| parse_document(body, &ctx).map_err(|e| e.to_string()))
 }
 
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(cfg: Config, config_path: &Path) -> anyhow::Result<()> {
     source::ensure_crypto_provider();
-    std::fs::create_dir_all(&cfg.node.state_dir).with_context(|| format!("creating state_dir {}", cfg.node.state_dir.display()))?;
+    std::fs::create_dir_all(&cfg.node.state_dir)
+        .with_context(|| format!("creating state_dir {}", cfg.node.state_dir.display()))?;
     let renderer = renderer(&cfg)?;
     info!(config = %config_path.display(), node = %cfg.node.name, group = %cfg.node.group, "lb-agent starting");
 
@@ -63,7 +66,14 @@ pub async fn run(cfg: Config, config_path: &Path) -> anyhow::Result<()> {
     // Source → reconciler.
     let (doc_tx, mut doc_rx) = watch::channel::<Option<Arc<Accepted<DesiredState>>>>(None);
     let (source_status_tx, _source_status) = watch::channel(SourceStatus::default());
-    tracker.spawn(source::run(cfg.source.clone(), cfg.node.name.clone(), parser(&cfg.node.group), doc_tx, source_status_tx, cancel.clone()));
+    tracker.spawn(source::run(
+        cfg.source.clone(),
+        cfg.node.name.clone(),
+        parser(&cfg.node.group),
+        doc_tx,
+        source_status_tx,
+        cancel.clone(),
+    ));
 
     let (cand_tx, cand_rx) = watch::channel::<Option<Candidate>>(None);
     {
@@ -103,7 +113,10 @@ pub async fn run(cfg: Config, config_path: &Path) -> anyhow::Result<()> {
     wait_for_stop().await?;
     info!("stopping");
     cancel.cancel();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         warn!(grace = ?SHUTDOWN_GRACE, "tasks did not finish in time; exiting anyway");
     }
     info!("stopped");

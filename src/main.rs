@@ -24,5 +24,6 @@ fn run(config: &std::path::Path) -> Result<(), Failure> {
         .thread_name("lb-agent")
         .build()
         .map_err(|e| Failure::runtime(format!("starting the runtime: {e}")))?;
-    rt.block_on(lb_agent::daemon::run(cfg, config)).map_err(|e| Failure::runtime(format!("{e:#}")))
+    rt.block_on(lb_agent::daemon::run(cfg, config))
+        .map_err(|e| Failure::runtime(format!("{e:#}")))
 }

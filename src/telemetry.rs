@@ -15,11 +15,14 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `RUST_LOG` overrides `default_level`.
 pub fn init(default_level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let registry = tracing_subscriber::registry().with(filter);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         if let Ok(journald) = tracing_journald::layer() {
-            let _ = registry.with(journald.with_syslog_identifier("lb-agent".into())).try_init();
+            let _ = registry
+                .with(journald.with_syslog_identifier("lb-agent".into()))
+                .try_init();
             return;
         }
     }

@@ -64,10 +64,16 @@ pub struct Failure {
 
 impl Failure {
     pub fn usage(message: impl Into<String>) -> Failure {
-        Failure { code: EXIT_USAGE, message: message.into() }
+        Failure {
+            code: EXIT_USAGE,
+            message: message.into(),
+        }
     }
     pub fn runtime(message: impl Into<String>) -> Failure {
-        Failure { code: EXIT_RUNTIME, message: message.into() }
+        Failure {
+            code: EXIT_RUNTIME,
+            message: message.into(),
+        }
     }
 }
 
@@ -103,7 +109,8 @@ pub fn check_config(path: &Path) -> Result<(), Failure> {
 
 /// `lb-agent render --desired FILE`.
 pub fn render(desired: &Path, config_path: Option<&Path>) -> Result<(), Failure> {
-    let body = std::fs::read(desired).map_err(|e| Failure::usage(format!("reading {}: {e}", desired.display())))?;
+    let body = std::fs::read(desired)
+        .map_err(|e| Failure::usage(format!("reading {}: {e}", desired.display())))?;
     let (cfg, group) = match config_path {
         Some(p) => {
             let c = load_config(p)?;
@@ -111,7 +118,8 @@ pub fn render(desired: &Path, config_path: Option<&Path>) -> Result<(), Failure>
             (c, g)
         }
         None => {
-            let c = config::parse_str("", "<defaults>").map_err(|e| Failure::usage(e.to_string()))?;
+            let c =
+                config::parse_str("", "<defaults>").map_err(|e| Failure::usage(e.to_string()))?;
             // Without an agent.toml, accept the document's own group.
             let g = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
@@ -124,10 +132,15 @@ pub fn render(desired: &Path, config_path: Option<&Path>) -> Result<(), Failure>
         Failure::runtime(format!(
             "{} is invalid:\n{}",
             desired.display(),
-            e.0.iter().map(|x| format!("  {x}")).collect::<Vec<_>>().join("\n")
+            e.0.iter()
+                .map(|x| format!("  {x}"))
+                .collect::<Vec<_>>()
+                .join("\n")
         ))
     })?;
     let r = crate::daemon::renderer(&cfg).map_err(|e| Failure::usage(format!("{e:#}")))?;
-    let out = r.render(&d, &cfg.haproxy.data_dir).map_err(|e| Failure::runtime(e.to_string()))?;
+    let out = r
+        .render(&d, &cfg.haproxy.data_dir)
+        .map_err(|e| Failure::runtime(e.to_string()))?;
     print(&out.config)
 }
