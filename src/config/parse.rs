@@ -601,7 +601,10 @@ fn source_url(v: &DeValue<'_>) -> Result<SourceUrl, String> {
     let url = url::Url::parse(s).map_err(|e| format!("{expected}, found {s:?} ({e})"))?;
     // The URL parser is lenient ("http:host" means "http://host/"); an
     // operator's typo should not be silently "fixed".
-    if !s[url.scheme().len()..].starts_with("://") {
+    if !s
+        .get(url.scheme().len()..)
+        .is_some_and(|rest| rest.starts_with("://"))
+    {
         return Err(format!(
             "{expected}, found {s:?} (missing \"//\" after the scheme)"
         ));
