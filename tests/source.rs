@@ -497,6 +497,36 @@ async fn https_with_a_custom_ca() {
 }
 
 #[tokio::test]
+async fn a_replaced_ca_file_is_picked_up_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki::Ca::new("lb-agent test CA");
+    let tls = pki::server_config(&ca.server(), None);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, pki::Ca::new("some other CA").pem()).unwrap();
+
+    let api = FakeApi::start_tls(
+        vec![
+            first("after the CA file was fixed").reply(Reply::json(&doc(1)).etag("\"rev-1\"")),
+            next("idle", 1, "\"rev-1\"").reply(Reply::idle()),
+        ],
+        tls,
+    )
+    .await;
+    let mut cfg = http(api.url(), dir.path());
+    cfg.ca_file = Some(ca_file.clone());
+    let mut p = spawn(cfg);
+    let st = p.status_until(5 * S, |s| s.consecutive_failures >= 2).await;
+    assert!(st.error.unwrap().contains("UnknownIssuer"));
+    assert!(api.arrivals().is_empty());
+
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    p.revision(1, 5 * S).await;
+    api.wait_for_requests(2, 5 * S).await;
+    p.stop().await;
+    api.finish().await;
+}
+
+#[tokio::test]
 async fn mutual_tls_presents_the_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let server_ca = pki::Ca::new("server CA");

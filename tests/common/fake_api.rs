@@ -520,6 +520,8 @@ impl axum::serve::Listener for TlsListener {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             let Ok((tcp, addr)) = self.tcp.accept().await else {
+                // e.g. EMFILE: do not spin.
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
             let handshake = self.acceptor.accept(tcp);
