@@ -599,6 +599,16 @@ fn source_url(v: &DeValue<'_>) -> Result<SourceUrl, String> {
         .as_str()
         .ok_or_else(|| format!("{expected}, found {}", found(v)))?;
     let url = url::Url::parse(s).map_err(|e| format!("{expected}, found {s:?} ({e})"))?;
+    // The URL parser is lenient ("http:host" means "http://host/"); an
+    // operator's typo should not be silently "fixed".
+    if !s
+        .get(url.scheme().len()..)
+        .is_some_and(|rest| rest.starts_with("://"))
+    {
+        return Err(format!(
+            "{expected}, found {s:?} (missing \"//\" after the scheme)"
+        ));
+    }
     match url.scheme() {
         "http" | "https" => {
             if url.host_str().is_none_or(str::is_empty) {
@@ -1238,6 +1248,12 @@ mod tests {
         assert!(url("file:///etc/").is_err());
         assert!(url("ftp://x/y").is_err());
         assert!(url("https://").is_err());
+        assert!(url("file:relative/path").is_err());
+        assert!(url("http:api.example.net/config").is_err());
+        assert_eq!(
+            url("file:///etc/lb%20agent/d.json"),
+            Ok(SourceUrl::File("/etc/lb agent/d.json".into()))
+        );
     }
 
     /// The packaged agent.toml documents every key: each one appears in it

@@ -15,8 +15,9 @@
 //! - Only the ETag of an *accepted* document is sent as `If-None-Match`, so a
 //!   rejected document is fetched (and rejected) again instead of being
 //!   "not modified" into an `ok` state.
-//! - Timing (long-poll detection, pacing, backoff) is the pure policy in
-//!   [`schedule`](self::Tuning); see its module docs for the exact rule.
+//! - Timing (long-poll detection, pacing, backoff) is a pure policy in the
+//!   `schedule` submodule, whose docs state the exact rule; [`Tuning`] holds
+//!   its knobs.
 //! - On start, if the very first poll fails, the cached last-known-good
 //!   document is delivered (`from_cache: true`) so a host can boot without
 //!   the API. The daemon stores the cache after a successful apply
