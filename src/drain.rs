@@ -30,6 +30,8 @@
 //! { "drained": true, "reason": "kernel upgrade", "since": "2026-05-01T10:00:00.123Z" }
 //! ```
 
+#![warn(missing_docs)]
+
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -220,9 +222,7 @@ impl DrainStore {
             Some(d) => WireDrain {
                 drained: true,
                 reason: Some(d.reason.clone()),
-                since: Some(
-                    humantime::format_rfc3339_millis(d.since.max(UNIX_EPOCH)).to_string(),
-                ),
+                since: Some(humantime::format_rfc3339_millis(d.since.max(UNIX_EPOCH)).to_string()),
             },
         };
         let mut body = serde_json::to_vec_pretty(&wire).map_err(|e| DrainError::Write {
@@ -299,7 +299,10 @@ mod tests {
             })
         );
         let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
-        assert!(text.contains("\"since\": \"2027-01-15T08:00:00.123Z\""), "{text}");
+        assert!(
+            text.contains("\"since\": \"2027-01-15T08:00:00.123Z\""),
+            "{text}"
+        );
     }
 
     #[test]
@@ -329,7 +332,10 @@ mod tests {
             ("{not json", "key must be a string"),
             ("", "EOF while parsing"),
             (r#"{"drained": true}"#, "without \"since\""),
-            (r#"{"drained": true, "since": "yesterday"}"#, "not an RFC 3339"),
+            (
+                r#"{"drained": true, "since": "yesterday"}"#,
+                "not an RFC 3339",
+            ),
             (r#"{"drained": "yes"}"#, "invalid type"),
             (r#"{"reason": "x"}"#, "missing field `drained`"),
         ];
@@ -396,9 +402,15 @@ mod tests {
         };
         let err = s.drain("m", t(0)).unwrap_err();
         assert!(matches!(err, DrainError::Write { .. }), "{err}");
-        assert!(s.is_drained(), "drain must apply in memory even if not persisted");
+        assert!(
+            s.is_drained(),
+            "drain must apply in memory even if not persisted"
+        );
         let err = s.undrain().unwrap_err();
-        assert!(err.to_string().contains("cannot write drain state file"), "{err}");
+        assert!(
+            err.to_string().contains("cannot write drain state file"),
+            "{err}"
+        );
         assert!(s.is_drained(), "undrain must not apply when not persisted");
     }
 

@@ -23,6 +23,8 @@
 //! Reasons are operator text (status socket, `lb-agent vips`): every failed
 //! condition is named, in a fixed order, joined by `"; "`.
 
+#![warn(missing_docs)]
+
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -491,7 +493,10 @@ mod tests {
                 drained: Some((10, "maintenance")),
                 graceful: true,
                 now: 39,
-                want: vec![(Drain, Some("drained: maintenance (graceful: in the drain set)"))],
+                want: vec![(
+                    Drain,
+                    Some("drained: maintenance (graceful: in the drain set)"),
+                )],
             },
             Case {
                 name: "graceful drain: at since + grace exactly, withdrawn",
@@ -514,7 +519,10 @@ mod tests {
                 now: 5,
                 want: vec![
                     (Drain, Some("drained: m (graceful: in the drain set)")),
-                    (Withdrawn, Some("drained: m; service www6 unhealthy: refused")),
+                    (
+                        Withdrawn,
+                        Some("drained: m; service www6 unhealthy: refused"),
+                    ),
                 ],
             },
             Case {
@@ -563,7 +571,10 @@ mod tests {
                 now: 0,
                 want: vec![
                     (Advertise, None),
-                    (Withdrawn, Some("service www6 unhealthy: TLS handshake failed")),
+                    (
+                        Withdrawn,
+                        Some("service www6 unhealthy: TLS handshake failed"),
+                    ),
                     (Withdrawn, Some("address missing on lo")),
                 ],
             },
@@ -574,7 +585,12 @@ mod tests {
             for (i, (d, (ann, reason))) in got.iter().zip(&case.want).enumerate() {
                 assert_eq!(d.vip, case.vips[i].vip, "{}: vip order", case.name);
                 assert_eq!(d.announcement, *ann, "{}: VIP {i} announcement", case.name);
-                assert_eq!(d.reason.as_deref(), *reason, "{}: VIP {i} reason", case.name);
+                assert_eq!(
+                    d.reason.as_deref(),
+                    *reason,
+                    "{}: VIP {i} reason",
+                    case.name
+                );
                 assert_eq!(
                     d.reason.is_none(),
                     d.announcement == Advertise,

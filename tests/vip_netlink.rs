@@ -152,14 +152,19 @@ fn a_shorter_prefix_is_added_as_its_network_address_without_broadcast() {
     }
     let ns = Netns::new("vippfx");
     let vip = "198.51.100.0/24";
-    let got = in_ns(&ns, || async move { connect().add("lo", net(vip)).await.unwrap() });
+    let got = in_ns(&ns, || async move {
+        connect().add("lo", net(vip)).await.unwrap()
+    });
     assert_eq!(got, AddOutcome::Added);
     let lines = ip_lines(&ns, "lo");
     let line = lines
         .iter()
         .find(|l| l.contains(vip))
         .unwrap_or_else(|| panic!("{vip} not on lo: {lines:?}"));
-    assert!(!line.contains(" brd "), "like `ip addr add`, no broadcast: {line}");
+    assert!(
+        !line.contains(" brd "),
+        "like `ip addr add`, no broadcast: {line}"
+    );
     // On lo the whole prefix is local: HAProxy could bind any address in it.
     let local = ns.ip(&["route", "show", "table", "local"]);
     assert!(local.contains("local 198.51.100.0/24 dev lo"), "{local}");
@@ -174,7 +179,9 @@ fn ipv6_vip_skips_dad_and_is_usable_at_once_on_a_dad_interface() {
     }
     let ns = Netns::new("vipdad");
     // A veth pair inside the namespace: unlike lo, it does DAD.
-    ns.ip(&["link", "add", "vip0", "type", "veth", "peer", "name", "vip1"]);
+    ns.ip(&[
+        "link", "add", "vip0", "type", "veth", "peer", "name", "vip1",
+    ]);
     ns.ip(&["link", "set", "vip0", "up"]);
     ns.ip(&["link", "set", "vip1", "up"]);
     // Control: an address added the plain way is tentative right after the add.
@@ -263,7 +270,11 @@ fn an_operators_address_is_present_but_never_claimed_or_removed() {
     assert!(present.contains(&net(OPERATOR_V4)) && present.contains(&net(V4)));
     assert_eq!(owned, set(&[V4]), "the operator's address is not claimed");
     assert_eq!(released, ReleaseOutcome::NotOwned);
-    assert_eq!(count(&ns, "lo", OPERATOR_V4), 1, "operator's address removed!");
+    assert_eq!(
+        count(&ns, "lo", OPERATOR_V4),
+        1,
+        "operator's address removed!"
+    );
 
     // Not after a restart either.
     let released = in_ns(&ns, || async move {
@@ -321,7 +332,11 @@ fn unmanaged_observes_and_touches_nothing() {
     assert!(present.contains(&net(V4)) && !present.contains(&net(V6)));
     assert_eq!(released, ReleaseOutcome::NotManaged);
     assert_eq!(ip_prefixes(&ns, "lo"), before, "addresses changed");
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), body, "file rewritten");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        body,
+        "file rewritten"
+    );
 }
 
 #[test]

@@ -156,10 +156,7 @@ impl<A: AddressOps> VipManager<A> {
 
     /// The addresses on the interface the agent owns.
     pub fn owned(&self) -> BTreeSet<IpNet> {
-        self.owned
-            .get(&self.interface)
-            .cloned()
-            .unwrap_or_default()
+        self.owned.get(&self.interface).cloned().unwrap_or_default()
     }
 
     /// Every address on the interface, owned or not: the gate's "address
@@ -335,7 +332,10 @@ mod tests {
         assert_eq!(m.owned(), set(&[A, B]));
         assert_eq!(
             m.ops().mutations(),
-            vec![Call::Add("lo".into(), net(A)), Call::Add("lo".into(), net(B))]
+            vec![
+                Call::Add("lo".into(), net(A)),
+                Call::Add("lo".into(), net(B))
+            ]
         );
         // Second pass: nothing to do, nothing written.
         let r = block_on(m.ensure(&set(&[A, B, OP]))).unwrap();
@@ -357,8 +357,14 @@ mod tests {
         assert_eq!(m.owned(), set(&[A]));
         assert_eq!(m.releasable(&BTreeSet::new()), set(&[A]));
         assert_eq!(m.releasable(&set(&[A])), BTreeSet::new());
-        assert_eq!(block_on(m.release(net(OP))).unwrap(), ReleaseOutcome::NotOwned);
-        assert_eq!(block_on(m.release(net(A))).unwrap(), ReleaseOutcome::Removed);
+        assert_eq!(
+            block_on(m.release(net(OP))).unwrap(),
+            ReleaseOutcome::NotOwned
+        );
+        assert_eq!(
+            block_on(m.release(net(A))).unwrap(),
+            ReleaseOutcome::Removed
+        );
         assert_eq!(m.ops().addresses("lo"), set(&["127.0.0.1/8", OP]));
         assert_eq!(
             m.ops().mutations().last(),
@@ -369,10 +375,31 @@ mod tests {
             .mutations()
             .contains(&Call::Del("lo".into(), net(OP))));
         // Released once: a second release is NotOwned, not a delete.
-        assert_eq!(block_on(m.release(net(A))).unwrap(), ReleaseOutcome::NotOwned);
+        assert_eq!(
+            block_on(m.release(net(A))).unwrap(),
+            ReleaseOutcome::NotOwned
+        );
         let VipManager { ops, .. } = m;
         let m = VipManager::open(ops, &cfg(true), dir.path()).unwrap();
         assert_eq!(m.owned(), BTreeSet::new());
+    }
+
+    #[test]
+    fn address_appearing_before_the_add_is_not_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ops = lo();
+        ops.insert("lo", net(OP));
+        ops.hide_from_list(net(OP));
+        let mut m = VipManager::open(ops, &cfg(true), dir.path()).unwrap();
+        let r = block_on(m.ensure(&set(&[OP]))).unwrap();
+        assert_eq!(m.ops().mutations(), vec![Call::Add("lo".into(), net(OP))]);
+        assert!(r.added.is_empty());
+        assert_eq!(r.present, set(&[OP]));
+        assert_eq!(m.owned(), BTreeSet::new());
+        assert_eq!(
+            block_on(m.release(net(OP))).unwrap(),
+            ReleaseOutcome::NotOwned
+        );
     }
 
     #[test]
@@ -387,7 +414,10 @@ mod tests {
         assert_eq!(r.forgotten, set(&[A]));
         assert_eq!(m.owned(), BTreeSet::new());
         m.ops().insert("lo", net(A));
-        assert_eq!(block_on(m.release(net(A))).unwrap(), ReleaseOutcome::NotOwned);
+        assert_eq!(
+            block_on(m.release(net(A))).unwrap(),
+            ReleaseOutcome::NotOwned
+        );
         assert!(m.ops().addresses("lo").contains(&net(A)));
     }
 
@@ -397,7 +427,10 @@ mod tests {
         let mut m = VipManager::open(lo(), &cfg(true), dir.path()).unwrap();
         block_on(m.ensure(&set(&[A]))).unwrap();
         m.ops().remove("lo", net(A));
-        assert_eq!(block_on(m.release(net(A))).unwrap(), ReleaseOutcome::AlreadyGone);
+        assert_eq!(
+            block_on(m.release(net(A))).unwrap(),
+            ReleaseOutcome::AlreadyGone
+        );
         assert_eq!(m.owned(), BTreeSet::new());
     }
 
@@ -416,10 +449,16 @@ mod tests {
         assert_eq!(r.missing_unmanaged, set(&[B]));
         assert_eq!(r.present, set(&[A]));
         assert!(!r.is_complete());
-        assert_eq!(block_on(m.release(net(A))).unwrap(), ReleaseOutcome::NotManaged);
+        assert_eq!(
+            block_on(m.release(net(A))).unwrap(),
+            ReleaseOutcome::NotManaged
+        );
         let calls = &m.ops().calls()[before..];
         assert_eq!(calls, &[Call::List("lo".into())]);
-        assert_eq!(std::fs::read(dir.path().join(OWNED_FILE_NAME)).unwrap(), file);
+        assert_eq!(
+            std::fs::read(dir.path().join(OWNED_FILE_NAME)).unwrap(),
+            file
+        );
     }
 
     #[test]
@@ -474,7 +513,10 @@ mod tests {
         let mut m = VipManager::open(ops, &cfg(true), dir.path()).unwrap();
         assert_eq!(m.owned(), BTreeSet::new());
         block_on(m.ensure(&set(&[B]))).unwrap();
-        assert_eq!(block_on(m.release(net(A))).unwrap(), ReleaseOutcome::NotOwned);
+        assert_eq!(
+            block_on(m.release(net(A))).unwrap(),
+            ReleaseOutcome::NotOwned
+        );
         let VipManager { ops, .. } = m;
         let m = VipManager::open(ops, &c0, dir.path()).unwrap();
         assert_eq!(m.owned(), set(&[A]));
@@ -482,12 +524,19 @@ mod tests {
 
     #[test]
     fn corrupt_ownership_file_is_an_error_naming_it() {
-        for body in ["{", r#"{"version": 2, "owned": {}}"#, r#"{"version": 1, "owned": {"lo": ["nope"]}}"#] {
+        for body in [
+            "{",
+            r#"{"version": 2, "owned": {}}"#,
+            r#"{"version": 1, "owned": {"lo": ["nope"]}}"#,
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join(OWNED_FILE_NAME);
             std::fs::write(&path, body).unwrap();
             let err = VipManager::open(lo(), &cfg(true), dir.path()).unwrap_err();
-            assert!(matches!(err, VipError::OwnershipCorrupt { .. }), "{body}: {err}");
+            assert!(
+                matches!(err, VipError::OwnershipCorrupt { .. }),
+                "{body}: {err}"
+            );
             let msg = err.to_string();
             assert!(msg.contains(&path.display().to_string()), "{msg}");
             assert!(msg.contains("move it aside"), "{msg}");
@@ -504,7 +553,10 @@ mod tests {
         m.path = bogus.join(OWNED_FILE_NAME);
         let r = block_on(m.ensure(&set(&[A]))).unwrap();
         assert_eq!(r.added, set(&[A]));
-        assert!(matches!(r.persist_error, Some(VipError::OwnershipWrite { .. })));
+        assert!(matches!(
+            r.persist_error,
+            Some(VipError::OwnershipWrite { .. })
+        ));
         // Memory still knows it added A.
         assert_eq!(m.owned(), set(&[A]));
         // Fixed disk: the next ensure writes even though nothing changed.

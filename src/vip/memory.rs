@@ -29,6 +29,7 @@ struct Inner {
     interfaces: BTreeMap<String, BTreeSet<IpNet>>,
     calls: Vec<Call>,
     failing: BTreeSet<IpNet>,
+    hidden: BTreeSet<IpNet>,
 }
 
 /// Interfaces and their addresses, in memory.
@@ -42,7 +43,9 @@ impl MemoryAddressOps {
     pub fn with_interfaces(names: &[&str]) -> Self {
         let ops = MemoryAddressOps::default();
         for n in names {
-            ops.lock().interfaces.insert((*n).to_string(), BTreeSet::new());
+            ops.lock()
+                .interfaces
+                .insert((*n).to_string(), BTreeSet::new());
         }
         ops
     }
@@ -76,6 +79,13 @@ impl MemoryAddressOps {
     /// Makes every add and delete of `address` fail with `EPERM`.
     pub fn fail_on(&self, address: IpNet) {
         self.lock().failing.insert(address);
+    }
+
+    /// Leaves `address` out of every listing while it stays on the interface:
+    /// simulates an address that appears between a listing and an add (an
+    /// operator racing the agent).
+    pub fn hide_from_list(&self, address: IpNet) {
+        self.lock().hidden.insert(address);
     }
 
     /// Every call so far, in order.
@@ -115,11 +125,14 @@ impl AddressOps for MemoryAddressOps {
     async fn list(&self, interface: &str) -> Result<BTreeSet<IpNet>, VipError> {
         let mut inner = self.lock();
         inner.calls.push(Call::List(interface.to_string()));
-        inner
+        let hidden = inner.hidden.clone();
+        let mut set = inner
             .interfaces
             .get(interface)
             .cloned()
-            .ok_or_else(|| not_found(interface))
+            .ok_or_else(|| not_found(interface))?;
+        set.retain(|a| !hidden.contains(a));
+        Ok(set)
     }
 
     async fn add(&self, interface: &str, address: IpNet) -> Result<AddOutcome, VipError> {

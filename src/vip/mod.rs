@@ -26,6 +26,8 @@
 //! tentative for a second or more, and an anycast address that *is*
 //! configured on other hosts of a shared segment would fail DAD for good.
 
+#![warn(missing_docs)]
+
 mod manager;
 mod memory;
 mod netlink;

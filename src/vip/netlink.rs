@@ -67,7 +67,10 @@ impl NetlinkAddressOps {
             Ok(Some(link)) => Ok(link.header.index),
             Ok(None) => Err(not_found()),
             Err(e) if errno_of(&e) == Some(Errno::ENODEV) => Err(not_found()),
-            Err(e) => Err(netlink_error(format!("looking up interface {interface}"), e)),
+            Err(e) => Err(netlink_error(
+                format!("looking up interface {interface}"),
+                e,
+            )),
         }
     }
 
