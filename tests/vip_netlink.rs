@@ -27,7 +27,7 @@ use lb_agent::vip::{
     AddOutcome, AddressOps, DelOutcome, NetlinkAddressOps, ReleaseOutcome, VipError, VipManager,
     OWNED_FILE_NAME,
 };
-use netns::{skip_without_netns, Netns};
+use netns::{skip_without_netns_loudly, Netns};
 
 const V4: &str = "192.0.2.10/32";
 const V6: &str = "2001:db8:10::10/128";
@@ -106,7 +106,7 @@ fn bindable(ip: std::net::IpAddr) -> std::io::Result<()> {
 
 #[test]
 fn add_and_delete_are_idempotent_for_ipv4_and_ipv6_on_lo() {
-    if skip_without_netns("add_and_delete_are_idempotent_for_ipv4_and_ipv6_on_lo") {
+    if skip_without_netns_loudly("add_and_delete_are_idempotent_for_ipv4_and_ipv6_on_lo") {
         return;
     }
     let ns = Netns::new("vipadd");
@@ -147,7 +147,9 @@ fn add_and_delete_are_idempotent_for_ipv4_and_ipv6_on_lo() {
 
 #[test]
 fn a_shorter_prefix_is_added_as_its_network_address_without_broadcast() {
-    if skip_without_netns("a_shorter_prefix_is_added_as_its_network_address_without_broadcast") {
+    if skip_without_netns_loudly(
+        "a_shorter_prefix_is_added_as_its_network_address_without_broadcast",
+    ) {
         return;
     }
     let ns = Netns::new("vippfx");
@@ -174,7 +176,7 @@ fn a_shorter_prefix_is_added_as_its_network_address_without_broadcast() {
 
 #[test]
 fn ipv6_vip_skips_dad_and_is_usable_at_once_on_a_dad_interface() {
-    if skip_without_netns("ipv6_vip_skips_dad_and_is_usable_at_once_on_a_dad_interface") {
+    if skip_without_netns_loudly("ipv6_vip_skips_dad_and_is_usable_at_once_on_a_dad_interface") {
         return;
     }
     let ns = Netns::new("vipdad");
@@ -209,7 +211,7 @@ fn ipv6_vip_skips_dad_and_is_usable_at_once_on_a_dad_interface() {
 
 #[test]
 fn manager_ownership_is_persisted_and_reloaded() {
-    if skip_without_netns("manager_ownership_is_persisted_and_reloaded") {
+    if skip_without_netns_loudly("manager_ownership_is_persisted_and_reloaded") {
         return;
     }
     let ns = Netns::new("vipown");
@@ -249,7 +251,7 @@ fn manager_ownership_is_persisted_and_reloaded() {
 
 #[test]
 fn an_operators_address_is_present_but_never_claimed_or_removed() {
-    if skip_without_netns("an_operators_address_is_present_but_never_claimed_or_removed") {
+    if skip_without_netns_loudly("an_operators_address_is_present_but_never_claimed_or_removed") {
         return;
     }
     let ns = Netns::new("vipop");
@@ -306,7 +308,7 @@ fn an_operators_address_is_present_but_never_claimed_or_removed() {
 
 #[test]
 fn unmanaged_observes_and_touches_nothing() {
-    if skip_without_netns("unmanaged_observes_and_touches_nothing") {
+    if skip_without_netns_loudly("unmanaged_observes_and_touches_nothing") {
         return;
     }
     let ns = Netns::new("vipobs");
@@ -341,7 +343,7 @@ fn unmanaged_observes_and_touches_nothing() {
 
 #[test]
 fn a_missing_interface_is_a_clear_error() {
-    if skip_without_netns("a_missing_interface_is_a_clear_error") {
+    if skip_without_netns_loudly("a_missing_interface_is_a_clear_error") {
         return;
     }
     let ns = Netns::new("vipnoif");

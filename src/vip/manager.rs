@@ -175,6 +175,9 @@ impl<A: AddressOps> VipManager<A> {
     /// (e.g. [`VipError::InterfaceNotFound`]). With `manage = false` it only
     /// observes: nothing is added and no file is written.
     pub async fn ensure(&mut self, desired: &BTreeSet<IpNet>) -> Result<EnsureReport, VipError> {
+        // What the kernel holds is the network address (see the module docs);
+        // compare and record in that form.
+        let desired: BTreeSet<IpNet> = desired.iter().map(IpNet::trunc).collect();
         let on_interface = self.ops.list(&self.interface).await?;
         let mut report = EnsureReport {
             present: desired.intersection(&on_interface).copied().collect(),
@@ -237,6 +240,7 @@ impl<A: AddressOps> VipManager<A> {
     /// If the ownership file cannot be written after a removal, the removal
     /// stands, the error is logged, and the write is retried on the next call.
     pub async fn release(&mut self, address: IpNet) -> Result<ReleaseOutcome, VipError> {
+        let address = address.trunc();
         if !self.manage {
             return Ok(ReleaseOutcome::NotManaged);
         }
@@ -399,6 +403,22 @@ mod tests {
         assert_eq!(
             block_on(m.release(net(OP))).unwrap(),
             ReleaseOutcome::NotOwned
+        );
+    }
+
+    #[test]
+    fn host_bits_are_normalised_to_the_network_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = VipManager::open(lo(), &cfg(true), dir.path()).unwrap();
+        let r = block_on(m.ensure(&set(&["198.51.100.7/24"]))).unwrap();
+        assert_eq!(r.added, set(&["198.51.100.0/24"]));
+        assert_eq!(m.owned(), set(&["198.51.100.0/24"]));
+        let r = block_on(m.ensure(&set(&["198.51.100.7/24"]))).unwrap();
+        assert_eq!(r.present, set(&["198.51.100.0/24"]));
+        assert!(r.forgotten.is_empty() && r.added.is_empty(), "{r:?}");
+        assert_eq!(
+            block_on(m.release(net("198.51.100.7/24"))).unwrap(),
+            ReleaseOutcome::Removed
         );
     }
 

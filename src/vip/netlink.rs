@@ -30,15 +30,21 @@ pub struct NetlinkAddressOps {
 impl NetlinkAddressOps {
     /// Opens a netlink route socket and spawns its connection task.
     ///
-    /// Must be called from within a tokio runtime; the task lives on that
-    /// runtime and ends when the last clone of this value is dropped.
+    /// Must be called from within a tokio runtime (an error otherwise); the
+    /// task lives on that runtime and ends when the last clone of this value
+    /// is dropped.
     pub fn connect() -> Result<Self, VipError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| VipError::Netlink {
+            what: "opening a netlink route socket".into(),
+            source: std::io::Error::other(e),
+        })?;
+        let _entered = runtime.enter();
         let (connection, handle, _) =
             rtnetlink::new_connection().map_err(|source| VipError::Netlink {
                 what: "opening a netlink route socket".into(),
                 source,
             })?;
-        tokio::spawn(connection);
+        runtime.spawn(connection);
         Ok(NetlinkAddressOps { handle })
     }
 
@@ -198,6 +204,16 @@ mod tests {
         m.header.prefix_len = len;
         m.attributes = attrs;
         m
+    }
+
+    #[test]
+    fn connect_outside_a_runtime_is_an_error_not_a_panic() {
+        let err = NetlinkAddressOps::connect().unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("netlink: opening a netlink route socket: "),
+            "{err}"
+        );
     }
 
     #[test]

@@ -211,3 +211,24 @@ impl Netns {
         })
     }
 }
+
+/// Like [`skip_without_netns`], but the banner is written to the process's
+/// stderr directly. libtest captures `eprintln!` of passing tests, so the
+/// banner of [`skip_without_netns`] only shows with `--nocapture`; a skip
+/// must be visible in a plain `cargo test` run.
+pub fn skip_without_netns_loudly(test: &str) -> bool {
+    use std::io::Write;
+    match netns_unavailable() {
+        None => false,
+        Some(reason) => {
+            let bar = "!".repeat(64);
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(
+                err,
+                "\n{bar}\n!!! SKIPPED {test}: {reason}\n\
+                 !!! This test needs root and network namespaces (run .ci/run).\n{bar}\n"
+            );
+            true
+        }
+    }
+}
