@@ -185,3 +185,50 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     a.ip(&["link", "set", a_if, "up"]);
     b.ip(&["link", "set", b_if, "up"]);
 }
+
+impl Netns {
+    /// Runs `f` on a fresh thread that has joined this namespace and returns
+    /// its result; a panic in `f` is resumed in the caller.
+    ///
+    /// `setns(2)` moves only the calling thread, and the thread exits when
+    /// `f` returns, so nothing else in the test process changes namespace.
+    /// Sockets created inside `f` (netlink included) belong to this
+    /// namespace; build any async runtime inside `f` too, so its tasks run
+    /// on this thread.
+    pub fn run_inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            let worker = s.spawn(|| {
+                let fd = std::fs::File::open(&path)
+                    .unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+                nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("setns({path}): {e}"));
+                f()
+            });
+            worker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+}
+
+/// Like [`skip_without_netns`], but the banner is written to the process's
+/// stderr directly. libtest captures `eprintln!` of passing tests, so the
+/// banner of [`skip_without_netns`] only shows with `--nocapture`; a skip
+/// must be visible in a plain `cargo test` run.
+pub fn skip_without_netns_loudly(test: &str) -> bool {
+    use std::io::Write;
+    match netns_unavailable() {
+        None => false,
+        Some(reason) => {
+            let bar = "!".repeat(64);
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(
+                err,
+                "\n{bar}\n!!! SKIPPED {test}: {reason}\n\
+                 !!! This test needs root and network namespaces (run .ci/run).\n{bar}\n"
+            );
+            true
+        }
+    }
+}
