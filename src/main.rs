@@ -9,6 +9,7 @@ fn main() {
         Cmd::Run { config } => run(&config),
         Cmd::CheckConfig { config } => cli::check_config(&config),
         Cmd::Render { desired, config } => cli::render(&desired, config.as_deref()),
+        Cmd::Reset { config, if_failed } => cli::reset(&config, if_failed),
     };
     if let Err(f) = result {
         eprintln!("lb-agent: {}", f.message);

@@ -44,6 +44,20 @@ pub enum Cmd {
         #[arg(long, short, env = "LB_AGENT_CONFIG", default_value = DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Withdraw everything: write the dummy-only BIRD include and reconfigure BIRD.
+    ///
+    /// Used by the packages so that BIRD never starts announcing before checks
+    /// passed (bird.service ExecStartPre) and so that a crashed or killed agent
+    /// leaves nothing announced (lb-agent.service ExecStopPost).
+    Reset {
+        /// agent.toml to use.
+        #[arg(long, short, env = "LB_AGENT_CONFIG", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// Only when systemd reports the service failed ($SERVICE_RESULT is not "success"),
+        /// so that a clean stop with `on_stop = "keep"` or a hand-over keeps the announcements.
+        #[arg(long)]
+        if_failed: bool,
+    },
     /// Print the haproxy.cfg the agent would install for a desired-state document (dry run).
     Render {
         /// The desired-state document (JSON, schema 1).
@@ -103,6 +117,43 @@ pub fn check_config(path: &Path) -> Result<(), Failure> {
         match &cfg.source.url {
             config::SourceUrl::Http(u) => u.clone(),
             config::SourceUrl::File(p) => format!("file://{}", p.display()),
+        }
+    ))
+}
+
+/// `lb-agent reset [--if-failed]`.
+pub fn reset(config_path: &Path, if_failed: bool) -> Result<(), Failure> {
+    if if_failed {
+        let result = std::env::var("SERVICE_RESULT").unwrap_or_default();
+        if result == "success" {
+            return print(&format!(
+                "service result is {result:?}: announcements left as they are\n"
+            ));
+        }
+    }
+    let cfg = load_config(config_path)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::runtime(format!("starting the runtime: {e}")))?;
+    let report = rt
+        .block_on(crate::bird::publisher::reset(&cfg.bird))
+        .map_err(|e| Failure::runtime(format!("reset failed: {e}")))?;
+    let bird = match report.bird {
+        crate::bird::publisher::ResetBird::NotRunning => {
+            "BIRD is not running; it will read the dummy-only include at start".to_string()
+        }
+        crate::bird::publisher::ResetBird::Reconfigured(o) => {
+            format!("BIRD reconfigured ({o:?}) and holds only the dummy prefixes")
+        }
+    };
+    print(&format!(
+        "{}: {}; {bird}\n",
+        cfg.bird.include_file.display(),
+        if report.written {
+            "reset to the dummy prefixes"
+        } else {
+            "already held only the dummy prefixes"
         }
     ))
 }
