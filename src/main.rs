@@ -9,6 +9,7 @@ fn main() {
         Cmd::Run { config } => run(&config),
         Cmd::CheckConfig { config } => cli::check_config(&config),
         Cmd::Render { desired, config } => cli::render(&desired, config.as_deref()),
+        Cmd::Client(c) => cli::client::run(c), // status-socket commands (h/status-cli)
     };
     if let Err(f) = result {
         eprintln!("lb-agent: {}", f.message);
