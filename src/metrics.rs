@@ -23,6 +23,8 @@
 //! a `# UNIT` line, and it ends with `# EOF`. Serve it with
 //! [`CONTENT_TYPE`]. Every name starts with `lb_agent_` and is stable.
 
+#![warn(missing_docs)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,7 +40,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::sync::watch;
 
-use crate::status::types::{SourceState, Snapshot};
+use crate::status::types::{Snapshot, SourceState};
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -46,11 +48,15 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// Buckets of `lb_agent_apply_duration_seconds`: a runtime-only pass takes
 /// milliseconds, a reload with `haproxy -c` and a new worker about a second,
 /// a slow one tens of seconds.
-const APPLY_BUCKETS: [f64; 14] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const APPLY_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 /// Buckets of `lb_agent_check_duration_seconds`: a local TCP connect takes
 /// about 0.1 ms; the check timeout is typically 500 ms.
-const CHECK_BUCKETS: [f64; 13] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+const CHECK_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 static SECONDS: Unit = Unit::Seconds;
 
@@ -88,7 +94,12 @@ struct CheckSeries {
 
 impl CheckSeries {
     fn new() -> CheckSeries {
-        CheckSeries { ok: 0, fail: 0, timeout: 0, latency: Histogram::new(CHECK_BUCKETS) }
+        CheckSeries {
+            ok: 0,
+            fail: 0,
+            timeout: 0,
+            latency: Histogram::new(CHECK_BUCKETS),
+        }
     }
 }
 
@@ -117,8 +128,15 @@ impl Metrics {
             apply.clone(),
         );
         let checks = Arc::new(Mutex::new(CheckMap::new()));
-        registry.register_collector(Box::new(SnapshotCollector { snapshot, checks: checks.clone() }));
-        Metrics { registry, apply, checks }
+        registry.register_collector(Box::new(SnapshotCollector {
+            snapshot,
+            checks: checks.clone(),
+        }));
+        Metrics {
+            registry,
+            apply,
+            checks,
+        }
     }
 
     /// Records the duration of a reconcile pass that changed something.
@@ -131,9 +149,17 @@ impl Metrics {
 
     /// Records one health check of `service` behind `vip` (the VIP's
     /// address as shown in the snapshot, e.g. `192.0.2.10/32`).
-    pub fn observe_check(&self, vip: &str, service: &str, outcome: CheckOutcome, latency: Duration) {
+    pub fn observe_check(
+        &self,
+        vip: &str,
+        service: &str,
+        outcome: CheckOutcome,
+        latency: Duration,
+    ) {
         let mut map = lock(&self.checks);
-        let series = map.entry((vip.to_string(), service.to_string())).or_insert_with(CheckSeries::new);
+        let series = map
+            .entry((vip.to_string(), service.to_string()))
+            .or_insert_with(CheckSeries::new);
         match outcome {
             CheckOutcome::Ok => series.ok += 1,
             CheckOutcome::Fail => series.fail += 1,
@@ -168,7 +194,13 @@ fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::
     c.encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
 }
 
-fn gauge<N>(enc: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>, v: Option<N>) -> std::fmt::Result
+fn gauge<N>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    v: Option<N>,
+) -> std::fmt::Result
 where
     ConstGauge<N>: EncodeMetric,
 {
@@ -188,98 +220,240 @@ impl Collector for SnapshotCollector {
         let s = self.snapshot.borrow();
 
         let info = Info::new([("version", s.version.as_str())]);
-        info.encode(enc.encode_descriptor("lb_agent_build", "Agent version", None, MetricType::Info)?)?;
+        info.encode(enc.encode_descriptor(
+            "lb_agent_build",
+            "Agent version",
+            None,
+            MetricType::Info,
+        )?)?;
 
-        gauge(&mut enc, "lb_agent_applied_revision", "Revision of the document in force (absent before the first apply)", None, s.revision.map(|r| r as i64))?;
-        gauge(&mut enc, "lb_agent_drained", "1 while the node is drained", None, Some(flag(s.drained)))?;
+        gauge(
+            &mut enc,
+            "lb_agent_applied_revision",
+            "Revision of the document in force (absent before the first apply)",
+            None,
+            s.revision.map(|r| r as i64),
+        )?;
+        gauge(
+            &mut enc,
+            "lb_agent_drained",
+            "1 while the node is drained",
+            None,
+            Some(flag(s.drained)),
+        )?;
 
         // Source.
         {
             let p = s.source.polls;
-            let mut me = enc.encode_descriptor("lb_agent_source_polls", "Polls of the central API by result", None, MetricType::Counter)?;
-            for (result, v) in [("ok", p.ok), ("not_modified", p.not_modified), ("error", p.error)] {
+            let mut me = enc.encode_descriptor(
+                "lb_agent_source_polls",
+                "Polls of the central API by result",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, v) in [
+                ("ok", p.ok),
+                ("not_modified", p.not_modified),
+                ("error", p.error),
+            ] {
                 ConstCounter::new(v).encode(me.encode_family(&[("result", result)])?)?;
             }
         }
         {
-            let mut me = enc.encode_descriptor("lb_agent_source_state", "1 for the source's current state", None, MetricType::Gauge)?;
-            for st in [SourceState::Init, SourceState::Ok, SourceState::Error, SourceState::Stale] {
-                ConstGauge::new(flag(s.source.state == st)).encode(me.encode_family(&[("state", st.as_str())])?)?;
+            let mut me = enc.encode_descriptor(
+                "lb_agent_source_state",
+                "1 for the source's current state",
+                None,
+                MetricType::Gauge,
+            )?;
+            for st in [
+                SourceState::Init,
+                SourceState::Ok,
+                SourceState::Error,
+                SourceState::Stale,
+            ] {
+                ConstGauge::new(flag(s.source.state == st))
+                    .encode(me.encode_family(&[("state", st.as_str())])?)?;
             }
         }
-        gauge(&mut enc, "lb_agent_source_consecutive_failures", "Failed polls in a row", None, Some(i64::from(s.source.consecutive_failures)))?;
+        gauge(
+            &mut enc,
+            "lb_agent_source_consecutive_failures",
+            "Failed polls in a row",
+            None,
+            Some(i64::from(s.source.consecutive_failures)),
+        )?;
         gauge(
             &mut enc,
             "lb_agent_source_last_success_timestamp",
             "Unix time of the last successful poll",
             Some(&SECONDS),
-            s.source.last_success.map(|t| t.0.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())),
+            s.source.last_success.map(|t| {
+                t.0.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64())
+            }),
         )?;
-        counter(&mut enc, "lb_agent_document_rejections", "Documents refused as a whole (invalid, removal ratio, failed validation or reload)", s.haproxy.rejections)?;
+        counter(
+            &mut enc,
+            "lb_agent_document_rejections",
+            "Documents refused as a whole (invalid, removal ratio, failed validation or reload)",
+            s.haproxy.rejections,
+        )?;
 
         // HAProxy.
         let h = &s.haproxy;
-        gauge(&mut enc, "lb_agent_haproxy_converged", "1 when HAProxy matched the desired state at the last pass", None, Some(flag(h.converged)))?;
-        counter(&mut enc, "lb_agent_runtime_commands", "Runtime-socket commands sent", h.runtime_commands)?;
-        counter(&mut enc, "lb_agent_runtime_command_failures", "Runtime-socket commands HAProxy refused", h.runtime_failures)?;
+        gauge(
+            &mut enc,
+            "lb_agent_haproxy_converged",
+            "1 when HAProxy matched the desired state at the last pass",
+            None,
+            Some(flag(h.converged)),
+        )?;
+        counter(
+            &mut enc,
+            "lb_agent_runtime_commands",
+            "Runtime-socket commands sent",
+            h.runtime_commands,
+        )?;
+        counter(
+            &mut enc,
+            "lb_agent_runtime_command_failures",
+            "Runtime-socket commands HAProxy refused",
+            h.runtime_failures,
+        )?;
         {
-            let mut me = enc.encode_descriptor("lb_agent_reloads", "Confirmed HAProxy reloads by reason", None, MetricType::Counter)?;
+            let mut me = enc.encode_descriptor(
+                "lb_agent_reloads",
+                "Confirmed HAProxy reloads by reason",
+                None,
+                MetricType::Counter,
+            )?;
             let by_reason: u64 = h.reloads_by_reason.values().sum();
             for (reason, v) in &h.reloads_by_reason {
                 ConstCounter::new(*v).encode(me.encode_family(&[("reason", reason.as_str())])?)?;
             }
             // Reloads the daemon did not break down by reason still count.
             if h.reloads > by_reason || h.reloads_by_reason.is_empty() {
-                ConstCounter::new(h.reloads.saturating_sub(by_reason)).encode(me.encode_family(&[("reason", "unknown")])?)?;
+                ConstCounter::new(h.reloads.saturating_sub(by_reason))
+                    .encode(me.encode_family(&[("reason", "unknown")])?)?;
             }
         }
-        counter(&mut enc, "lb_agent_reload_failures", "Reloads that did not produce a healthy new worker", h.reload_failures)?;
-        counter(&mut enc, "lb_agent_convergence_failures", "Passes whose read-back disagreed with what was applied", h.convergence_failures)?;
-        gauge(&mut enc, "lb_agent_haproxy_old_workers", "Old HAProxy workers still finishing connections", None, Some(i64::from(h.old_workers)))?;
-        gauge(&mut enc, "lb_agent_haproxy_reload_pending", "1 while a reload waits for min_reload_interval", None, Some(flag(!h.pending_reload.is_empty())))?;
+        counter(
+            &mut enc,
+            "lb_agent_reload_failures",
+            "Reloads that did not produce a healthy new worker",
+            h.reload_failures,
+        )?;
+        counter(
+            &mut enc,
+            "lb_agent_convergence_failures",
+            "Passes whose read-back disagreed with what was applied",
+            h.convergence_failures,
+        )?;
+        gauge(
+            &mut enc,
+            "lb_agent_haproxy_old_workers",
+            "Old HAProxy workers still finishing connections",
+            None,
+            Some(i64::from(h.old_workers)),
+        )?;
+        gauge(
+            &mut enc,
+            "lb_agent_haproxy_reload_pending",
+            "1 while a reload waits for min_reload_interval",
+            None,
+            Some(flag(!h.pending_reload.is_empty())),
+        )?;
 
         // BIRD.
         {
-            let mut me = enc.encode_descriptor("lb_agent_bird_reconfigures", "BIRD reconfigure passes by result", None, MetricType::Counter)?;
-            ConstCounter::new(s.bird.reconfigures).encode(me.encode_family(&[("result", "ok")])?)?;
+            let mut me = enc.encode_descriptor(
+                "lb_agent_bird_reconfigures",
+                "BIRD reconfigure passes by result",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(s.bird.reconfigures)
+                .encode(me.encode_family(&[("result", "ok")])?)?;
             ConstCounter::new(s.bird.failures).encode(me.encode_family(&[("result", "error")])?)?;
         }
-        gauge(&mut enc, "lb_agent_bird_ok", "1 when BIRD was confirmed to run the desired prefix sets", None, Some(flag(s.bird.ok)))?;
+        gauge(
+            &mut enc,
+            "lb_agent_bird_ok",
+            "1 when BIRD was confirmed to run the desired prefix sets",
+            None,
+            Some(flag(s.bird.ok)),
+        )?;
 
         // VIPs and services.
         {
-            let mut me = enc.encode_descriptor("lb_agent_vip_announced", "1 when the VIP's prefix is announced", None, MetricType::Gauge)?;
+            let mut me = enc.encode_descriptor(
+                "lb_agent_vip_announced",
+                "1 when the VIP's prefix is announced",
+                None,
+                MetricType::Gauge,
+            )?;
             for v in &s.vips {
-                ConstGauge::new(flag(v.announced)).encode(me.encode_family(&[("vip", v.address.as_str())])?)?;
+                ConstGauge::new(flag(v.announced))
+                    .encode(me.encode_family(&[("vip", v.address.as_str())])?)?;
             }
         }
         {
-            let mut me = enc.encode_descriptor("lb_agent_service_healthy", "1 when the service passes its checks (rise/fall applied)", None, MetricType::Gauge)?;
+            let mut me = enc.encode_descriptor(
+                "lb_agent_service_healthy",
+                "1 when the service passes its checks (rise/fall applied)",
+                None,
+                MetricType::Gauge,
+            )?;
             for v in &s.vips {
                 for svc in &v.services {
-                    ConstGauge::new(flag(svc.healthy))
-                        .encode(me.encode_family(&[("vip", v.address.as_str()), ("service", svc.name.as_str())])?)?;
+                    ConstGauge::new(flag(svc.healthy)).encode(me.encode_family(&[
+                        ("vip", v.address.as_str()),
+                        ("service", svc.name.as_str()),
+                    ])?)?;
                 }
             }
         }
 
-        let present: BTreeSet<(&str, &str)> =
-            s.vips.iter().flat_map(|v| v.services.iter().map(move |svc| (v.address.as_str(), svc.name.as_str()))).collect();
+        let present: BTreeSet<(&str, &str)> = s
+            .vips
+            .iter()
+            .flat_map(|v| {
+                v.services
+                    .iter()
+                    .map(move |svc| (v.address.as_str(), svc.name.as_str()))
+            })
+            .collect();
         let mut checks = lock(&self.checks);
         checks.retain(|(vip, svc), _| present.contains(&(vip.as_str(), svc.as_str())));
         {
-            let mut me = enc.encode_descriptor("lb_agent_check_results", "Health checks by VIP, service and result", None, MetricType::Counter)?;
+            let mut me = enc.encode_descriptor(
+                "lb_agent_check_results",
+                "Health checks by VIP, service and result",
+                None,
+                MetricType::Counter,
+            )?;
             for ((vip, svc), c) in checks.iter() {
                 for (result, v) in [("ok", c.ok), ("fail", c.fail), ("timeout", c.timeout)] {
-                    ConstCounter::new(v)
-                        .encode(me.encode_family(&[("vip", vip.as_str()), ("service", svc.as_str()), ("result", result)])?)?;
+                    ConstCounter::new(v).encode(me.encode_family(&[
+                        ("vip", vip.as_str()),
+                        ("service", svc.as_str()),
+                        ("result", result),
+                    ])?)?;
                 }
             }
         }
         {
-            let mut me = enc.encode_descriptor("lb_agent_check_duration", "Health check duration by VIP and service", Some(&SECONDS), MetricType::Histogram)?;
+            let mut me = enc.encode_descriptor(
+                "lb_agent_check_duration",
+                "Health check duration by VIP and service",
+                Some(&SECONDS),
+                MetricType::Histogram,
+            )?;
             for ((vip, svc), c) in checks.iter() {
-                c.latency.encode(me.encode_family(&[("vip", vip.as_str()), ("service", svc.as_str())])?)?;
+                c.latency.encode(
+                    me.encode_family(&[("vip", vip.as_str()), ("service", svc.as_str())])?,
+                )?;
             }
         }
         Ok(())
@@ -358,7 +532,11 @@ pub fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
 fn parse_sample(line: &str) -> Result<Sample, String> {
     let name_end = line.find(['{', ' ']).ok_or("no value")?;
     let name = &line[..name_end];
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    {
         return Err("bad metric name".into());
     }
     let mut rest = &line[name_end..];
@@ -399,7 +577,11 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
         "-Inf" => f64::NEG_INFINITY,
         v => v.parse::<f64>().map_err(|_| format!("bad value {v:?}"))?,
     };
-    Ok(Sample { name: name.to_string(), labels, value })
+    Ok(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
 }
 
 /// Renders samples back as `name{k="v",...} value` lines (for test diagnostics).
@@ -432,7 +614,11 @@ mod tests {
                 state: SourceState::Stale,
                 last_success: Some(Timestamp(UNIX_EPOCH + Duration::from_secs(1_700_000_000))),
                 consecutive_failures: 4,
-                polls: PollCounts { ok: 10, not_modified: 20, error: 4 },
+                polls: PollCounts {
+                    ok: 10,
+                    not_modified: 20,
+                    error: 4,
+                },
                 ..Default::default()
             },
             haproxy: HaproxyStatus {
@@ -447,13 +633,26 @@ mod tests {
                 rejections: 6,
                 ..Default::default()
             },
-            bird: BirdStatus { ok: true, reconfigures: 7, failures: 8, ..Default::default() },
+            bird: BirdStatus {
+                ok: true,
+                reconfigures: 7,
+                failures: 8,
+                ..Default::default()
+            },
             vips: vec![VipStatus {
                 address: "192.0.2.10/32".into(),
                 announced: true,
                 services: vec![
-                    ServiceStatus { name: "www_https".into(), healthy: true, ..Default::default() },
-                    ServiceStatus { name: "git_ssh".into(), healthy: false, ..Default::default() },
+                    ServiceStatus {
+                        name: "www_https".into(),
+                        healthy: true,
+                        ..Default::default()
+                    },
+                    ServiceStatus {
+                        name: "git_ssh".into(),
+                        healthy: false,
+                        ..Default::default()
+                    },
                 ],
                 ..Default::default()
             }],
@@ -464,7 +663,13 @@ mod tests {
     fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         samples
             .iter()
-            .find(|s| s.name == name && s.labels.len() == labels.len() && labels.iter().all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v)))
+            .find(|s| {
+                s.name == name
+                    && s.labels.len() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v))
+            })
             .map(|s| s.value)
     }
 
@@ -475,11 +680,23 @@ mod tests {
         let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
         for (name, kind) in FAMILIES {
             let line = format!("# TYPE {name} {kind}");
-            assert_eq!(types.iter().filter(|l| **l == line).count(), 1, "{line} missing or repeated in\n{text}");
+            assert_eq!(
+                types.iter().filter(|l| **l == line).count(),
+                1,
+                "{line} missing or repeated in\n{text}"
+            );
         }
-        assert_eq!(types.len(), FAMILIES.len(), "undocumented family in\n{text}");
+        assert_eq!(
+            types.len(),
+            FAMILIES.len(),
+            "undocumented family in\n{text}"
+        );
         assert!(text.contains("# UNIT lb_agent_apply_duration_seconds seconds"));
-        assert!(text.lines().all(|l| l.starts_with('#') || l.starts_with("lb_agent_")), "{text}");
+        assert!(
+            text.lines()
+                .all(|l| l.starts_with('#') || l.starts_with("lb_agent_")),
+            "{text}"
+        );
     }
 
     #[test]
@@ -488,22 +705,98 @@ mod tests {
         let m = Metrics::new(rx);
         let s = parse_exposition(&m.encode().unwrap()).unwrap();
         let d = describe(&s);
-        assert_eq!(value(&s, "lb_agent_build_info", &[("version", "0.1.0")]), Some(1.0), "{d}");
-        assert_eq!(value(&s, "lb_agent_applied_revision", &[]), Some(1042.0), "{d}");
-        assert_eq!(value(&s, "lb_agent_source_polls_total", &[("result", "not_modified")]), Some(20.0), "{d}");
-        assert_eq!(value(&s, "lb_agent_source_polls_total", &[("result", "error")]), Some(4.0), "{d}");
-        assert_eq!(value(&s, "lb_agent_source_state", &[("state", "stale")]), Some(1.0), "{d}");
-        assert_eq!(value(&s, "lb_agent_source_state", &[("state", "ok")]), Some(0.0), "{d}");
-        assert_eq!(value(&s, "lb_agent_source_last_success_timestamp_seconds", &[]), Some(1_700_000_000.0), "{d}");
-        assert_eq!(value(&s, "lb_agent_reloads_total", &[("reason", "structure")]), Some(2.0), "{d}");
-        assert_eq!(value(&s, "lb_agent_reloads_total", &[("reason", "convergence")]), Some(1.0), "{d}");
-        assert_eq!(value(&s, "lb_agent_reloads_total", &[("reason", "unknown")]), None, "{d}");
-        assert_eq!(value(&s, "lb_agent_runtime_commands_total", &[]), Some(120.0), "{d}");
-        assert_eq!(value(&s, "lb_agent_convergence_failures_total", &[]), Some(2.0), "{d}");
-        assert_eq!(value(&s, "lb_agent_document_rejections_total", &[]), Some(6.0), "{d}");
-        assert_eq!(value(&s, "lb_agent_bird_reconfigures_total", &[("result", "error")]), Some(8.0), "{d}");
-        assert_eq!(value(&s, "lb_agent_vip_announced", &[("vip", "192.0.2.10/32")]), Some(1.0), "{d}");
-        assert_eq!(value(&s, "lb_agent_service_healthy", &[("vip", "192.0.2.10/32"), ("service", "git_ssh")]), Some(0.0), "{d}");
+        assert_eq!(
+            value(&s, "lb_agent_build_info", &[("version", "0.1.0")]),
+            Some(1.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(&s, "lb_agent_applied_revision", &[]),
+            Some(1042.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(
+                &s,
+                "lb_agent_source_polls_total",
+                &[("result", "not_modified")]
+            ),
+            Some(20.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(&s, "lb_agent_source_polls_total", &[("result", "error")]),
+            Some(4.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(&s, "lb_agent_source_state", &[("state", "stale")]),
+            Some(1.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(&s, "lb_agent_source_state", &[("state", "ok")]),
+            Some(0.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(&s, "lb_agent_source_last_success_timestamp_seconds", &[]),
+            Some(1_700_000_000.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(&s, "lb_agent_reloads_total", &[("reason", "structure")]),
+            Some(2.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(&s, "lb_agent_reloads_total", &[("reason", "convergence")]),
+            Some(1.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(&s, "lb_agent_reloads_total", &[("reason", "unknown")]),
+            None,
+            "{d}"
+        );
+        assert_eq!(
+            value(&s, "lb_agent_runtime_commands_total", &[]),
+            Some(120.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(&s, "lb_agent_convergence_failures_total", &[]),
+            Some(2.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(&s, "lb_agent_document_rejections_total", &[]),
+            Some(6.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(
+                &s,
+                "lb_agent_bird_reconfigures_total",
+                &[("result", "error")]
+            ),
+            Some(8.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(&s, "lb_agent_vip_announced", &[("vip", "192.0.2.10/32")]),
+            Some(1.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(
+                &s,
+                "lb_agent_service_healthy",
+                &[("vip", "192.0.2.10/32"), ("service", "git_ssh")]
+            ),
+            Some(0.0),
+            "{d}"
+        );
 
         // A new snapshot is what the next scrape shows.
         let mut next = snapshot();
@@ -515,8 +808,14 @@ mod tests {
         let s = parse_exposition(&m.encode().unwrap()).unwrap();
         assert_eq!(value(&s, "lb_agent_applied_revision", &[]), None);
         assert_eq!(value(&s, "lb_agent_drained", &[]), Some(1.0));
-        assert_eq!(value(&s, "lb_agent_vip_announced", &[("vip", "192.0.2.10/32")]), Some(0.0));
-        assert_eq!(value(&s, "lb_agent_reloads_total", &[("reason", "unknown")]), Some(3.0));
+        assert_eq!(
+            value(&s, "lb_agent_vip_announced", &[("vip", "192.0.2.10/32")]),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(&s, "lb_agent_reloads_total", &[("reason", "unknown")]),
+            Some(3.0)
+        );
     }
 
     #[test]
@@ -527,26 +826,105 @@ mod tests {
         m.observe_apply(3.0);
         m.observe_apply(f64::NAN);
         m.observe_apply(-1.0);
-        m.observe_check("192.0.2.10/32", "www_https", CheckOutcome::Ok, Duration::from_micros(300));
-        m.observe_check("192.0.2.10/32", "www_https", CheckOutcome::Ok, Duration::from_millis(2));
-        m.observe_check("192.0.2.10/32", "git_ssh", CheckOutcome::Timeout, Duration::from_millis(500));
-        m.observe_check("198.51.100.1/32", "gone", CheckOutcome::Fail, Duration::from_millis(1));
+        m.observe_check(
+            "192.0.2.10/32",
+            "www_https",
+            CheckOutcome::Ok,
+            Duration::from_micros(300),
+        );
+        m.observe_check(
+            "192.0.2.10/32",
+            "www_https",
+            CheckOutcome::Ok,
+            Duration::from_millis(2),
+        );
+        m.observe_check(
+            "192.0.2.10/32",
+            "git_ssh",
+            CheckOutcome::Timeout,
+            Duration::from_millis(500),
+        );
+        m.observe_check(
+            "198.51.100.1/32",
+            "gone",
+            CheckOutcome::Fail,
+            Duration::from_millis(1),
+        );
         let s = parse_exposition(&m.encode().unwrap()).unwrap();
         let d = describe(&s);
-        assert_eq!(value(&s, "lb_agent_apply_duration_seconds_count", &[]), Some(2.0), "{d}");
-        assert_eq!(value(&s, "lb_agent_apply_duration_seconds_bucket", &[("le", "0.025")]), Some(1.0), "{d}");
-        assert_eq!(value(&s, "lb_agent_apply_duration_seconds_bucket", &[("le", "+Inf")]), Some(2.0), "{d}");
-        let www = [("vip", "192.0.2.10/32"), ("service", "www_https")];
-        assert_eq!(value(&s, "lb_agent_check_results_total", &[www[0], www[1], ("result", "ok")]), Some(2.0), "{d}");
-        assert_eq!(value(&s, "lb_agent_check_results_total", &[www[0], www[1], ("result", "fail")]), Some(0.0), "{d}");
         assert_eq!(
-            value(&s, "lb_agent_check_results_total", &[("vip", "192.0.2.10/32"), ("service", "git_ssh"), ("result", "timeout")]),
+            value(&s, "lb_agent_apply_duration_seconds_count", &[]),
+            Some(2.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(
+                &s,
+                "lb_agent_apply_duration_seconds_bucket",
+                &[("le", "0.025")]
+            ),
             Some(1.0),
             "{d}"
         );
-        assert_eq!(value(&s, "lb_agent_check_duration_seconds_count", &www), Some(2.0), "{d}");
-        assert_eq!(value(&s, "lb_agent_check_duration_seconds_bucket", &[www[0], www[1], ("le", "0.0005")]), Some(1.0), "{d}");
-        assert!(!d.contains("gone"), "a service absent from the snapshot is exported:\n{d}");
+        assert_eq!(
+            value(
+                &s,
+                "lb_agent_apply_duration_seconds_bucket",
+                &[("le", "+Inf")]
+            ),
+            Some(2.0),
+            "{d}"
+        );
+        let www = [("vip", "192.0.2.10/32"), ("service", "www_https")];
+        assert_eq!(
+            value(
+                &s,
+                "lb_agent_check_results_total",
+                &[www[0], www[1], ("result", "ok")]
+            ),
+            Some(2.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(
+                &s,
+                "lb_agent_check_results_total",
+                &[www[0], www[1], ("result", "fail")]
+            ),
+            Some(0.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(
+                &s,
+                "lb_agent_check_results_total",
+                &[
+                    ("vip", "192.0.2.10/32"),
+                    ("service", "git_ssh"),
+                    ("result", "timeout")
+                ]
+            ),
+            Some(1.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(&s, "lb_agent_check_duration_seconds_count", &www),
+            Some(2.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(
+                &s,
+                "lb_agent_check_duration_seconds_bucket",
+                &[www[0], www[1], ("le", "0.0005")]
+            ),
+            Some(1.0),
+            "{d}"
+        );
+        assert!(
+            !d.contains("gone"),
+            "a service absent from the snapshot is exported:\n{d}"
+        );
 
         // A service leaving the snapshot takes its series with it.
         let mut next = snapshot();
@@ -556,7 +934,14 @@ mod tests {
         assert!(!d.contains("git_ssh"), "{d}");
         tx.send_replace(snapshot());
         let s = parse_exposition(&m.encode().unwrap()).unwrap();
-        assert_eq!(value(&s, "lb_agent_check_duration_seconds_count", &[("vip", "192.0.2.10/32"), ("service", "git_ssh")]), None);
+        assert_eq!(
+            value(
+                &s,
+                "lb_agent_check_duration_seconds_count",
+                &[("vip", "192.0.2.10/32"), ("service", "git_ssh")]
+            ),
+            None
+        );
     }
 
     #[test]
@@ -565,7 +950,10 @@ mod tests {
         snap.vips[0].address = "we\"ird\\vip\n".into();
         let (_tx, rx) = watch::channel(snap);
         let s = parse_exposition(&Metrics::new(rx).encode().unwrap()).unwrap();
-        assert_eq!(value(&s, "lb_agent_vip_announced", &[("vip", "we\"ird\\vip\n")]), Some(1.0));
+        assert_eq!(
+            value(&s, "lb_agent_vip_announced", &[("vip", "we\"ird\\vip\n")]),
+            Some(1.0)
+        );
     }
 
     #[test]
@@ -575,6 +963,11 @@ mod tests {
         assert!(parse_exposition("lb_agent_x{a=\"b} 1\n# EOF\n").is_err());
         assert!(parse_exposition("lb_agent_x one\n# EOF\n").is_err());
         assert!(parse_exposition("# EOF\nlb_agent_x 1\n").is_err());
-        assert_eq!(parse_exposition("lb_agent_x{a=\"b\",c=\"d\"} 1.5\n# EOF\n").unwrap()[0].labels.len(), 2);
+        assert_eq!(
+            parse_exposition("lb_agent_x{a=\"b\",c=\"d\"} 1.5\n# EOF\n").unwrap()[0]
+                .labels
+                .len(),
+            2
+        );
     }
 }

@@ -14,6 +14,8 @@
 //! denied on the socket); 2 usage (clap); 3 agent unreachable (no socket,
 //! connection refused, or no answer within `--timeout`).
 
+#![warn(missing_docs)]
+
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -49,6 +51,7 @@ pub struct SocketArgs {
 pub enum ClientCmd {
     /// Show the agent's state: source, HAProxy, BIRD, drain, and a VIP table.
     Status {
+        /// How to reach the agent.
         #[command(flatten)]
         socket: SocketArgs,
         /// Print the agent's JSON snapshot unchanged (stable keys).
@@ -57,6 +60,7 @@ pub enum ClientCmd {
     },
     /// One line per VIP: address, announced, services (name:up/down), reason.
     Vips {
+        /// How to reach the agent.
         #[command(flatten)]
         socket: SocketArgs,
         /// Print the agent's JSON array of VIPs unchanged.
@@ -67,6 +71,7 @@ pub enum ClientCmd {
     ///
     /// Needs root, the agent's user, or membership of the status group.
     Drain {
+        /// How to reach the agent.
         #[command(flatten)]
         socket: SocketArgs,
         /// Why (shown by `status`, logged with who asked).
@@ -75,11 +80,13 @@ pub enum ClientCmd {
     },
     /// Lift a drain: VIPs are announced again as their checks allow.
     Undrain {
+        /// How to reach the agent.
         #[command(flatten)]
         socket: SocketArgs,
     },
     /// Force a full re-render and convergence check of HAProxy now.
     Reconcile {
+        /// How to reach the agent.
         #[command(flatten)]
         socket: SocketArgs,
     },
@@ -152,24 +159,48 @@ impl ClientError {
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
-        Failure { code: e.exit_code(), message: e.to_string() }
+        Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }
     }
 }
 
 /// One request to the agent: `method path` with an optional JSON body.
 /// Returns the body of a 2xx answer; any other status is
 /// [`ClientError::Agent`] with the agent's error text.
-pub async fn call(socket: &Path, method: Method, path: &str, body: Option<String>, timeout: Duration) -> Result<Bytes, ClientError> {
+pub async fn call(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+    timeout: Duration,
+) -> Result<Bytes, ClientError> {
     match tokio::time::timeout(timeout, exchange(socket, method, path, body)).await {
         Ok(r) => r,
-        Err(_) => Err(ClientError::Timeout { socket: socket.to_path_buf(), timeout }),
+        Err(_) => Err(ClientError::Timeout {
+            socket: socket.to_path_buf(),
+            timeout,
+        }),
     }
 }
 
-async fn exchange(socket: &Path, method: Method, path: &str, body: Option<String>) -> Result<Bytes, ClientError> {
-    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| connect_error(socket, e))?;
-    let http = |source| ClientError::Http { socket: socket.to_path_buf(), source };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(http)?;
+async fn exchange(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+) -> Result<Bytes, ClientError> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| connect_error(socket, e))?;
+    let http = |source| ClientError::Http {
+        socket: socket.to_path_buf(),
+        source,
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(http)?;
     // The connection future drives the socket; its errors also fail
     // `send_request` below, which is where they are reported.
     let driver = tokio::spawn(conn);
@@ -177,7 +208,10 @@ async fn exchange(socket: &Path, method: Method, path: &str, body: Option<String
         .method(method)
         .uri(path)
         .header(HOST, HeaderValue::from_static("lb-agent"))
-        .header(USER_AGENT, HeaderValue::from_static(concat!("lb-agent-cli/", env!("CARGO_PKG_VERSION"))));
+        .header(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("lb-agent-cli/", env!("CARGO_PKG_VERSION"))),
+        );
     if body.is_some() {
         req = req.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
@@ -195,18 +229,32 @@ async fn exchange(socket: &Path, method: Method, path: &str, body: Option<String
         Ok(e) => e.error,
         Err(_) => String::from_utf8_lossy(&bytes).trim().to_string(),
     };
-    Err(ClientError::Agent { status, message: sanitize(&message) })
+    Err(ClientError::Agent {
+        status,
+        message: sanitize(&message),
+    })
 }
 
 fn connect_error(socket: &Path, e: std::io::Error) -> ClientError {
     use std::io::ErrorKind::*;
     let reason = match e.kind() {
-        NotFound => "no such socket (is lb-agent running? see --socket / LB_AGENT_SOCKET)".to_string(),
-        ConnectionRefused => "connection refused (the agent is not running; the socket is stale)".to_string(),
-        PermissionDenied => return ClientError::PermissionDenied { socket: socket.to_path_buf() },
+        NotFound => {
+            "no such socket (is lb-agent running? see --socket / LB_AGENT_SOCKET)".to_string()
+        }
+        ConnectionRefused => {
+            "connection refused (the agent is not running; the socket is stale)".to_string()
+        }
+        PermissionDenied => {
+            return ClientError::PermissionDenied {
+                socket: socket.to_path_buf(),
+            }
+        }
         _ => e.to_string(),
     };
-    ClientError::Unreachable { socket: socket.to_path_buf(), reason }
+    ClientError::Unreachable {
+        socket: socket.to_path_buf(),
+        reason,
+    }
 }
 
 /// Runs one client subcommand to completion.
@@ -217,7 +265,9 @@ pub fn run(cmd: ClientCmd) -> Result<(), Failure> {
             clap_complete::generate(shell, &mut Cli::command(), "lb-agent", &mut out);
             print(&String::from_utf8_lossy(&out))
         }
-        ClientCmd::Man => print(&man_page().map_err(|e| Failure::runtime(format!("rendering the man page: {e}")))?),
+        ClientCmd::Man => print(
+            &man_page().map_err(|e| Failure::runtime(format!("rendering the man page: {e}")))?,
+        ),
         other => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -232,7 +282,14 @@ async fn run_socket_command(cmd: ClientCmd) -> Result<(), Failure> {
     let style = Style::for_stdout();
     match cmd {
         ClientCmd::Status { socket, json } => {
-            let body = call(&socket.socket, Method::GET, "/v1/status", None, socket.timeout).await?;
+            let body = call(
+                &socket.socket,
+                Method::GET,
+                "/v1/status",
+                None,
+                socket.timeout,
+            )
+            .await?;
             if json {
                 return print_json(&body);
             }
@@ -240,7 +297,14 @@ async fn run_socket_command(cmd: ClientCmd) -> Result<(), Failure> {
             print(&render_status(&snap, SystemTime::now(), style))
         }
         ClientCmd::Vips { socket, json } => {
-            let body = call(&socket.socket, Method::GET, "/v1/vips", None, socket.timeout).await?;
+            let body = call(
+                &socket.socket,
+                Method::GET,
+                "/v1/vips",
+                None,
+                socket.timeout,
+            )
+            .await?;
             if json {
                 return print_json(&body);
             }
@@ -248,17 +312,43 @@ async fn run_socket_command(cmd: ClientCmd) -> Result<(), Failure> {
             print(&render_vips(&vips, style))
         }
         ClientCmd::Drain { socket, reason } => {
-            let body = serde_json::to_string(&DrainBody { reason: reason.clone() })
-                .map_err(|e| Failure::runtime(format!("encoding the request: {e}")))?;
-            call(&socket.socket, Method::POST, "/v1/drain", Some(body), socket.timeout).await?;
-            print(&format!("drain: ok (reason: {})\n", sanitize(reason.trim())))
+            let body = serde_json::to_string(&DrainBody {
+                reason: reason.clone(),
+            })
+            .map_err(|e| Failure::runtime(format!("encoding the request: {e}")))?;
+            call(
+                &socket.socket,
+                Method::POST,
+                "/v1/drain",
+                Some(body),
+                socket.timeout,
+            )
+            .await?;
+            print(&format!(
+                "drain: ok (reason: {})\n",
+                sanitize(reason.trim())
+            ))
         }
         ClientCmd::Undrain { socket } => {
-            call(&socket.socket, Method::POST, "/v1/undrain", None, socket.timeout).await?;
+            call(
+                &socket.socket,
+                Method::POST,
+                "/v1/undrain",
+                None,
+                socket.timeout,
+            )
+            .await?;
             print("undrain: ok\n")
         }
         ClientCmd::Reconcile { socket } => {
-            call(&socket.socket, Method::POST, "/v1/reconcile", None, socket.timeout).await?;
+            call(
+                &socket.socket,
+                Method::POST,
+                "/v1/reconcile",
+                None,
+                socket.timeout,
+            )
+            .await?;
             print("reconcile: ok\n")
         }
         ClientCmd::Completions { .. } | ClientCmd::Man => Ok(()),
@@ -271,7 +361,8 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
 
 /// Prints the agent's JSON as it came, after checking it is JSON.
 fn print_json(body: &[u8]) -> Result<(), Failure> {
-    serde_json::from_slice::<serde_json::Value>(body).map_err(|e| Failure::from(ClientError::BadAnswer(format!("{e}"))))?;
+    serde_json::from_slice::<serde_json::Value>(body)
+        .map_err(|e| Failure::from(ClientError::BadAnswer(format!("{e}"))))?;
     let mut text = String::from_utf8_lossy(body).into_owned();
     if !text.ends_with('\n') {
         text.push('\n');
@@ -287,7 +378,9 @@ pub fn man_page() -> std::io::Result<String> {
     use clap_mangen::roff::{bold, italic, roman, Inline, Roff};
     let mut cmd = Cli::command();
     cmd.build();
-    let man = clap_mangen::Man::new(cmd.clone()).section("8").manual("System Administration");
+    let man = clap_mangen::Man::new(cmd.clone())
+        .section("8")
+        .manual("System Administration");
     let mut out = Vec::new();
     man.render_title(&mut out)?;
     man.render_name_section(&mut out)?;
@@ -305,21 +398,27 @@ pub fn man_page() -> std::io::Result<String> {
         "status, vips, drain, undrain and reconcile talk HTTP/1.1 to the running agent over its UNIX status socket. \
          Mutations need root, the agent's user, or membership of the socket's group (status.group).",
     )]);
-    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set() && c.get_name() != "help") {
+    for sub in cmd
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set() && c.get_name() != "help")
+    {
         let args: Vec<&clap::Arg> = sub
             .get_arguments()
             .filter(|a| !a.is_hide_set() && !matches!(a.get_id().as_str(), "help" | "version"))
             .collect();
         // `--long VALUE` (or `VALUE` for a positional) as roff inlines.
         let usage = |a: &clap::Arg| -> Vec<Inline> {
-            let value = a
-                .get_action()
-                .takes_values()
-                .then(|| a.get_value_names().and_then(|v| v.first()).map_or_else(|| a.get_id().to_string().to_uppercase(), |v| v.to_string()));
+            let value = a.get_action().takes_values().then(|| {
+                a.get_value_names()
+                    .and_then(|v| v.first())
+                    .map_or_else(|| a.get_id().to_string().to_uppercase(), |v| v.to_string())
+            });
             match (a.get_long(), value) {
                 (Some(l), Some(v)) => vec![bold(format!("--{l}")), roman(" "), italic(v)],
                 (Some(l), None) => vec![bold(format!("--{l}"))],
-                (None, v) => vec![italic(v.unwrap_or_else(|| a.get_id().to_string().to_uppercase()))],
+                (None, v) => vec![italic(
+                    v.unwrap_or_else(|| a.get_id().to_string().to_uppercase()),
+                )],
             }
         };
         let mut term = vec![bold(format!("lb-agent {}", sub.get_name()))];
@@ -333,7 +432,11 @@ pub fn man_page() -> std::io::Result<String> {
                 term.push(roman("]"));
             }
         }
-        item(&mut r, term, &sub.get_about().map(|a| a.to_string()).unwrap_or_default());
+        item(
+            &mut r,
+            term,
+            &sub.get_about().map(|a| a.to_string()).unwrap_or_default(),
+        );
         if args.is_empty() {
             continue;
         }
@@ -343,14 +446,23 @@ pub fn man_page() -> std::io::Result<String> {
             if !help.is_empty() && !help.ends_with('.') {
                 help.push('.');
             }
-            let defaults: Vec<String> = a.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
+            let defaults: Vec<String> = a
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
             if a.get_action().takes_values() && !defaults.is_empty() {
                 help.push_str(&format!(" Default: {}.", defaults.join(", ")));
             }
             if let Some(env) = a.get_env() {
                 help.push_str(&format!(" Environment: {}.", env.to_string_lossy()));
             }
-            let values: Vec<String> = a.get_possible_values().iter().filter(|v| !v.is_hide_set()).map(|v| v.get_name().to_string()).collect();
+            let values: Vec<String> = a
+                .get_possible_values()
+                .iter()
+                .filter(|v| !v.is_hide_set())
+                .map(|v| v.get_name().to_string())
+                .collect();
             if a.get_action().takes_values() && !values.is_empty() {
                 help.push_str(&format!(" One of: {}.", values.join(", ")));
             }
@@ -362,16 +474,39 @@ pub fn man_page() -> std::io::Result<String> {
     item(&mut r, vec![bold("0")], "Success.");
     item(&mut r, vec![bold("1")], "Runtime error: the agent answered an error or refused the request, or the socket is not accessible.");
     item(&mut r, vec![bold("2")], "Usage or configuration error.");
-    item(&mut r, vec![bold("3")], "The agent is unreachable: no socket, connection refused, or no answer in time.");
+    item(
+        &mut r,
+        vec![bold("3")],
+        "The agent is unreachable: no socket, connection refused, or no answer in time.",
+    );
     r.control("SH", ["ENVIRONMENT"]);
-    item(&mut r, vec![bold("LB_AGENT_SOCKET")], "Default for --socket.");
-    item(&mut r, vec![bold("LB_AGENT_CONFIG")], "Default for --config.");
+    item(
+        &mut r,
+        vec![bold("LB_AGENT_SOCKET")],
+        "Default for --socket.",
+    );
+    item(
+        &mut r,
+        vec![bold("LB_AGENT_CONFIG")],
+        "Default for --config.",
+    );
     item(&mut r, vec![bold("NO_COLOR")], "When set and not empty, the human views are not coloured (they never are when stdout is not a terminal).");
     r.control("SH", ["FILES"]);
-    item(&mut r, vec![italic(crate::config::DEFAULT_PATH)], "Agent configuration.");
+    item(
+        &mut r,
+        vec![italic(crate::config::DEFAULT_PATH)],
+        "Agent configuration.",
+    );
     item(&mut r, vec![italic(DEFAULT_SOCKET)], "Status socket: GET /v1/status, /v1/vips, /metrics; POST /v1/drain, /v1/undrain, /v1/reconcile.");
     r.control("SH", ["SEE ALSO"]);
-    r.text([bold("haproxy"), roman("(1), "), bold("bird"), roman("(8), "), bold("birdc"), roman("(8)")]);
+    r.text([
+        bold("haproxy"),
+        roman("(1), "),
+        bold("bird"),
+        roman("(8), "),
+        bold("birdc"),
+        roman("(8)"),
+    ]);
     r.to_writer(&mut out)?;
     man.render_version_section(&mut out)?;
     let page = String::from_utf8(out).map_err(std::io::Error::other)?;
@@ -391,7 +526,9 @@ impl Style {
     /// Colour only on a terminal, and only when `NO_COLOR` is unset or empty.
     pub fn for_stdout() -> Style {
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-        Style { colour: !no_color && std::io::stdout().is_terminal() }
+        Style {
+            colour: !no_color && std::io::stdout().is_terminal(),
+        }
     }
 
     fn paint(self, colour: Colour, text: &str) -> String {
@@ -433,14 +570,22 @@ fn table(header: &[&str], rows: &[Vec<Cell>], style: Style) -> String {
         }
     }
     let mut out = String::new();
-    let header_cells: Vec<Cell> = header.iter().map(|h| (h.to_string(), Colour::Bold)).collect();
+    let header_cells: Vec<Cell> = header
+        .iter()
+        .map(|h| (h.to_string(), Colour::Bold))
+        .collect();
     for row in std::iter::once(&header_cells).chain(rows) {
         let last = row.len().saturating_sub(1);
         let mut line = String::new();
         for (i, (text, colour)) in row.iter().enumerate() {
             line.push_str(&style.paint(*colour, text));
             if i < last {
-                let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(text.chars().count()) + 2;
+                let pad = widths
+                    .get(i)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(text.chars().count())
+                    + 2;
                 line.extend(std::iter::repeat_n(' ', pad));
             }
         }
@@ -468,7 +613,10 @@ fn sanitize(s: &str) -> String {
 fn when(t: Option<&Timestamp>, now: SystemTime) -> String {
     match t {
         None => "never".to_string(),
-        Some(t) => format!("{} ago", humantime::format_duration(Duration::from_secs(t.age(now).as_secs()))),
+        Some(t) => format!(
+            "{} ago",
+            humantime::format_duration(Duration::from_secs(t.age(now).as_secs()))
+        ),
     }
 }
 
@@ -483,12 +631,25 @@ fn yes_no(b: bool) -> &'static str {
 /// The human view of `lb-agent status`: a summary block, then the VIP table.
 pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
     let mut lines: Vec<(&str, String)> = Vec::new();
-    let mut node = format!("{} (group {}), lb-agent {}", sanitize(&s.node), sanitize(&s.group), sanitize(&s.version));
+    let mut node = format!(
+        "{} (group {}), lb-agent {}",
+        sanitize(&s.node),
+        sanitize(&s.group),
+        sanitize(&s.version)
+    );
     if let Some(t) = &s.started_at {
-        let _ = write!(node, ", up {}", humantime::format_duration(Duration::from_secs(t.age(now).as_secs())));
+        let _ = write!(
+            node,
+            ", up {}",
+            humantime::format_duration(Duration::from_secs(t.age(now).as_secs()))
+        );
     }
     lines.push(("node", node));
-    lines.push(("revision", s.revision.map_or_else(|| "none applied yet".to_string(), |r| r.to_string())));
+    lines.push((
+        "revision",
+        s.revision
+            .map_or_else(|| "none applied yet".to_string(), |r| r.to_string()),
+    ));
 
     let drained = if s.drained {
         let mut d = style.paint(Colour::Yellow, "yes");
@@ -517,19 +678,34 @@ pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
     if !src.url.is_empty() {
         let _ = write!(source, " {}", sanitize(&src.url));
     }
-    let _ = write!(source, ", last success {}", when(src.last_success.as_ref(), now));
+    let _ = write!(
+        source,
+        ", last success {}",
+        when(src.last_success.as_ref(), now)
+    );
     if src.from_cache {
         source.push_str(", running from the cached document");
     }
     lines.push(("source", source));
     if let Some(e) = &src.error {
         let n = src.consecutive_failures;
-        let times = if n > 0 { format!(" ({n} in a row)") } else { String::new() };
-        lines.push(("", style.paint(Colour::Red, &format!("error{times}: {}", sanitize(e)))));
+        let times = if n > 0 {
+            format!(" ({n} in a row)")
+        } else {
+            String::new()
+        };
+        lines.push((
+            "",
+            style.paint(Colour::Red, &format!("error{times}: {}", sanitize(e))),
+        ));
     }
 
     let h = &s.haproxy;
-    let mut haproxy = if h.converged { style.paint(Colour::Green, "converged") } else { style.paint(Colour::Red, "not converged") };
+    let mut haproxy = if h.converged {
+        style.paint(Colour::Green, "converged")
+    } else {
+        style.paint(Colour::Red, "not converged")
+    };
     let _ = write!(
         haproxy,
         ", {} reloads (last {}), {} runtime commands",
@@ -545,26 +721,52 @@ pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
     }
     lines.push(("haproxy", haproxy));
     if let Some(e) = &h.error {
-        lines.push(("", style.paint(Colour::Red, &format!("error: {}", sanitize(e)))));
+        lines.push((
+            "",
+            style.paint(Colour::Red, &format!("error: {}", sanitize(e))),
+        ));
     }
     if !h.pending_reload.is_empty() {
         let reasons: Vec<String> = h.pending_reload.iter().map(|r| sanitize(r)).collect();
         lines.push(("", format!("reload pending: {}", reasons.join("; "))));
     }
     if let Some(rej) = &h.rejected {
-        lines.push(("rejected", style.paint(Colour::Red, &format!("revision {}: {}", rej.revision, sanitize(&rej.error)))));
+        lines.push((
+            "rejected",
+            style.paint(
+                Colour::Red,
+                &format!("revision {}: {}", rej.revision, sanitize(&rej.error)),
+            ),
+        ));
     }
 
     let b = &s.bird;
-    let mut bird = if b.ok { style.paint(Colour::Green, "ok") } else { style.paint(Colour::Red, "not ok") };
-    let _ = write!(bird, ", last reconfigure {}", when(b.last_reconfigure.as_ref(), now));
+    let mut bird = if b.ok {
+        style.paint(Colour::Green, "ok")
+    } else {
+        style.paint(Colour::Red, "not ok")
+    };
+    let _ = write!(
+        bird,
+        ", last reconfigure {}",
+        when(b.last_reconfigure.as_ref(), now)
+    );
     lines.push(("bird", bird));
     if let Some(e) = &b.error {
-        lines.push(("", style.paint(Colour::Red, &format!("error: {}", sanitize(e)))));
+        lines.push((
+            "",
+            style.paint(Colour::Red, &format!("error: {}", sanitize(e))),
+        ));
     }
     if !b.not_exported.is_empty() {
         let p: Vec<String> = b.not_exported.iter().map(|p| sanitize(p)).collect();
-        lines.push(("", style.paint(Colour::Yellow, &format!("not exported by any BGP protocol: {}", p.join(", ")))));
+        lines.push((
+            "",
+            style.paint(
+                Colour::Yellow,
+                &format!("not exported by any BGP protocol: {}", p.join(", ")),
+            ),
+        ));
     }
 
     let announced = s.vips.iter().filter(|v| v.announced).count();
@@ -585,18 +787,34 @@ pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
                 vec![
                     (sanitize(&v.address), Colour::None),
                     announced_cell(v),
-                    (format!("{healthy}/{}", v.services.len()), if all { Colour::Green } else { Colour::Red }),
-                    (v.reason.as_deref().map_or_else(|| "-".to_string(), sanitize), Colour::None),
+                    (
+                        format!("{healthy}/{}", v.services.len()),
+                        if all { Colour::Green } else { Colour::Red },
+                    ),
+                    (
+                        v.reason
+                            .as_deref()
+                            .map_or_else(|| "-".to_string(), sanitize),
+                        Colour::None,
+                    ),
                 ]
             })
             .collect();
-        out.push_str(&table(&["ADDRESS", "ANNOUNCED", "HEALTHY", "REASON"], &rows, style));
+        out.push_str(&table(
+            &["ADDRESS", "ANNOUNCED", "HEALTHY", "REASON"],
+            &rows,
+            style,
+        ));
     }
     out
 }
 
 fn announced_cell(v: &VipStatus) -> Cell {
-    let text = if v.draining { "draining" } else { yes_no(v.announced) };
+    let text = if v.draining {
+        "draining"
+    } else {
+        yes_no(v.announced)
+    };
     let colour = match (v.announced, v.draining) {
         (_, true) => Colour::Yellow,
         (true, false) => Colour::Green,
@@ -615,19 +833,48 @@ pub fn render_vips(vips: &[VipStatus], style: Style) -> String {
         .map(|v| {
             // Colour inside the cell would skew the width; colour the whole
             // cell red when any service is down instead.
-            let services: Vec<String> =
-                v.services.iter().map(|s| format!("{}:{}", sanitize(&s.name), if s.healthy { "up" } else { "down" })).collect();
+            let services: Vec<String> = v
+                .services
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}:{}",
+                        sanitize(&s.name),
+                        if s.healthy { "up" } else { "down" }
+                    )
+                })
+                .collect();
             let any_down = v.services.iter().any(|s| !s.healthy);
-            let text = if services.is_empty() { "(none)".to_string() } else { services.join(" ") };
+            let text = if services.is_empty() {
+                "(none)".to_string()
+            } else {
+                services.join(" ")
+            };
             vec![
                 (sanitize(&v.address), Colour::None),
                 announced_cell(v),
-                (text, if any_down || v.services.is_empty() { Colour::Red } else { Colour::Green }),
-                (v.reason.as_deref().map_or_else(|| "-".to_string(), sanitize), Colour::None),
+                (
+                    text,
+                    if any_down || v.services.is_empty() {
+                        Colour::Red
+                    } else {
+                        Colour::Green
+                    },
+                ),
+                (
+                    v.reason
+                        .as_deref()
+                        .map_or_else(|| "-".to_string(), sanitize),
+                    Colour::None,
+                ),
             ]
         })
         .collect();
-    table(&["ADDRESS", "ANNOUNCED", "SERVICES", "REASON"], &rows, style)
+    table(
+        &["ADDRESS", "ANNOUNCED", "SERVICES", "REASON"],
+        &rows,
+        style,
+    )
 }
 
 #[cfg(test)]
@@ -649,7 +896,12 @@ mod tests {
             version: "0.1.0".into(),
             revision: Some(1042),
             drained: true,
-            drain: Some(DrainInfo { reason: "kernel upgrade".into(), since: Some(at(1_000_000)), by: Some("uid 0 (root)".into()), withdraw_at: None }),
+            drain: Some(DrainInfo {
+                reason: "kernel upgrade".into(),
+                since: Some(at(1_000_000)),
+                by: Some("uid 0 (root)".into()),
+                withdraw_at: None,
+            }),
             source: SourceStatus {
                 state: SourceState::Stale,
                 url: "https://api/v1/groups/blue/config".into(),
@@ -666,22 +918,38 @@ mod tests {
                 pending_reload: vec!["new frontend".into()],
                 ..Default::default()
             },
-            bird: BirdStatus { ok: true, last_reconfigure: Some(at(999_990)), ..Default::default() },
+            bird: BirdStatus {
+                ok: true,
+                last_reconfigure: Some(at(999_990)),
+                ..Default::default()
+            },
             vips: vec![
                 VipStatus {
                     address: "192.0.2.10/32".into(),
                     announced: false,
                     reason: Some("drained".into()),
                     services: vec![
-                        ServiceStatus { name: "www_https".into(), healthy: true, ..Default::default() },
-                        ServiceStatus { name: "git_ssh".into(), healthy: false, ..Default::default() },
+                        ServiceStatus {
+                            name: "www_https".into(),
+                            healthy: true,
+                            ..Default::default()
+                        },
+                        ServiceStatus {
+                            name: "git_ssh".into(),
+                            healthy: false,
+                            ..Default::default()
+                        },
                     ],
                     ..Default::default()
                 },
                 VipStatus {
                     address: "2001:db8:10::10/128".into(),
                     announced: true,
-                    services: vec![ServiceStatus { name: "www_https".into(), healthy: true, ..Default::default() }],
+                    services: vec![ServiceStatus {
+                        name: "www_https".into(),
+                        healthy: true,
+                        ..Default::default()
+                    }],
                     ..Default::default()
                 },
             ],
@@ -691,7 +959,11 @@ mod tests {
 
     #[test]
     fn status_view_summarises_and_aligns_the_vip_table() {
-        let out = render_status(&snapshot(), UNIX_EPOCH + Duration::from_secs(1_000_060), PLAIN);
+        let out = render_status(
+            &snapshot(),
+            UNIX_EPOCH + Duration::from_secs(1_000_060),
+            PLAIN,
+        );
         let expected = "\
 node      lb1 (group blue), lb-agent 0.1.0
 revision  1042
@@ -730,13 +1002,20 @@ ADDRESS              ANNOUNCED  SERVICES                   REASON
         assert!(out.contains("\x1b[31mno\x1b[0m"), "{out:?}");
         assert!(out.contains("\x1b[32myes\x1b[0m"), "{out:?}");
         // Stripping the codes gives the plain table back.
-        let stripped = out.replace("\x1b[0m", "").replace("\x1b[1m", "").replace("\x1b[31m", "").replace("\x1b[32m", "");
+        let stripped = out
+            .replace("\x1b[0m", "")
+            .replace("\x1b[1m", "")
+            .replace("\x1b[31m", "")
+            .replace("\x1b[32m", "");
         assert_eq!(stripped, render_vips(&snapshot().vips, PLAIN));
     }
 
     #[test]
     fn minimal_snapshot_renders_without_extras() {
-        let s = Snapshot { node: "n".into(), ..Default::default() };
+        let s = Snapshot {
+            node: "n".into(),
+            ..Default::default()
+        };
         let out = render_status(&s, SystemTime::now(), PLAIN);
         assert!(out.contains("revision  none applied yet"), "{out}");
         assert!(out.contains("source    init, last success never"), "{out}");
@@ -750,9 +1029,15 @@ ADDRESS              ANNOUNCED  SERVICES                   REASON
         let e = connect_error(p, std::io::Error::from(std::io::ErrorKind::NotFound));
         assert_eq!(e.exit_code(), EXIT_UNREACHABLE);
         assert!(e.to_string().contains("no such socket"), "{e}");
-        let e = connect_error(p, std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let e = connect_error(
+            p,
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        );
         assert_eq!(e.exit_code(), EXIT_UNREACHABLE);
-        let e = connect_error(p, std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        let e = connect_error(
+            p,
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
         assert_eq!(e.exit_code(), EXIT_RUNTIME);
         assert!(e.to_string().contains("status.group"), "{e}");
     }
@@ -761,7 +1046,11 @@ ADDRESS              ANNOUNCED  SERVICES                   REASON
     fn man_page_is_section_8_with_exit_codes() {
         let page = man_page().unwrap();
         let preamble = clap_mangen::roff::Roff::new().render();
-        assert!(page.starts_with(&format!("{preamble}.TH lb-agent 8 ")), "{}", &page[..120.min(page.len())]);
+        assert!(
+            page.starts_with(&format!("{preamble}.TH lb-agent 8 ")),
+            "{}",
+            &page[..120.min(page.len())]
+        );
         assert_eq!(page.matches(&preamble).count(), 1);
         for needle in [
             "\\fBlb\\-agent status\\fR",
@@ -774,7 +1063,13 @@ ADDRESS              ANNOUNCED  SERVICES                   REASON
         ] {
             assert!(page.contains(needle), "man page lacks {needle}:\n{page}");
         }
-        assert!(!page.contains("lb\\-agent man"), "the hidden man command is listed");
-        assert!(!page.contains("lb\\-agent\\-status(8)"), "points at a page that does not exist");
+        assert!(
+            !page.contains("lb\\-agent man"),
+            "the hidden man command is listed"
+        );
+        assert!(
+            !page.contains("lb\\-agent\\-status(8)"),
+            "points at a page that does not exist"
+        );
     }
 }

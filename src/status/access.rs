@@ -111,12 +111,13 @@ impl AccessPolicy {
         if peer.uid == self.own_uid {
             return Ok(Grant::SameUser);
         }
-        let rule = match &self.group {
-            Some((name, _)) => format!("needs uid 0, uid {} or membership of group {name}", self.own_uid),
-            None => format!("needs uid 0 or uid {}", self.own_uid),
-        };
+        let rule = self.rule();
         let Some((_, gid)) = &self.group else {
-            return Err(Denied { peer: *peer, action, rule });
+            return Err(Denied {
+                peer: *peer,
+                action,
+                rule,
+            });
         };
         if peer.gid == *gid {
             return Ok(Grant::PrimaryGroup);
@@ -126,7 +127,30 @@ impl AccessPolicy {
                 GroupsFrom::Proc => Grant::SupplementaryGroup,
                 GroupsFrom::Database => Grant::GroupDatabase,
             }),
-            _ => Err(Denied { peer: *peer, action, rule }),
+            _ => Err(Denied {
+                peer: *peer,
+                action,
+                rule,
+            }),
+        }
+    }
+}
+
+impl AccessPolicy {
+    /// Who may mutate, in words: `needs uid 0, uid 995 or membership of group lb-agent`.
+    fn rule(&self) -> String {
+        let mut who = vec!["uid 0".to_string()];
+        if self.own_uid != 0 {
+            who.push(format!("uid {}", self.own_uid));
+        }
+        if let Some((name, _)) = &self.group {
+            who.push(format!("membership of group {name}"));
+        }
+        let last = who.pop().unwrap_or_default();
+        if who.is_empty() {
+            format!("needs {last}")
+        } else {
+            format!("needs {} or {last}", who.join(", "))
         }
     }
 }
@@ -153,7 +177,10 @@ fn peer_groups(peer: &Peer) -> Option<(Vec<u32>, GroupsFrom)> {
     let user = User::from_uid(Uid::from_raw(peer.uid)).ok().flatten()?;
     let name = std::ffi::CString::new(user.name).ok()?;
     let groups = nix::unistd::getgrouplist(&name, Gid::from_raw(peer.gid)).ok()?;
-    Some((groups.into_iter().map(Gid::as_raw).collect(), GroupsFrom::Database))
+    Some((
+        groups.into_iter().map(Gid::as_raw).collect(),
+        GroupsFrom::Database,
+    ))
 }
 
 /// Extracts the effective uid (second field of `Uid:`) and the `Groups:`
@@ -164,9 +191,15 @@ pub fn parse_proc_status(text: &str) -> Option<(u32, Vec<u32>)> {
     let mut groups = None;
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("Uid:") {
-            euid = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok());
+            euid = rest
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse::<u32>().ok());
         } else if let Some(rest) = line.strip_prefix("Groups:") {
-            groups = rest.split_whitespace().map(|s| s.parse::<u32>().ok()).collect::<Option<Vec<_>>>();
+            groups = rest
+                .split_whitespace()
+                .map(|s| s.parse::<u32>().ok())
+                .collect::<Option<Vec<_>>>();
         }
     }
     Some((euid?, groups?))
@@ -186,15 +219,25 @@ mod tests {
 
     #[test]
     fn proc_status_yields_effective_uid_and_groups() {
-        assert_eq!(parse_proc_status(STATUS), Some((1001, vec![4, 24, 27, 999])));
-        assert_eq!(parse_proc_status("Uid:\t5\t5\t5\t5\nGroups:\t\n"), Some((5, vec![])));
+        assert_eq!(
+            parse_proc_status(STATUS),
+            Some((1001, vec![4, 24, 27, 999]))
+        );
+        assert_eq!(
+            parse_proc_status("Uid:\t5\t5\t5\t5\nGroups:\t\n"),
+            Some((5, vec![]))
+        );
         assert_eq!(parse_proc_status("Groups:\t1 2\n"), None);
         assert_eq!(parse_proc_status("Uid:\t5\t5\t5\t5\nGroups:\t1 x\n"), None);
         assert_eq!(parse_proc_status(""), None);
     }
 
     fn peer(uid: u32, gid: u32) -> Peer {
-        Peer { uid, gid, pid: Some(42) }
+        Peer {
+            uid,
+            gid,
+            pid: Some(42),
+        }
     }
 
     fn never() -> Option<(Vec<u32>, GroupsFrom)> {
@@ -205,8 +248,14 @@ mod tests {
     fn root_and_own_uid_are_allowed_without_a_lookup() {
         let p = AccessPolicy::new(Some(("lb-agent".into(), 990)), 995);
         assert_eq!(p.decide(&peer(0, 0), "drain", never), Ok(Grant::Root));
-        assert_eq!(p.decide(&peer(995, 995), "drain", never), Ok(Grant::SameUser));
-        assert_eq!(p.decide(&peer(1000, 990), "drain", never), Ok(Grant::PrimaryGroup));
+        assert_eq!(
+            p.decide(&peer(995, 995), "drain", never),
+            Ok(Grant::SameUser)
+        );
+        assert_eq!(
+            p.decide(&peer(1000, 990), "drain", never),
+            Ok(Grant::PrimaryGroup)
+        );
     }
 
     #[test]
@@ -214,17 +263,34 @@ mod tests {
         let p = AccessPolicy::new(Some(("lb-agent".into(), 990)), 995);
         let some = |v: Vec<u32>, f| move || Some((v, f));
         assert_eq!(
-            p.decide(&peer(1000, 100), "drain", some(vec![4, 990], GroupsFrom::Proc)),
+            p.decide(
+                &peer(1000, 100),
+                "drain",
+                some(vec![4, 990], GroupsFrom::Proc)
+            ),
             Ok(Grant::SupplementaryGroup)
         );
         assert_eq!(
-            p.decide(&peer(1000, 100), "drain", some(vec![990], GroupsFrom::Database)),
+            p.decide(
+                &peer(1000, 100),
+                "drain",
+                some(vec![990], GroupsFrom::Database)
+            ),
             Ok(Grant::GroupDatabase)
         );
-        let denied = p.decide(&peer(1000, 100), "undrain", some(vec![4, 27], GroupsFrom::Proc)).unwrap_err();
+        let denied = p
+            .decide(
+                &peer(1000, 100),
+                "undrain",
+                some(vec![4, 27], GroupsFrom::Proc),
+            )
+            .unwrap_err();
         assert_eq!(denied.action, "undrain");
         assert!(denied.to_string().contains("uid 1000"), "{denied}");
-        assert!(denied.to_string().contains("membership of group lb-agent"), "{denied}");
+        assert!(
+            denied.to_string().contains("membership of group lb-agent"),
+            "{denied}"
+        );
         assert!(p.decide(&peer(1000, 100), "drain", || None).is_err());
     }
 
@@ -233,7 +299,16 @@ mod tests {
         let p = AccessPolicy::new(None, 995);
         assert!(p.decide(&peer(0, 0), "drain", never).is_ok());
         let denied = p.decide(&peer(1000, 990), "reconcile", never).unwrap_err();
-        assert!(denied.rule.contains("needs uid 0 or uid 995"), "{denied}");
+        assert_eq!(denied.rule, "needs uid 0 or uid 995");
+        assert_eq!(AccessPolicy::new(None, 0).rule(), "needs uid 0");
+        assert_eq!(
+            AccessPolicy::new(Some(("g".into(), 1)), 0).rule(),
+            "needs uid 0 or membership of group g"
+        );
+        assert_eq!(
+            AccessPolicy::new(Some(("g".into(), 1)), 7).rule(),
+            "needs uid 0, uid 7 or membership of group g"
+        );
     }
 
     #[test]
@@ -245,10 +320,18 @@ mod tests {
         };
         let (groups, from) = peer_groups(&me).expect("own /proc/self/status");
         assert_eq!(from, GroupsFrom::Proc);
-        let expected: Vec<u32> = nix::unistd::getgroups().unwrap().into_iter().map(Gid::as_raw).collect();
+        let expected: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .into_iter()
+            .map(Gid::as_raw)
+            .collect();
         assert_eq!(groups, expected);
         // A pid whose uid differs (pid 1 is root's; pretend we are someone else).
-        let imposter = Peer { uid: 4242, gid: 4242, pid: Some(1) };
+        let imposter = Peer {
+            uid: 4242,
+            gid: 4242,
+            pid: Some(1),
+        };
         assert!(peer_groups(&imposter).is_none());
     }
 }

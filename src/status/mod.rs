@@ -13,6 +13,8 @@
 //! - [`access`]: who may mutate (`SO_PEERCRED` + the status group).
 //! - [`server`]: the socket, the routes, graceful shutdown.
 
+#![warn(missing_docs)]
+
 pub mod access;
 pub mod server;
 pub mod types;

@@ -224,13 +224,21 @@ impl StatusServer {
             SocketGroup::Named(name) => match access::lookup_group(name) {
                 Ok(Some(gid)) => Some((name.clone(), gid)),
                 Ok(None) => return Err(ServeError::GroupNotFound(name.clone())),
-                Err(source) => return Err(ServeError::GroupLookup { name: name.clone(), source }),
+                Err(source) => {
+                    return Err(ServeError::GroupLookup {
+                        name: name.clone(),
+                        source,
+                    })
+                }
             },
             SocketGroup::Unmanaged => None,
         };
         let path = opts.socket.clone();
         prepare_path(&path).await?;
-        let unix = UnixListener::bind(&path).map_err(|source| ServeError::Bind { path: path.clone(), source })?;
+        let unix = UnixListener::bind(&path).map_err(|source| ServeError::Bind {
+            path: path.clone(),
+            source,
+        })?;
         let socket_id = match finish_socket(&path, opts.mode, group.as_ref()) {
             Ok(id) => id,
             Err(e) => {
@@ -245,14 +253,23 @@ impl StatusServer {
             })?),
             None => None,
         };
-        let access = Arc::new(AccessPolicy::new(group, nix::unistd::Uid::effective().as_raw()));
+        let access = Arc::new(AccessPolicy::new(
+            group,
+            nix::unistd::Uid::effective().as_raw(),
+        ));
         info!(socket = %path.display(), mode = format!("{:04o}", opts.mode), group = ?opts.group, "status socket listening");
         Ok(StatusServer {
             socket: path,
             socket_id,
             unix,
             tcp,
-            state: AppState { snapshot, requests, metrics, access, timeout: opts.request_timeout },
+            state: AppState {
+                snapshot,
+                requests,
+                metrics,
+                access,
+                timeout: opts.request_timeout,
+            },
         })
     }
 
@@ -270,21 +287,38 @@ impl StatusServer {
     /// requests a few seconds, and removes the socket file if it is still
     /// the one [`StatusServer::bind`] created.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), ServeError> {
-        let StatusServer { socket, socket_id, unix, tcp, state } = self;
-        let uds = axum::serve(unix, router(state.clone()).into_make_service_with_connect_info::<PeerInfo>())
-            .with_graceful_shutdown(cancel.clone().cancelled_owned());
+        let StatusServer {
+            socket,
+            socket_id,
+            unix,
+            tcp,
+            state,
+        } = self;
+        let uds = axum::serve(
+            unix,
+            router(state.clone()).into_make_service_with_connect_info::<PeerInfo>(),
+        )
+        .with_graceful_shutdown(cancel.clone().cancelled_owned());
         let metrics_only = async {
             match tcp {
                 Some(l) => axum::serve(l, metrics_router(state.clone()))
                     .with_graceful_shutdown(cancel.clone().cancelled_owned())
                     .await
-                    .map_err(|source| ServeError::Serve { what: "the metrics listener", source }),
+                    .map_err(|source| ServeError::Serve {
+                        what: "the metrics listener",
+                        source,
+                    }),
                 None => Ok(()),
             }
         };
         let both = async {
             let (a, b) = tokio::join!(
-                async { uds.await.map_err(|source| ServeError::Serve { what: "the status socket", source }) },
+                async {
+                    uds.await.map_err(|source| ServeError::Serve {
+                        what: "the status socket",
+                        source,
+                    })
+                },
                 metrics_only
             );
             a.and(b)
@@ -305,20 +339,38 @@ impl StatusServer {
 /// Creates the parent directory and clears a stale socket file.
 async fn prepare_path(path: &Path) -> Result<(), ServeError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| ServeError::CreateDir { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| ServeError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     }
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => return Err(ServeError::Bind { path: path.to_path_buf(), source }),
+        Err(source) => {
+            return Err(ServeError::Bind {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
     };
     if !meta.file_type().is_socket() {
-        return Err(ServeError::NotASocket { path: path.to_path_buf() });
+        return Err(ServeError::NotASocket {
+            path: path.to_path_buf(),
+        });
     }
     match tokio::net::UnixStream::connect(path).await {
         // A live listener (or one so busy its backlog is full).
-        Ok(_) => return Err(ServeError::InUse { path: path.to_path_buf() }),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(ServeError::InUse { path: path.to_path_buf() }),
+        Ok(_) => {
+            return Err(ServeError::InUse {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            return Err(ServeError::InUse {
+                path: path.to_path_buf(),
+            })
+        }
         Err(_) => {}
     }
     match std::fs::remove_file(path) {
@@ -327,7 +379,10 @@ async fn prepare_path(path: &Path) -> Result<(), ServeError> {
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(ServeError::RemoveStale { path: path.to_path_buf(), source }),
+        Err(source) => Err(ServeError::RemoveStale {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -340,14 +395,31 @@ fn file_id(m: &std::fs::Metadata) -> FileId {
 }
 
 /// Applies group and mode to the freshly bound socket; returns its identity.
-fn finish_socket(path: &Path, mode: u32, group: Option<&(String, u32)>) -> Result<FileId, ServeError> {
+fn finish_socket(
+    path: &Path,
+    mode: u32,
+    group: Option<&(String, u32)>,
+) -> Result<FileId, ServeError> {
     if let Some((name, gid)) = group {
-        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(*gid)))
-            .map_err(|source| ServeError::Chown { path: path.to_path_buf(), group: name.clone(), source })?;
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(*gid))).map_err(
+            |source| ServeError::Chown {
+                path: path.to_path_buf(),
+                group: name.clone(),
+                source,
+            },
+        )?;
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|source| ServeError::Chmod { path: path.to_path_buf(), mode, source })?;
-    let meta = std::fs::symlink_metadata(path).map_err(|source| ServeError::Bind { path: path.to_path_buf(), source })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        ServeError::Chmod {
+            path: path.to_path_buf(),
+            mode,
+            source,
+        }
+    })?;
+    let meta = std::fs::symlink_metadata(path).map_err(|source| ServeError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(file_id(&meta))
 }
 
@@ -369,7 +441,11 @@ struct PeerInfo(Option<Peer>);
 
 impl Connected<IncomingStream<'_, UnixListener>> for PeerInfo {
     fn connect_info(stream: IncomingStream<'_, UnixListener>) -> PeerInfo {
-        PeerInfo(stream.io().peer_cred().ok().map(|c| Peer { uid: c.uid(), gid: c.gid(), pid: c.pid() }))
+        PeerInfo(stream.io().peer_cred().ok().map(|c| Peer {
+            uid: c.uid(),
+            gid: c.gid(),
+            pid: c.pid(),
+        }))
     }
 }
 
@@ -389,7 +465,10 @@ fn router(state: AppState) -> Router {
 
 /// The TCP routes: `/metrics` only, nothing else is exposed off the box.
 fn metrics_router(state: AppState) -> Router {
-    Router::new().route("/metrics", only_get(get(get_metrics))).fallback(not_found).with_state(state)
+    Router::new()
+        .route("/metrics", only_get(get(get_metrics)))
+        .fallback(not_found)
+        .with_state(state)
 }
 
 fn only_get(r: MethodRouter<AppState>) -> MethodRouter<AppState> {
@@ -401,12 +480,22 @@ fn only_post(r: MethodRouter<AppState>) -> MethodRouter<AppState> {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(ErrorBody { error: message.into() })).into_response()
+    (
+        status,
+        Json(ErrorBody {
+            error: message.into(),
+        }),
+    )
+        .into_response()
 }
 
 fn wrong_method(m: Method, allow: &'static str) -> Response {
-    let mut r = error(StatusCode::METHOD_NOT_ALLOWED, format!("method {m} not allowed here; use {allow}"));
-    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {m} not allowed here; use {allow}"),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     r
 }
 
@@ -422,8 +511,18 @@ async fn not_found(uri: Uri) -> Response {
 
 fn json_bytes(body: Result<Vec<u8>, serde_json::Error>) -> Response {
     match body {
-        Ok(b) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], b).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the snapshot: {e}")),
+        Ok(b) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            b,
+        )
+            .into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the snapshot: {e}"),
+        ),
     }
 }
 
@@ -440,7 +539,14 @@ async fn get_vips(State(s): State<AppState>) -> Response {
 
 async fn get_metrics(State(s): State<AppState>) -> Response {
     match s.metrics.encode() {
-        Ok(text) => ([(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE))], text).into_response(),
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            )],
+            text,
+        )
+            .into_response(),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed"),
     }
 }
@@ -457,7 +563,12 @@ async fn post_drain(
     };
     let body = match body {
         Ok(b) => b,
-        Err(rej) => return error(rej.status(), format!("reading the request body: {}", rej.body_text())),
+        Err(rej) => {
+            return error(
+                rej.status(),
+                format!("reading the request body: {}", rej.body_text()),
+            )
+        }
     };
     let reason = match parse_drain(&body) {
         Ok(r) => r,
@@ -466,14 +577,20 @@ async fn post_drain(
     forward(&s, peer, Action::Drain { reason }).await
 }
 
-async fn post_undrain(State(s): State<AppState>, ConnectInfo(peer): ConnectInfo<PeerInfo>) -> Response {
+async fn post_undrain(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
+) -> Response {
     match authorize(&s, peer, "undrain").await {
         Ok(p) => forward(&s, p, Action::Undrain).await,
         Err(r) => r,
     }
 }
 
-async fn post_reconcile(State(s): State<AppState>, ConnectInfo(peer): ConnectInfo<PeerInfo>) -> Response {
+async fn post_reconcile(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
+) -> Response {
     match authorize(&s, peer, "reconcile").await {
         Ok(p) => forward(&s, p, Action::Reconcile).await,
         Err(r) => r,
@@ -487,13 +604,16 @@ fn parse_drain(body: &[u8]) -> Result<String, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err("missing body: expected {\"reason\": \"...\"}".into());
     }
-    let d: DrainBody = serde_json::from_slice(body).map_err(|e| format!("bad drain body (expected {{\"reason\": \"...\"}}): {e}"))?;
+    let d: DrainBody = serde_json::from_slice(body)
+        .map_err(|e| format!("bad drain body (expected {{\"reason\": \"...\"}}): {e}"))?;
     let reason = d.reason.trim();
     if reason.is_empty() {
         return Err("reason must not be empty".into());
     }
     if reason.chars().count() > MAX_REASON_CHARS {
-        return Err(format!("reason is longer than {MAX_REASON_CHARS} characters"));
+        return Err(format!(
+            "reason is longer than {MAX_REASON_CHARS} characters"
+        ));
     }
     if reason.chars().any(char::is_control) {
         return Err("reason must be one line without control characters".into());
@@ -506,7 +626,10 @@ fn parse_drain(body: &[u8]) -> Result<String, String> {
 async fn authorize(s: &AppState, peer: PeerInfo, action: &'static str) -> Result<Peer, Response> {
     let Some(peer) = peer.0 else {
         warn!(action, "refused: peer credentials unavailable");
-        return Err(error(StatusCode::FORBIDDEN, format!("not allowed to {action}: the peer's credentials are unavailable")));
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            format!("not allowed to {action}: the peer's credentials are unavailable"),
+        ));
     };
     let access = s.access.clone();
     let decision = tokio::task::spawn_blocking(move || access.check(&peer, action)).await;
@@ -519,7 +642,10 @@ async fn authorize(s: &AppState, peer: PeerInfo, action: &'static str) -> Result
             warn!(action, %peer, rule = %denied.rule, "status socket request refused");
             Err(error(StatusCode::FORBIDDEN, denied.to_string()))
         }
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("checking credentials: {e}"))),
+        Err(e) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("checking credentials: {e}"),
+        )),
     }
 }
 
@@ -528,21 +654,51 @@ async fn forward(s: &AppState, peer: Peer, action: Action) -> Response {
     let name = action.name();
     let (reply, answer) = oneshot::channel();
     let exchange = async {
-        if s.requests.send(Request { action, peer, reply }).await.is_err() {
-            return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the agent is not accepting requests (shutting down?)"));
-        }
-        answer
+        if s.requests
+            .send(Request {
+                action,
+                peer,
+                reply,
+            })
             .await
-            .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, format!("the agent dropped the {name} request (shutting down?)")))
+            .is_err()
+        {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the agent is not accepting requests (shutting down?)",
+            ));
+        }
+        answer.await.map_err(|_| {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the agent dropped the {name} request (shutting down?)"),
+            )
+        })
     };
     match tokio::time::timeout(s.timeout, exchange).await {
-        Err(_) => error(StatusCode::GATEWAY_TIMEOUT, format!("the agent did not answer the {name} request within {:?}", s.timeout)),
+        Err(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the agent did not answer the {name} request within {:?}",
+                s.timeout
+            ),
+        ),
         Ok(Err(r)) => r,
         Ok(Ok(Err(msg))) => {
             warn!(action = name, error = %msg, "the agent refused the request");
-            error(StatusCode::INTERNAL_SERVER_ERROR, format!("{name} failed: {msg}"))
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{name} failed: {msg}"),
+            )
         }
-        Ok(Ok(Ok(()))) => (StatusCode::OK, Json(OkBody { ok: true, action: name.to_string() })).into_response(),
+        Ok(Ok(Ok(()))) => (
+            StatusCode::OK,
+            Json(OkBody {
+                ok: true,
+                action: name.to_string(),
+            }),
+        )
+            .into_response(),
     }
 }
 
@@ -552,7 +708,10 @@ mod tests {
 
     #[test]
     fn drain_bodies_are_validated() {
-        assert_eq!(parse_drain(br#"{"reason":"  kernel upgrade "}"#), Ok("kernel upgrade".into()));
+        assert_eq!(
+            parse_drain(br#"{"reason":"  kernel upgrade "}"#),
+            Ok("kernel upgrade".into())
+        );
         for (body, want) in [
             (&b""[..], "missing body"),
             (b"  \n", "missing body"),
@@ -567,7 +726,9 @@ mod tests {
             assert!(e.contains(want), "{:?}: {e}", String::from_utf8_lossy(body));
         }
         let long = format!(r#"{{"reason":"{}"}}"#, "x".repeat(MAX_REASON_CHARS + 1));
-        assert!(parse_drain(long.as_bytes()).unwrap_err().contains("longer than"));
+        assert!(parse_drain(long.as_bytes())
+            .unwrap_err()
+            .contains("longer than"));
     }
 
     fn opts(dir: &Path) -> ServerOptions {
@@ -628,7 +789,11 @@ mod tests {
         o.group = SocketGroup::Named("lb-agent-no-such-group".into());
         let e = bind(&o).await.unwrap_err();
         assert!(matches!(e, ServeError::GroupNotFound(_)), "{e}");
-        assert!(e.to_string().contains("\"lb-agent-no-such-group\" does not exist"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("\"lb-agent-no-such-group\" does not exist"),
+            "{e}"
+        );
         assert!(!o.socket.exists(), "nothing is left behind");
     }
 
@@ -637,7 +802,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut o = opts(dir.path());
         o.mode = 0o4755;
-        assert!(matches!(bind(&o).await.unwrap_err(), ServeError::BadMode(0o4755)));
+        assert!(matches!(
+            bind(&o).await.unwrap_err(),
+            ServeError::BadMode(0o4755)
+        ));
     }
 
     #[tokio::test]
@@ -648,7 +816,11 @@ mod tests {
         let cancel = CancellationToken::new();
         let task = tokio::spawn(server.run(cancel.clone()));
         cancel.cancel();
-        tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert!(!o.socket.exists());
 
         // Someone else's socket at the path survives our shutdown.
@@ -657,7 +829,10 @@ mod tests {
         let _other = std::os::unix::net::UnixListener::bind(&o.socket).unwrap();
         let cancel = CancellationToken::new();
         cancel.cancel();
-        tokio::time::timeout(Duration::from_secs(10), server.run(cancel)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), server.run(cancel))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(o.socket.exists());
     }
 }

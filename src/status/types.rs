@@ -406,8 +406,17 @@ mod tests {
 
     #[test]
     fn bad_timestamps_are_errors() {
-        for bad in ["", "yesterday", "2026-13-01T00:00:00Z", "2026-01-01T00:00:00+02:00", "Tue, 15 Nov 1994 08:12:31 GMT"] {
-            assert!(serde_json::from_str::<Timestamp>(&format!("{bad:?}")).is_err(), "{bad} accepted");
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            "2026-01-01T00:00:00+02:00",
+            "Tue, 15 Nov 1994 08:12:31 GMT",
+        ] {
+            assert!(
+                serde_json::from_str::<Timestamp>(&format!("{bad:?}")).is_err(),
+                "{bad} accepted"
+            );
         }
     }
 
@@ -448,6 +457,11 @@ mod tests {
     fn drain_body_requires_reason_and_refuses_unknown_fields() {
         assert!(serde_json::from_str::<DrainBody>(r#"{}"#).is_err());
         assert!(serde_json::from_str::<DrainBody>(r#"{"reason":"x","ttl":5}"#).is_err());
-        assert_eq!(serde_json::from_str::<DrainBody>(r#"{"reason":"x"}"#).unwrap().reason, "x");
+        assert_eq!(
+            serde_json::from_str::<DrainBody>(r#"{"reason":"x"}"#)
+                .unwrap()
+                .reason,
+            "x"
+        );
     }
 }
