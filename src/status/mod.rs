@@ -11,11 +11,14 @@
 //!
 //! - [`types`]: the wire types (shared with the CLI).
 //! - [`access`]: who may mutate (`SO_PEERCRED` + the status group).
+//! - `convert`: `From` the source, reconciler and BIRD publisher statuses
+//!   to the wire sections.
 //! - [`server`]: the socket, the routes, graceful shutdown.
 
 #![warn(missing_docs)]
 
 pub mod access;
+mod convert;
 pub mod server;
 pub mod types;
 

@@ -526,15 +526,16 @@ fn json_bytes(body: Result<Vec<u8>, serde_json::Error>) -> Response {
     }
 }
 
+// Clone, then serialize: the `watch` read lock is held only for the copy,
+// so a slow reader never delays the daemon publishing the next snapshot.
 async fn get_status(State(s): State<AppState>) -> Response {
-    // Serialize under the borrow instead of cloning the whole snapshot.
-    let body = serde_json::to_vec(&*s.snapshot.borrow());
-    json_bytes(body)
+    let snap = s.snapshot.borrow().clone();
+    json_bytes(serde_json::to_vec(&snap))
 }
 
 async fn get_vips(State(s): State<AppState>) -> Response {
-    let body = serde_json::to_vec(&s.snapshot.borrow().vips);
-    json_bytes(body)
+    let vips = s.snapshot.borrow().vips.clone();
+    json_bytes(serde_json::to_vec(&vips))
 }
 
 async fn get_metrics(State(s): State<AppState>) -> Response {

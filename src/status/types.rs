@@ -113,6 +113,19 @@ pub struct Snapshot {
     pub updated_at: Option<Timestamp>,
 }
 
+impl Snapshot {
+    /// An empty snapshot for `node` in `group` carrying this build's version;
+    /// the daemon fills the rest as its components report.
+    pub fn new(node: impl Into<String>, group: impl Into<String>) -> Snapshot {
+        Snapshot {
+            node: node.into(),
+            group: group.into(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        }
+    }
+}
+
 /// Why and since when the node is drained.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DrainInfo {
