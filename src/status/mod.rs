@@ -13,6 +13,38 @@
 //! - [`access`]: who may mutate (`SO_PEERCRED` + the status group).
 //! - `convert`: `From` the source, reconciler and BIRD publisher statuses
 //!   to the wire sections.
+//!
+//! Wiring in the daemon (bind early so a bad socket, group or mode stops
+//! the start with a clear error; then serve until cancelled):
+//!
+//! ```no_run
+//! # async fn wire(cfg: lb_agent::config::Config) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use lb_agent::metrics::{CheckOutcome, Metrics};
+//! use lb_agent::status::{Action, Request, ServerOptions, Snapshot, StatusServer};
+//! use tokio::sync::{mpsc, watch};
+//!
+//! let (snapshot_tx, snapshot_rx) = watch::channel(Snapshot::new(&cfg.node.name, &cfg.node.group));
+//! let metrics = Arc::new(Metrics::new(snapshot_rx.clone()));
+//! let (request_tx, mut requests) = mpsc::channel::<Request>(8);
+//! let opts = ServerOptions::from_config(&cfg.status);
+//! let server = StatusServer::bind(&opts, snapshot_rx, request_tx, metrics.clone()).await?;
+//! let cancel = tokio_util::sync::CancellationToken::new();
+//! tokio::spawn(server.run(cancel.clone()));
+//!
+//! // Publish after every change: snapshot_tx.send_replace(build_snapshot(...));
+//! // Feed the histograms: metrics.observe_apply(secs);
+//! metrics.observe_check("192.0.2.10/32", "www_https", CheckOutcome::Ok, std::time::Duration::from_micros(120));
+//! while let Some(Request { action, peer, reply }) = requests.recv().await {
+//!     let outcome: Result<(), String> = match action {
+//!         Action::Drain { reason } => Ok(()), // persist the flag, withdraw, record `peer`
+//!         Action::Undrain => Ok(()),
+//!         Action::Reconcile => Ok(()),
+//!     };
+//!     let _ = reply.send(outcome); // the requester may have given up
+//! }
+//! # Ok(()) }
+//! ```
 //! - [`server`]: the socket, the routes, graceful shutdown.
 
 #![warn(missing_docs)]
