@@ -1,5 +1,6 @@
 //! Command-line interface (clap). `main` dispatches; this module holds the
-//! argument types and the offline commands (`check-config`, `render`).
+//! argument types and the offline commands (`check-config`, `render`);
+//! [`client`] holds the commands that talk to a running agent.
 //!
 //! Exit codes (SPEC §4): 0 ok, 1 runtime error, 2 usage or configuration
 //! error, 3 agent unreachable.
@@ -11,6 +12,10 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, DEFAULT_PATH};
 use crate::model::validate::{parse_document, ValidateContext};
+
+// --- status-socket client (h/status-cli) ---
+pub mod client;
+// --- end status-socket client ---
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
@@ -67,6 +72,11 @@ pub enum Cmd {
         #[arg(long, short, env = "LB_AGENT_CONFIG")]
         config: Option<PathBuf>,
     },
+    // --- status-socket client (h/status-cli): status, vips, drain, undrain,
+    // reconcile, completions, man; see `client::ClientCmd` ---
+    #[command(flatten)]
+    Client(client::ClientCmd),
+    // --- end status-socket client ---
 }
 
 /// An error with the exit code it maps to.
