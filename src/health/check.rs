@@ -12,7 +12,9 @@
 //! - `http`: hyper's HTTP/1.1 client connection driven inline (no extra
 //!   task), `Connection: close`, status decided on the response head, at most
 //!   [`MAX_BODY`] bytes of body read so HAProxy sees a complete exchange.
-//! - `tls`: see `tls` for the verification policy.
+//! - `tls`: see `tls` for the verification policy; a handshake-only check
+//!   closes with close_notify and waits for the peer's close, so the server
+//!   never logs it as a failed handshake.
 //!
 //! Errors are short, lower-case and stable enough to show on the status
 //! socket and in VIP withdrawal reasons.
@@ -106,11 +108,31 @@ impl Checker {
         match request {
             Some(request) => exchange(tls, addr, request, deadline, limit).await,
             None => {
-                let _ = tls.get_ref().0.set_zero_linger();
+                close_tls(tls, deadline).await;
                 Ok(())
             }
         }
     }
+}
+
+/// Ends a handshake-only check politely: close_notify, then wait (at most
+/// until the deadline) for the peer to close. An abrupt close here would
+/// reach the server before it processed our Finished message, and HAProxy
+/// would log a failed handshake for every check. The check already passed;
+/// nothing here can fail it.
+async fn close_tls<S>(mut tls: tokio_rustls::client::TlsStream<S>, deadline: Instant)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = timeout_at(deadline, async {
+        tls.shutdown().await?;
+        let mut sink = [0u8; 512];
+        // Ends at EOF or error; bounded by the deadline.
+        while tls.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
 }
 
 async fn tcp(addr: SocketAddr, deadline: Instant, limit: Duration) -> Result<(), String> {
@@ -260,6 +282,9 @@ fn tls_error_text(e: &io::Error) -> String {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
+        Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+            "peer does not speak tls".to_string()
+        }
         Some(tls) => tls.to_string(),
         None => io_error_text(e),
     }
