@@ -37,7 +37,10 @@ fn assert_fail_starting(r: &CheckResult, prefix: &str) {
     assert!(!r.ok, "expected failure, got {r:?}");
     let e = r.error.as_deref().unwrap_or("");
     eprintln!("error text: {e}");
-    assert!(e.starts_with(prefix), "error {e:?} should start with {prefix:?}");
+    assert!(
+        e.starts_with(prefix),
+        "error {e:?} should start with {prefix:?}"
+    );
 }
 
 /// A timeout took about the limit: not much less, not hanging on.
@@ -136,7 +139,10 @@ async fn http_sends_path_and_host_and_honours_expect_status() {
         },
     };
     // The server answers 200 only for the right Host header.
-    assert_pass(&c.check(&probe(Some("svc.example.test"), &[200]), LIMIT).await);
+    assert_pass(
+        &c.check(&probe(Some("svc.example.test"), &[200]), LIMIT)
+            .await,
+    );
     assert_fail(
         &c.check(&probe(Some("other.example"), &[200]), LIMIT).await,
         "status 421, expected 200",
@@ -259,6 +265,23 @@ async fn tls_passes_with_sni_then_http() {
     assert_pass(&r);
     // Self-signed and not in any trust store: accepted by design.
     assert_eq!(seen.sni(), vec![Some("svc.example.test".to_string())]);
+}
+
+#[tokio::test]
+async fn tls_sessions_are_resumed_across_checks() {
+    // One shared client config: the second check resumes the first one's
+    // session, sparing HAProxy a private-key operation per check.
+    let (server, seen) = tls_server(200).await;
+    let c = checker();
+    let probe = Probe::Tls {
+        addr: server.addr,
+        sni: Some("svc.example.test".into()),
+        request: Some(get("/")),
+    };
+    for _ in 0..3 {
+        assert_pass(&c.check(&probe, Duration::from_secs(2)).await);
+    }
+    assert_eq!(seen.resumed(), vec![false, true, true]);
 }
 
 #[tokio::test]
@@ -409,7 +432,9 @@ async fn run_spawning_script(script: &str, limit: Duration) -> (CheckResult, i32
         "echo $$ > {d}/sh.pid; sleep 30 & echo $! > {d}/child.pid; {script}",
         d = dir.path().display()
     );
-    let r = checker().check(&exec(&["/bin/sh", "-c", &full]), limit).await;
+    let r = checker()
+        .check(&exec(&["/bin/sh", "-c", &full]), limit)
+        .await;
     let read = |f: &str| -> i32 {
         std::fs::read_to_string(dir.path().join(f))
             .expect("pid file")

@@ -93,6 +93,8 @@ pub(crate) async fn run(argv: &[String], limit: Duration) -> Result<(), String> 
     match waited {
         Err(_elapsed) => {
             group.kill();
+            // Also the leader by pid, in case it moved itself to another group.
+            let _ = child.start_kill();
             // SIGKILL cannot be caught; the wait is bounded only against a
             // process stuck in the kernel (then tokio reaps it later).
             let _ = timeout(REAP_GRACE, child.wait()).await;

@@ -200,11 +200,17 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub struct TlsSeen {
     /// SNI of each completed handshake (`None`: no SNI sent).
     pub sni: Arc<Mutex<Vec<Option<String>>>>,
+    /// Whether each completed handshake resumed a session.
+    pub resumed: Arc<Mutex<Vec<bool>>>,
 }
 
 impl TlsSeen {
     pub fn sni(&self) -> Vec<Option<String>> {
         self.sni.lock().expect("lock").clone()
+    }
+
+    pub fn resumed(&self) -> Vec<bool> {
+        self.resumed.lock().expect("lock").clone()
     }
 }
 
@@ -261,8 +267,11 @@ async fn tls_server_with(config: Arc<ServerConfig>, status: u16) -> (Server, Tls
                 let Ok(mut tls) = acceptor.accept(s).await else {
                     return;
                 };
-                let sni = tls.get_ref().1.server_name().map(str::to_string);
+                let conn = tls.get_ref().1;
+                let sni = conn.server_name().map(str::to_string);
+                let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
                 seen.sni.lock().expect("lock").push(sni);
+                seen.resumed.lock().expect("lock").push(resumed);
                 let mut head = Vec::new();
                 let mut buf = [0u8; 1024];
                 // Read the request head (bounded), if any arrives.
@@ -320,7 +329,11 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
         return out;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
