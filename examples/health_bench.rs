@@ -162,7 +162,7 @@ async fn measure(phase: &str, set: Vec<ServiceCheck>, window: Duration) -> anyho
         cancel.clone(),
     ));
     // Warm-up: first round plus the fast rise checks.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let count = |s: &HealthSnapshot| {
         s.services.values().fold((0u64, 0u64), |(c, f), s| {
             (c + s.health.checks, f + s.health.failures)

@@ -78,6 +78,43 @@ async fn tcp_fails_on_timeout_when_the_accept_queue_is_full() {
     assert_took_the_limit(&r);
 }
 
+#[tokio::test]
+async fn tcp_and_http_work_over_ipv6() {
+    // VIPs come in both families; the default Host header of an IPv6
+    // target is the bracketed form.
+    let listener = tokio::net::TcpListener::bind("[::1]:0")
+        .await
+        .expect("bind [::1] (IPv6 loopback is required)");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move |headers: axum::http::HeaderMap| async move {
+            let host = headers.get("host").and_then(|h| h.to_str().ok());
+            if host == Some(addr.to_string().as_str()) {
+                axum::http::StatusCode::OK
+            } else {
+                axum::http::StatusCode::BAD_REQUEST
+            }
+        }),
+    );
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let c = checker();
+    assert_pass(&c.check(&Probe::Tcp { addr }, LIMIT).await);
+    assert_pass(
+        &c.check(
+            &Probe::Http {
+                addr,
+                request: get("/"),
+            },
+            LIMIT,
+        )
+        .await,
+    );
+    server.abort();
+}
+
 // ---------------------------------------------------------------- http
 
 #[tokio::test]

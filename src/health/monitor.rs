@@ -50,6 +50,10 @@ const OVERRUN_GRACE: Duration = Duration::from_secs(1);
 /// same timer wake-up, which costs less than one wake-up per check.
 const SPREAD_SLOT: Duration = Duration::from_millis(10);
 
+/// Floor of the delay between two checks of one service, whatever the
+/// configuration says (a zero interval must not become a busy loop).
+const MIN_DELAY: Duration = Duration::from_millis(10);
+
 /// Runs the check of one service. Implemented by [`Checker`]; tests supply
 /// scripted runners.
 pub trait CheckRunner: Send + Sync + 'static {
@@ -495,11 +499,12 @@ impl<R: CheckRunner> ServiceTask<R> {
         } else if !result.ok {
             debug!(vip = %c.key.vip, service = %c.key.name, kind = c.probe.kind(), error, "check failed");
         }
-        if changing {
+        let delay = if changing {
             c.fast_interval
         } else {
             c.interval
-        }
+        };
+        delay.max(MIN_DELAY)
     }
 }
 
