@@ -101,6 +101,7 @@ impl Checker {
             None => ServerName::IpAddress(addr.ip().into()),
         };
         let stream = connect(addr, deadline, limit).await?;
+        let _ = stream.set_nodelay(true);
         let tls = timeout_at(deadline, self.tls.connect(name, stream))
             .await
             .map_err(|_| timeout_text(limit, "tls handshake"))?
@@ -150,6 +151,8 @@ async fn http(
     limit: Duration,
 ) -> Result<(), String> {
     let stream = connect(addr, deadline, limit).await?;
+    // The request goes out in one write; don't let Nagle hold it back.
+    let _ = stream.set_nodelay(true);
     exchange(stream, addr, request, deadline, limit).await
 }
 
@@ -162,8 +165,6 @@ async fn connect(
         .await
         .map_err(|_| timeout_text(limit, "connect"))?
         .map_err(|e| io_error_text(&e))?;
-    // A request fits in one segment; don't let Nagle delay it.
-    let _ = stream.set_nodelay(true);
     Ok(stream)
 }
 
@@ -251,7 +252,7 @@ fn timeout_text(limit: Duration, phase: &str) -> String {
 
 /// Short text for socket errors: the kind operators know, without the
 /// "(os error 111)" suffix.
-pub(crate) fn io_error_text(e: &io::Error) -> String {
+fn io_error_text(e: &io::Error) -> String {
     use io::ErrorKind as K;
     let text = match e.kind() {
         K::ConnectionRefused => "connection refused",
