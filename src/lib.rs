@@ -12,6 +12,7 @@
 //! - [`bird`]: the include file and BIRD's control socket; [`vip`]: VIP addresses via rtnetlink.
 //! - [`status`], [`cli`], [`daemon`], [`telemetry`]: the operating surface.
 
+pub mod anycast;
 pub mod bird;
 pub mod cli;
 pub mod config;

@@ -155,6 +155,11 @@ pub struct Reconciler {
     persisted: Option<String>,
     cached_revision: Option<Revision>,
     status: watch::Sender<HaproxyStatus>,
+    /// The document in force, for the anycast side (which VIPs and services exist).
+    applied_tx: Option<watch::Sender<Option<Arc<DesiredState>>>>,
+    /// Watchdog ping period (half of systemd's WatchdogSec), sent from this loop
+    /// so that a wedged reconcile loop gets the agent restarted.
+    watchdog: Option<Duration>,
 }
 
 impl Reconciler {
@@ -189,7 +194,21 @@ impl Reconciler {
             convergence_reloaded: None,
             cached_revision: None,
             status,
+            applied_tx: None,
+            watchdog: None,
         }
+    }
+
+    /// Publishes the document in force on `tx` after every pass.
+    pub fn with_applied(mut self, tx: watch::Sender<Option<Arc<DesiredState>>>) -> Reconciler {
+        self.applied_tx = Some(tx);
+        self
+    }
+
+    /// Sends `WATCHDOG=1` to systemd every `every` from the reconcile loop.
+    pub fn with_watchdog(mut self, every: Option<Duration>) -> Reconciler {
+        self.watchdog = every;
+        self
     }
 
     /// Runs until `cancel` fires.
@@ -203,6 +222,8 @@ impl Reconciler {
         verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         verify.reset(); // the first pass comes from the first document
         desired.mark_changed();
+        let mut watchdog = tokio::time::interval(self.watchdog.unwrap_or(Duration::from_secs(3600)));
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let reload_at = (!self.pending_reload.is_empty()).then(|| self.next_reload_allowed());
             tokio::select! {
@@ -230,6 +251,9 @@ impl Reconciler {
                 },
                 _ = verify.tick() => {
                     self.pass("verify", None, false).await;
+                }
+                _ = watchdog.tick(), if self.watchdog.is_some() => {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                 }
             }
         }
@@ -273,6 +297,20 @@ impl Reconciler {
         let span = info_span!("reconcile", reason, revision = revision.unwrap_or(0));
         Box::pin(self.pass_inner(offered, force_persist).instrument(span)).await;
         self.update(|st| st.passes += 1);
+        if let Some(tx) = &self.applied_tx {
+            let now = self.applied.as_ref().map(|c| c.desired.clone());
+            tx.send_if_modified(|cur| {
+                let same = match (&*cur, &now) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !same {
+                    *cur = now.clone();
+                }
+                !same
+            });
+        }
     }
 
     async fn pass_inner(&mut self, offered: Option<Candidate>, force_persist: bool) {
