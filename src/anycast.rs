@@ -69,13 +69,21 @@ pub struct AnycastSettings {
     pub state_dir: PathBuf,
     pub runtime_socket: PathBuf,
     pub publisher: PublisherOptions,
+    /// Set by the daemon before a configuration reload: keep announcements
+    /// for the next generation instead of applying `on_stop`.
+    pub keep_on_stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Operator requests the anycast task answers.
 #[derive(Debug)]
 pub enum AnycastRequest {
-    Drain { reason: String, reply: oneshot::Sender<Result<(), String>> },
-    Undrain { reply: oneshot::Sender<Result<(), String>> },
+    Drain {
+        reason: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Undrain {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// What the anycast side looks like, for the status socket.
@@ -107,7 +115,10 @@ struct MeteredChecker {
 }
 
 impl CheckRunner for MeteredChecker {
-    fn run(&self, check: Arc<ServiceCheck>) -> impl std::future::Future<Output = CheckResult> + Send + 'static {
+    fn run(
+        &self,
+        check: Arc<ServiceCheck>,
+    ) -> impl std::future::Future<Output = CheckResult> + Send + 'static {
         let checker = self.checker.clone();
         let metrics = self.metrics.clone();
         async move {
@@ -117,7 +128,12 @@ impl CheckRunner for MeteredChecker {
                 (false, Some(e)) if e.starts_with("timeout") => CheckOutcome::Timeout,
                 _ => CheckOutcome::Fail,
             };
-            metrics.observe_check(&check.key.vip.to_string(), &check.key.name, outcome, r.latency);
+            metrics.observe_check(
+                &check.key.vip.to_string(),
+                &check.key.name,
+                outcome,
+                r.latency,
+            );
             r
         }
     }
@@ -137,9 +153,12 @@ async fn liveness(path: PathBuf, tx: watch::Sender<Option<bool>>, cancel: Cancel
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let ok = tokio::time::timeout(Duration::from_secs(1), tokio::net::UnixStream::connect(&path))
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let ok = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::UnixStream::connect(&path),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
         let up = if ok {
             failures = 0;
             true
@@ -219,24 +238,35 @@ pub async fn run(
     // Health monitor on its own thread.
     let (checks_tx, checks_rx) = watch::channel::<Vec<ServiceCheck>>(Vec::new());
     let mut health = health_tx.subscribe();
-    let checker = Checker::new().map_err(|e| anyhow::anyhow!("building the TLS client for checks: {e}"))?;
+    let checker =
+        Checker::new().map_err(|e| anyhow::anyhow!("building the TLS client for checks: {e}"))?;
     let monitor_cancel = cancel.child_token();
     let monitor_thread = monitor::spawn_thread(
         Arc::new(MeteredChecker { checker, metrics }),
         checks_rx,
         health_tx,
-        MonitorOptions { adopt: adopted.clone() },
+        MonitorOptions {
+            adopt: adopted.clone(),
+        },
         monitor_cancel.clone(),
     )?;
 
     // HAProxy liveness.
     let (alive_tx, mut alive) = watch::channel(None);
     let liveness_cancel = cancel.child_token();
-    let liveness_task = tokio::spawn(liveness(s.runtime_socket.clone(), alive_tx, liveness_cancel.clone()));
+    let liveness_task = tokio::spawn(liveness(
+        s.runtime_socket.clone(),
+        alive_tx,
+        liveness_cancel.clone(),
+    ));
 
     // The publisher is started with the first decision, never with an empty
     // placeholder that would withdraw adopted prefixes.
-    let mut publisher: Option<(watch::Sender<DesiredAnnouncements>, CancellationToken, tokio::task::JoinHandle<()>)> = None;
+    let mut publisher: Option<(
+        watch::Sender<DesiredAnnouncements>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    )> = None;
     let mut bird_status = bird_status_tx.subscribe();
     let adoption_limit = s.health.interval * s.health.rise + s.health.timeout;
 
@@ -265,7 +295,8 @@ pub async fn run(
                     now: now.into_std(),
                 })
             });
-            let first = (publisher.is_none() && desired.is_none()).then_some(started + adoption_limit);
+            let first =
+                (publisher.is_none() && desired.is_none()).then_some(started + adoption_limit);
             d.map(Instant::from_std).into_iter().chain(first).min()
         };
         tokio::select! {
@@ -342,7 +373,7 @@ pub async fn run(
                     info!(advertise = ?want.advertise, drain = ?want.drain, "first announcement");
                     let (tx, rx) = watch::channel(want);
                     let token = CancellationToken::new();
-                    let p = Publisher::new(&s.bird, s.publisher.clone())?;
+                    let p = Publisher::new(&s.bird, s.publisher)?;
                     let handle = tokio::spawn(p.run(rx, bird_status_tx.clone(), token.clone()));
                     publisher = Some((tx, token, handle));
                 }
@@ -357,7 +388,9 @@ pub async fn run(
                 for v in vips.releasable(&want) {
                     if !confirmed.contains(&v) {
                         match vips.release(v).await {
-                            Ok(o) => info!(vip = %v, outcome = ?o, "VIP address released after withdrawal"),
+                            Ok(o) => {
+                                info!(vip = %v, outcome = ?o, "VIP address released after withdrawal")
+                            }
                             Err(e) => warn!(vip = %v, error = %e, "releasing a VIP address failed"),
                         }
                     }
@@ -395,7 +428,9 @@ pub async fn run(
     }
 
     // Stop: withdraw (confirmed, bounded) unless told to keep.
-    let keep = s.bird.on_stop == OnStop::Keep || handover_requested(&s.state_dir);
+    let keep = s.bird.on_stop == OnStop::Keep
+        || s.keep_on_stop.load(std::sync::atomic::Ordering::SeqCst)
+        || handover_requested(&s.state_dir);
     if let Some((tx, token, handle)) = publisher {
         if keep {
             info!("stopping with announcements kept (on_stop = keep or hand-over)");
@@ -405,12 +440,20 @@ pub async fn run(
             let t0 = Instant::now();
             let confirmed = tokio::time::timeout(STOP_WITHDRAW_LIMIT, async {
                 loop {
-                    if bird_status.borrow_and_update().announced.as_ref().is_some_and(|a| a.is_empty()) {
+                    if bird_status
+                        .borrow_and_update()
+                        .announced
+                        .as_ref()
+                        .is_some_and(|a| a.is_empty())
+                    {
                         return;
                     }
-                    if bird_status.changed().await.is_err() {
+                    // No BIRD at all: nothing is announced once the include holds no prefix.
+                    if withdrawn_without_bird(&s.bird).await {
                         return;
                     }
+                    let _ = tokio::time::timeout(Duration::from_millis(100), bird_status.changed())
+                        .await;
                 }
             })
             .await;
@@ -431,6 +474,15 @@ pub async fn run(
     Ok(())
 }
 
+/// True when BIRD is not running (its control socket refuses or is absent)
+/// and the include on disk announces nothing: the withdrawal needs no confirmation.
+async fn withdrawn_without_bird(cfg: &BirdConfig) -> bool {
+    let down = tokio::net::UnixStream::connect(&cfg.control_socket)
+        .await
+        .is_err();
+    down && matches!(read_announced(cfg), Ok(Some(a)) if a.announcements.is_empty())
+}
+
 /// The gate's view of each desired VIP: presence and every service's health
 /// (frontends and local checks); a service the monitor has not judged yet is
 /// unhealthy (fail closed).
@@ -444,7 +496,13 @@ fn views(d: &DesiredState, present: &BTreeSet<IpNet>, h: &HealthSnapshot) -> Vec
                     if st.health.healthy {
                         ServiceView::healthy(&st.name)
                     } else {
-                        ServiceView::unhealthy(&st.name, st.health.last_error.clone().unwrap_or_else(|| "not risen yet".into()))
+                        ServiceView::unhealthy(
+                            &st.name,
+                            st.health
+                                .last_error
+                                .clone()
+                                .unwrap_or_else(|| "not risen yet".into()),
+                        )
                     }
                 })
                 .collect();
@@ -454,18 +512,29 @@ fn views(d: &DesiredState, present: &BTreeSet<IpNet>, h: &HealthSnapshot) -> Vec
                     services.push(ServiceView::unhealthy(f.name.as_str(), "not checked yet"));
                 }
             }
-            VipView { vip: v.address, address_present: present.contains(&v.address), services }
+            VipView {
+                vip: v.address,
+                address_present: present.contains(&v.address),
+                services,
+            }
         })
         .collect()
 }
 
-async fn ensure_vips(vips: &mut VipManager<NetlinkAddressOps>, want: &BTreeSet<IpNet>) -> Vec<String> {
+async fn ensure_vips(
+    vips: &mut VipManager<NetlinkAddressOps>,
+    want: &BTreeSet<IpNet>,
+) -> Vec<String> {
     match vips.ensure(want).await {
         Ok(r) => {
             for a in &r.added {
                 info!(vip = %a, interface = %vips.interface(), "VIP address added");
             }
-            let mut errs: Vec<String> = r.failed.iter().map(|(v, e)| format!("adding {v}: {e}")).collect();
+            let mut errs: Vec<String> = r
+                .failed
+                .iter()
+                .map(|(v, e)| format!("adding {v}: {e}"))
+                .collect();
             if let Some(e) = &r.persist_error {
                 errs.push(format!("recording owned VIPs: {e}"));
             }
@@ -478,7 +547,9 @@ async fn ensure_vips(vips: &mut VipManager<NetlinkAddressOps>, want: &BTreeSet<I
 fn handle_request(drain: &mut DrainStore, req: AnycastRequest) {
     match req {
         AnycastRequest::Drain { reason, reply } => {
-            let r = drain.drain(&reason, SystemTime::now()).map_err(|e| e.to_string());
+            let r = drain
+                .drain(&reason, SystemTime::now())
+                .map_err(|e| e.to_string());
             match &r {
                 Ok(()) => info!(%reason, "drained by operator"),
                 Err(e) => warn!(error = %e, "drain applied in memory but not persisted"),

@@ -1,29 +1,49 @@
-//! `lb-agent run`: wiring of the long-lived tasks, signals and shutdown.
+//! `lb-agent run`: wiring of the long-lived tasks, signals, sd-notify and shutdown.
 //!
-//! Building the configuration has no side effects; then the tasks are
-//! spawned (source poller → reconciler), and the daemon waits for SIGTERM or
-//! SIGINT, cancels everything and gives the tasks a bounded grace period to
-//! finish their current step.
+//! A *generation* is one set of tasks built from one agent.toml: status
+//! socket, source poller, reconciler, anycast (health → gate → BIRD, VIP
+//! addresses) and the snapshot builder that feeds the status socket,
+//! metrics and systemd's STATUS line. SIGHUP validates the new agent.toml;
+//! when it is valid the generation is stopped *keeping* announcements and a
+//! new one starts (RELOADING=1 … READY=1); when it is not, the error is
+//! logged and shown and the old generation keeps running. SIGTERM/SIGINT
+//! stop the generation with the `on_stop` policy (withdraw first by
+//! default), then the process exits.
+//!
+//! sd-notify: READY=1 only once the first document was fully applied (from
+//! the API or the cache); WATCHDOG=1 comes from inside the reconcile loop,
+//! so a wedged loop gets the agent restarted.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use sd_notify::NotifyState;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::anycast::{self, AnycastRequest, AnycastSettings, AnycastStatus};
+use crate::bird::publisher::{BirdStatus, PublisherOptions};
+use crate::config::{self, Config};
+use crate::gate::Announcement;
 use crate::haproxy::render::{RenderSettings, Renderer};
+use crate::health::monitor::HealthSnapshot;
+use crate::metrics::Metrics;
 use crate::model::validate::{parse_document, ValidateContext};
 use crate::model::DesiredState;
-use crate::reconcile::{Candidate, HaproxyStatus, Reconciler, ReconcilerSettings};
+use crate::reconcile::{Candidate, HaproxyStatus, Reconciler, ReconcilerSettings, Trigger};
 use crate::source::{self, Accepted, Parser, SourceStatus};
+use crate::status::types::{DrainInfo, ServiceStatus, Timestamp, VipStatus};
+use crate::status::{Action, Request, ServerOptions, Snapshot, StatusServer};
 
 /// How long running tasks get to finish after a stop signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+/// Period of the snapshot refresh (check streaks change without flips).
+const SNAPSHOT_PERIOD: Duration = Duration::from_millis(500);
 
 /// The renderer for a configuration (templates + host settings).
 pub fn renderer(cfg: &Config) -> anyhow::Result<Renderer> {
@@ -52,20 +72,96 @@ pub fn parser(group: &str) -> Parser<DesiredState> {
     Arc::new(move |body: &[u8]| parse_document(body, &ctx).map_err(|e| e.to_string()))
 }
 
+/// How a generation ended.
+enum Outcome {
+    Stop,
+    Reload(Box<Config>),
+}
+
+/// The signals the daemon reacts to, installed once.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!(error = %e, "sd_notify failed");
+    }
+}
+
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(cfg: Config, config_path: &Path) -> anyhow::Result<()> {
     source::ensure_crypto_provider();
+    let mut signals = Signals {
+        term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+        int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+        hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+    };
+    let mut cfg = cfg;
+    let mut generation = 1u64;
+    loop {
+        match run_generation(&cfg, config_path, generation, &mut signals).await? {
+            Outcome::Stop => {
+                info!("stopped");
+                return Ok(());
+            }
+            Outcome::Reload(new) => {
+                cfg = *new;
+                generation += 1;
+            }
+        }
+    }
+}
+
+/// Everything one generation publishes, for the snapshot builder.
+struct Feeds {
+    source: watch::Receiver<SourceStatus>,
+    haproxy: watch::Receiver<HaproxyStatus>,
+    bird: watch::Receiver<BirdStatus>,
+    anycast: watch::Receiver<AnycastStatus>,
+    health: watch::Receiver<HealthSnapshot>,
+}
+
+async fn run_generation(
+    cfg: &Config,
+    config_path: &Path,
+    generation: u64,
+    signals: &mut Signals,
+) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(&cfg.node.state_dir)
         .with_context(|| format!("creating state_dir {}", cfg.node.state_dir.display()))?;
-    let renderer = renderer(&cfg)?;
-    info!(config = %config_path.display(), node = %cfg.node.name, group = %cfg.node.group, "lb-agent starting");
+    let renderer = renderer(cfg)?;
+    info!(config = %config_path.display(), node = %cfg.node.name, group = %cfg.node.group, generation, "lb-agent starting");
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
 
+    // Status socket first: a missing group or a socket in use stops the start here.
+    let (snapshot_tx, snapshot_rx) = watch::channel(Snapshot::new(&cfg.node.name, &cfg.node.group));
+    let metrics = Arc::new(Metrics::new(snapshot_rx.clone()));
+    let (req_tx, mut req_rx) = mpsc::channel::<Request>(16);
+    let server = StatusServer::bind(
+        &ServerOptions::from_config(&cfg.status),
+        snapshot_rx.clone(),
+        req_tx,
+        metrics.clone(),
+    )
+    .await
+    .context("starting the status socket")?;
+    {
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            if let Err(e) = server.run(cancel).await {
+                error!(error = %e, "status socket stopped");
+            }
+        });
+    }
+
     // Source → reconciler.
     let (doc_tx, mut doc_rx) = watch::channel::<Option<Arc<Accepted<DesiredState>>>>(None);
-    let (source_status_tx, _source_status) = watch::channel(SourceStatus::default());
+    let (source_status_tx, source_status) = watch::channel(SourceStatus::default());
     tracker.spawn(source::run(
         cfg.source.clone(),
         cfg.node.name.clone(),
@@ -74,7 +170,6 @@ pub async fn run(cfg: Config, config_path: &Path) -> anyhow::Result<()> {
         source_status_tx,
         cancel.clone(),
     ));
-
     let (cand_tx, cand_rx) = watch::channel::<Option<Candidate>>(None);
     {
         let cancel = cancel.clone();
@@ -94,8 +189,10 @@ pub async fn run(cfg: Config, config_path: &Path) -> anyhow::Result<()> {
         });
     }
 
-    let (status_tx, _status) = watch::channel(HaproxyStatus::default());
-    let (_trigger_tx, trigger_rx) = mpsc::channel(8);
+    let (haproxy_tx, haproxy_status) = watch::channel(HaproxyStatus::default());
+    let (trigger_tx, trigger_rx) = mpsc::channel(8);
+    let (applied_tx, applied_rx) = watch::channel::<Option<Arc<DesiredState>>>(None);
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     let reconciler = Reconciler::new(
         ReconcilerSettings {
             haproxy: cfg.haproxy.clone(),
@@ -105,31 +202,271 @@ pub async fn run(cfg: Config, config_path: &Path) -> anyhow::Result<()> {
             socket_timeout: Duration::from_secs(5),
         },
         renderer,
-        status_tx,
-    );
+        haproxy_tx,
+    )
+    .with_applied(applied_tx)
+    .with_watchdog(watchdog);
     tracker.spawn(reconciler.run(cand_rx, trigger_rx, cancel.clone()));
-    tracker.close();
 
-    wait_for_stop().await?;
-    info!("stopping");
+    // Anycast: health → gate → BIRD, VIP addresses. It runs past `cancel` to
+    // carry out the stop policy, so it has its own token.
+    let (bird_tx, bird_status) = watch::channel(BirdStatus::default());
+    let (health_tx, health) = watch::channel(HealthSnapshot::default());
+    let (anycast_tx, anycast_status) = watch::channel(AnycastStatus::default());
+    let (any_req_tx, any_req_rx) = mpsc::channel::<AnycastRequest>(8);
+    let keep_on_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let anycast_cancel = CancellationToken::new();
+    let anycast_task = tokio::spawn(anycast::run(
+        AnycastSettings {
+            health: cfg.health.clone(),
+            bird: cfg.bird.clone(),
+            vip: cfg.vip.clone(),
+            checks: cfg.checks.clone(),
+            state_dir: cfg.node.state_dir.clone(),
+            runtime_socket: cfg.haproxy.runtime_socket.clone(),
+            publisher: PublisherOptions::default(),
+            keep_on_stop: keep_on_stop.clone(),
+        },
+        applied_rx,
+        bird_tx,
+        health_tx,
+        anycast_tx,
+        any_req_rx,
+        metrics.clone(),
+        anycast_cancel.clone(),
+    ));
+
+    // Operator requests from the status socket.
+    {
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            loop {
+                let req = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    r = req_rx.recv() => match r { Some(r) => r, None => break },
+                };
+                info!(action = ?req.action, peer = %req.peer, "operator request");
+                match req.action {
+                    Action::Drain { reason } => {
+                        let (reply, rx) = tokio::sync::oneshot::channel();
+                        let r = match any_req_tx
+                            .send(AnycastRequest::Drain { reason, reply })
+                            .await
+                        {
+                            Ok(()) => rx
+                                .await
+                                .unwrap_or_else(|_| Err("the anycast task stopped".into())),
+                            Err(_) => Err("the anycast task stopped".into()),
+                        };
+                        let _ = req.reply.send(r);
+                    }
+                    Action::Undrain => {
+                        let (reply, rx) = tokio::sync::oneshot::channel();
+                        let r = match any_req_tx.send(AnycastRequest::Undrain { reply }).await {
+                            Ok(()) => rx
+                                .await
+                                .unwrap_or_else(|_| Err("the anycast task stopped".into())),
+                            Err(_) => Err("the anycast task stopped".into()),
+                        };
+                        let _ = req.reply.send(r);
+                    }
+                    Action::Reconcile => {
+                        let r = trigger_tx
+                            .send(Trigger::Reconcile)
+                            .await
+                            .map_err(|_| "the reconciler stopped".to_string());
+                        let _ = req.reply.send(r);
+                    }
+                }
+            }
+        });
+    }
+
+    // Snapshot builder: status socket, metrics, systemd STATUS and READY.
+    {
+        let cancel = cancel.clone();
+        let cfg = cfg.clone();
+        let metrics = metrics.clone();
+        let mut feeds = Feeds {
+            source: source_status,
+            haproxy: haproxy_status,
+            bird: bird_status,
+            anycast: anycast_status,
+            health,
+        };
+        let started = SystemTime::now();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(SNAPSHOT_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_status_line = String::new();
+            let mut ready_sent = generation > 1;
+            let mut last_apply = None;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tick.tick() => {}
+                    _ = feeds.source.changed() => {}
+                    _ = feeds.haproxy.changed() => {}
+                    _ = feeds.bird.changed() => {}
+                    _ = feeds.anycast.changed() => {}
+                    _ = feeds.health.changed() => {}
+                }
+                let snap = build_snapshot(&cfg, &mut feeds, started);
+                let h = feeds.haproxy.borrow().clone();
+                if h.last_apply != last_apply {
+                    last_apply = h.last_apply;
+                    if let Some(s) = h.last_apply_seconds {
+                        metrics.observe_apply(s);
+                    }
+                }
+                let line = status_line(&snap);
+                if !ready_sent && h.ready {
+                    ready_sent = true;
+                    info!(revision = ?snap.revision, "first document applied; ready");
+                    notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
+                    last_status_line = line.clone();
+                } else if line != last_status_line {
+                    notify(&[NotifyState::Status(&line)]);
+                    last_status_line = line;
+                }
+                snapshot_tx.send_replace(snap);
+            }
+        });
+    }
+    tracker.close();
+    if generation > 1 {
+        notify(&[
+            NotifyState::Ready,
+            NotifyState::Status("configuration reloaded"),
+        ]);
+    }
+
+    // Wait for a stop or a valid reload.
+    let outcome = loop {
+        tokio::select! {
+            _ = signals.term.recv() => { info!(signal = "SIGTERM", "stopping"); break Outcome::Stop; }
+            _ = signals.int.recv() => { info!(signal = "SIGINT", "stopping"); break Outcome::Stop; }
+            _ = signals.hup.recv() => {
+                info!(config = %config_path.display(), "SIGHUP: re-reading the configuration");
+                match config::load(config_path) {
+                    Ok(new) if new == *cfg => {
+                        info!("configuration unchanged");
+                    }
+                    Ok(new) => {
+                        notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading"))]);
+                        break Outcome::Reload(Box::new(new));
+                    }
+                    Err(e) => {
+                        error!(errors = %e, "new configuration is invalid; keeping the running one");
+                        notify(&[NotifyState::Status("agent.toml invalid, running the previous configuration (see journal)")]);
+                    }
+                }
+            }
+        }
+    };
+
+    // Stop this generation. A reload keeps announcements for the next generation.
+    if matches!(outcome, Outcome::Stop) {
+        notify(&[NotifyState::Stopping]);
+    } else {
+        keep_on_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    anycast_cancel.cancel();
+    match tokio::time::timeout(SHUTDOWN_GRACE, anycast_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => error!(error = %format!("{e:#}"), "anycast task failed"),
+        Ok(Err(e)) => error!(error = %e, "anycast task panicked"),
+        Err(_) => warn!("anycast task did not stop in time"),
+    }
     cancel.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
         .is_err()
     {
-        warn!(grace = ?SHUTDOWN_GRACE, "tasks did not finish in time; exiting anyway");
+        warn!(grace = ?SHUTDOWN_GRACE, "tasks did not finish in time; going on anyway");
     }
-    info!("stopped");
-    Ok(())
+    Ok(outcome)
 }
 
-async fn wait_for_stop() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => info!(signal = "SIGTERM", "signal received"),
-        _ = int.recv() => info!(signal = "SIGINT", "signal received"),
+/// systemd's one-line STATUS: "rev 1042, 3/3 VIPs announced".
+fn status_line(s: &Snapshot) -> String {
+    let announced = s.vips.iter().filter(|v| v.announced).count();
+    let mut line = match s.revision {
+        Some(r) => format!("rev {r}, {announced}/{} VIPs announced", s.vips.len()),
+        None => "waiting for the first document".to_string(),
+    };
+    if s.drained {
+        line.push_str(", drained");
     }
-    Ok(())
+    if !s.haproxy.converged && s.revision.is_some() {
+        line.push_str(", HAProxy not converged");
+    }
+    if let Some(e) = &s.haproxy.error {
+        line.push_str(&format!(" ({})", e.chars().take(80).collect::<String>()));
+    }
+    line
+}
+
+fn build_snapshot(cfg: &Config, f: &mut Feeds, started: SystemTime) -> Snapshot {
+    let mut snap = Snapshot::new(&cfg.node.name, &cfg.node.group);
+    let src = f.source.borrow_and_update().clone();
+    let hap = f.haproxy.borrow_and_update().clone();
+    let bird = f.bird.borrow_and_update().clone();
+    let any = f.anycast.borrow_and_update().clone();
+    let health = f.health.borrow_and_update().clone();
+    snap.revision = hap.revision;
+    snap.source = (&src).into();
+    snap.haproxy = (&hap).into();
+    snap.bird = (&bird).into();
+    snap.drained = any.drain.is_some();
+    snap.drain = any.drain.as_ref().map(|d| DrainInfo {
+        reason: d.reason.clone(),
+        since: Some(Timestamp(d.since)),
+        by: None,
+        withdraw_at: any.drain_withdraw_at.map(Timestamp),
+    });
+    let confirmed = bird.announced.clone().unwrap_or_default();
+    snap.vips = any
+        .decisions
+        .iter()
+        .map(|d| {
+            let in_bird = confirmed.advertise.contains(&d.vip);
+            let reason = match (&d.announcement, in_bird) {
+                (Announcement::Advertise, true) => None,
+                (Announcement::Advertise, false) => Some(format!(
+                    "waiting for BIRD to confirm{}",
+                    bird.error
+                        .as_ref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                )),
+                _ => d.reason.clone(),
+            };
+            let services = health
+                .services_of(&d.vip)
+                .map(|(_, st)| ServiceStatus {
+                    name: st.name.clone(),
+                    healthy: st.health.healthy,
+                    ok_streak: st.health.ok_streak,
+                    fail_streak: st.health.fail_streak,
+                    last_latency_ms: st.health.last_latency.map(|l| l.as_secs_f64() * 1e3),
+                    error: st.health.last_error.clone(),
+                    check: Some(st.kind.to_string()),
+                    ..Default::default()
+                })
+                .collect();
+            VipStatus {
+                address: d.vip.to_string(),
+                announced: in_bird && d.announcement == Announcement::Advertise,
+                reason,
+                services,
+                since: any.announced_since.get(&d.vip).copied().map(Timestamp),
+                adopted: any.adopted.contains(&d.vip),
+                draining: d.announcement == Announcement::Drain,
+            }
+        })
+        .collect();
+    snap.started_at = Some(Timestamp(started));
+    snap.updated_at = Some(Timestamp(SystemTime::now()));
+    snap
 }

@@ -222,7 +222,8 @@ impl Reconciler {
         verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         verify.reset(); // the first pass comes from the first document
         desired.mark_changed();
-        let mut watchdog = tokio::time::interval(self.watchdog.unwrap_or(Duration::from_secs(3600)));
+        let mut watchdog =
+            tokio::time::interval(self.watchdog.unwrap_or(Duration::from_secs(3600)));
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let reload_at = (!self.pending_reload.is_empty()).then(|| self.next_reload_allowed());

@@ -77,8 +77,11 @@ async fn boots_from_the_cache_with_the_api_down() {
     .write();
     let agent = Agent::start(&cfg, &[]);
     wait_body(fe, "a", Duration::from_secs(20), &agent).await;
-    let log = agent.log_text();
     let status = agent.stop();
+    let log = std::fs::read_to_string(lab.dir.path().join("agent.log")).unwrap();
+    if std::env::var_os("SHOW_AGENT_LOG").is_some() {
+        println!("{log}");
+    }
     assert!(status.success(), "exit {status:?}; log:\n{log}");
     assert!(
         log.contains("cache"),

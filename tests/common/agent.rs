@@ -70,6 +70,7 @@ group = "root"
             master = self.master.display(),
             extra = self.extra,
         );
+        std::fs::create_dir_all(d.join("bird")).unwrap();
         let p = d.join("agent.toml");
         std::fs::write(&p, text).unwrap();
         p
