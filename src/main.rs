@@ -10,6 +10,7 @@ fn main() {
         Cmd::CheckConfig { config } => cli::check_config(&config),
         Cmd::Render { desired, config } => cli::render(&desired, config.as_deref()),
         Cmd::Reset { config, if_failed } => cli::reset(&config, if_failed),
+        Cmd::Handover { config } => cli::handover(&config),
         Cmd::Client(c) => cli::client::run(c),
     };
     if let Err(f) = result {

@@ -193,3 +193,130 @@ async fn file_source_changes_are_applied() {
     let status = agent.stop();
     assert!(status.success(), "{status:?}");
 }
+
+/// Collects sd_notify datagrams sent to a fake NOTIFY_SOCKET, with arrival times.
+fn collect_notifications(
+    sock: std::os::unix::net::UnixDatagram,
+    until: Instant,
+) -> Vec<(Instant, String)> {
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < until {
+        if let Ok(n) = sock.recv(&mut buf) {
+            out.push((
+                Instant::now(),
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sd_notify_ready_watchdog_reload_stopping() {
+    if !haproxy::available("sd_notify_ready_watchdog_reload_stopping") {
+        return;
+    }
+    let lab = Lab::new();
+    let _hp = Haproxy::start(&lab);
+    let a = Backend::start("a").await;
+    let vip = "127.0.0.34";
+    let fe: SocketAddr = format!("{vip}:{}", free_port(vip)).parse().unwrap();
+    let desired = lab.dir.path().join("desired.json");
+    std::fs::write(&desired, doc(1, vip, fe, &[("s_a", &a, 1)]).to_string()).unwrap();
+    let toml = AgentToml {
+        dir: lab.dir.path(),
+        url: format!("file://{}", desired.display()),
+        haproxy_config: &lab.config,
+        admin: &lab.admin,
+        master: &lab.master,
+        extra: "",
+    };
+    let cfg = toml.write();
+    let notify_path = lab.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    let agent = Agent::start(
+        &cfg,
+        &[
+            ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    let t0 = Instant::now();
+    let collector =
+        std::thread::spawn(move || collect_notifications(sock, t0 + Duration::from_secs(9)));
+
+    wait_body(fe, "a", Duration::from_secs(20), &agent).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // SIGHUP with an invalid agent.toml: the running config is kept.
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{good}\n[source]\nbogus_key = 1\n")).unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // SIGHUP with a valid changed agent.toml: RELOADING=1 ... READY=1.
+    std::fs::write(
+        &cfg,
+        good.replace("verify_interval = \"2s\"", "verify_interval = \"3s\""),
+    )
+    .unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_body(fe, "a", Duration::from_secs(5), &agent).await;
+    let log = agent.log_text();
+    let status = agent.stop();
+    assert!(status.success(), "{status:?}\n{log}");
+    let msgs = collector.join().unwrap();
+    let text: Vec<&str> = msgs.iter().map(|(_, m)| m.as_str()).collect();
+    let pos = |pred: &dyn Fn(&str) -> bool| text.iter().position(|m| pred(m));
+    let ready = pos(&|m| m.lines().any(|l| l == "READY=1"))
+        .unwrap_or_else(|| panic!("no READY=1 in {text:#?}\n{log}"));
+    assert!(
+        text[ready].contains("STATUS=rev 1"),
+        "READY carries the status line: {:?}",
+        text[ready]
+    );
+    let reloading = pos(&|m| m.contains("RELOADING=1"))
+        .unwrap_or_else(|| panic!("no RELOADING=1 in {text:#?}"));
+    assert!(
+        text[reloading].contains("MONOTONIC_USEC="),
+        "{:?}",
+        text[reloading]
+    );
+    assert!(reloading > ready);
+    assert!(
+        text[reloading + 1..]
+            .iter()
+            .any(|m| m.lines().any(|l| l == "READY=1")),
+        "READY=1 after the reload: {text:#?}"
+    );
+    assert!(log.contains("new configuration is invalid"), "{log}");
+    assert_eq!(
+        text.iter().filter(|m| m.contains("RELOADING=1")).count(),
+        1,
+        "the invalid file caused no reload: {text:#?}"
+    );
+    assert!(text.iter().any(|m| m.contains("STOPPING=1")), "{text:#?}");
+    // Watchdog every WATCHDOG_USEC/2 from the reconcile loop.
+    let pings: Vec<Instant> = msgs
+        .iter()
+        .filter(|(_, m)| m.contains("WATCHDOG=1"))
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(
+        pings.len() >= 6,
+        "expected a ping every 0.5 s, got {} in {text:#?}",
+        pings.len()
+    );
+    let max_gap = pings.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    println!(
+        "sd_notify: {} messages, {} watchdog pings, largest gap {max_gap:?}",
+        msgs.len(),
+        pings.len()
+    );
+    assert!(
+        max_gap < Duration::from_millis(1000),
+        "watchdog gap {max_gap:?}"
+    );
+}

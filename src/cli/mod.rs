@@ -63,6 +63,13 @@ pub enum Cmd {
         #[arg(long)]
         if_failed: bool,
     },
+    /// Ask the running agent to keep its announcements when it is next stopped
+    /// (within two minutes), e.g. for a package upgrade's restart.
+    Handover {
+        /// agent.toml to use (for `node.state_dir`).
+        #[arg(long, short, env = "LB_AGENT_CONFIG", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
     /// Print the haproxy.cfg the agent would install for a desired-state document (dry run).
     Render {
         /// The desired-state document (JSON, schema 1).
@@ -165,6 +172,20 @@ pub fn reset(config_path: &Path, if_failed: bool) -> Result<(), Failure> {
         } else {
             "already held only the dummy prefixes"
         }
+    ))
+}
+
+/// `lb-agent handover`: the next stop within two minutes keeps announcements.
+pub fn handover(config_path: &Path) -> Result<(), Failure> {
+    let cfg = load_config(config_path)?;
+    let path = cfg.node.state_dir.join(crate::anycast::HANDOVER_FILE);
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    crate::fsutil::write_atomic(&path, stamp.as_bytes(), 0o644)
+        .map_err(|e| Failure::runtime(format!("writing {}: {e}", path.display())))?;
+    print(&format!(
+        "{}: the agent keeps its announcements if it stops within {} s\n",
+        path.display(),
+        crate::anycast::HANDOVER_VALIDITY.as_secs()
     ))
 }
 
