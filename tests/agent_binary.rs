@@ -75,7 +75,8 @@ async fn boots_from_the_cache_with_the_api_down() {
         extra: "",
     }
     .write();
-    let agent = Agent::start(&cfg, &[]);
+    // Under systemd without a journal socket: logs fall back to stderr, no panic.
+    let agent = Agent::start(&cfg, &[("JOURNAL_STREAM", "8:12345")]);
     wait_body(fe, "a", Duration::from_secs(20), &agent).await;
     let status = agent.stop();
     let log = std::fs::read_to_string(lab.dir.path().join("agent.log")).unwrap();
