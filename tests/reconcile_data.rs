@@ -12,12 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backend::{free_port, get_host, Backend};
-use haproxy::{Haproxy, Lab, HAPROXY};
-use lb_agent::config::{HaproxyConfig, SlotPolicy};
-use lb_agent::haproxy::render::{RenderSettings, Renderer};
+use haproxy::{Haproxy, Lab};
 use lb_agent::model::validate::{parse_document, ValidateContext};
 use lb_agent::plan::data::pem_fingerprint;
-use lb_agent::reconcile::{Candidate, HaproxyStatus, Reconciler, ReconcilerSettings};
+use lb_agent::reconcile::{Candidate, HaproxyStatus, Reconciler};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -29,42 +27,8 @@ fn start(
     watch::Receiver<HaproxyStatus>,
     CancellationToken,
 ) {
-    let settings = ReconcilerSettings {
-        haproxy: HaproxyConfig {
-            config: lab.config.clone(),
-            runtime_socket: lab.admin.clone(),
-            master_socket: lab.master.clone(),
-            binary: HAPROXY.into(),
-            reload_command: vec![],
-            templates: lab.dir.path().join("templates"),
-            min_reload_interval: Duration::from_millis(100),
-            max_runtime_ops: 500,
-            server_slots: SlotPolicy::Pow2,
-            state_file: lab.state_file.clone(),
-            data_dir: lab.data_dir.clone(),
-            hard_stop_after: Duration::from_secs(5),
-            reload_timeout: Duration::from_secs(15),
-            verify_interval: Duration::from_millis(500),
-        },
-        state_dir: lab.state_dir.clone(),
-        cache: lab.cache.clone(),
-        max_removal_ratio: 1.0,
-        socket_timeout: Duration::from_secs(5),
-    };
-    let renderer = Renderer::new(
-        None,
-        RenderSettings {
-            runtime_socket: lab.admin.clone(),
-            state_file: lab.state_file.clone(),
-            hard_stop_after: Duration::from_secs(5),
-            data_dir: lab.data_dir.clone(),
-            slot_policy_pow2: true,
-            node_name: "lb1".into(),
-            node_group: "blue".into(),
-            node_az: None,
-        },
-    )
-    .unwrap();
+    let settings = lab.reconciler_settings(Duration::from_millis(100), 1.0);
+    let renderer = lab.renderer();
     let (status_tx, status) = watch::channel(HaproxyStatus::default());
     let (tx, rx) = watch::channel(None);
     let (_ttx, trx) = mpsc::channel(1);

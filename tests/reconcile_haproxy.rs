@@ -16,56 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backend::{free_port, get, Backend};
-use haproxy::{Haproxy, Lab, HAPROXY};
-use lb_agent::config::{HaproxyConfig, SlotPolicy};
-use lb_agent::haproxy::render::{RenderSettings, Renderer};
+use haproxy::{Haproxy, Lab};
 use lb_agent::model::validate::{parse_document, ValidateContext};
-use lb_agent::reconcile::{Candidate, HaproxyStatus, Reconciler, ReconcilerSettings, Trigger};
+use lb_agent::reconcile::{Candidate, HaproxyStatus, Reconciler, Trigger};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-
-fn settings(lab: &Lab, min_reload: Duration) -> ReconcilerSettings {
-    ReconcilerSettings {
-        haproxy: HaproxyConfig {
-            config: lab.config.clone(),
-            runtime_socket: lab.admin.clone(),
-            master_socket: lab.master.clone(),
-            binary: HAPROXY.into(),
-            reload_command: vec![],
-            templates: lab.dir.path().join("templates"),
-            min_reload_interval: min_reload,
-            max_runtime_ops: 500,
-            server_slots: SlotPolicy::Pow2,
-            state_file: lab.state_file.clone(),
-            data_dir: lab.data_dir.clone(),
-            hard_stop_after: Duration::from_secs(5),
-            reload_timeout: Duration::from_secs(15),
-            verify_interval: Duration::from_millis(500),
-        },
-        state_dir: lab.state_dir.clone(),
-        cache: lab.cache.clone(),
-        max_removal_ratio: 0.5,
-        socket_timeout: Duration::from_secs(5),
-    }
-}
-
-fn renderer(lab: &Lab) -> Renderer {
-    Renderer::new(
-        None,
-        RenderSettings {
-            runtime_socket: lab.admin.clone(),
-            state_file: lab.state_file.clone(),
-            hard_stop_after: Duration::from_secs(5),
-            data_dir: lab.data_dir.clone(),
-            slot_policy_pow2: true,
-            node_name: "lb1".into(),
-            node_group: "blue".into(),
-            node_az: Some("az1".into()),
-        },
-    )
-    .unwrap()
-}
 
 /// A reconciler running against the lab's HAProxy.
 struct Agent {
@@ -82,7 +38,11 @@ impl Agent {
         let (tx, rx) = watch::channel(None);
         let (triggers, trx) = mpsc::channel(4);
         let cancel = CancellationToken::new();
-        let r = Reconciler::new(settings(lab, min_reload), renderer(lab), status_tx);
+        let r = Reconciler::new(
+            lab.reconciler_settings(min_reload, 0.5),
+            lab.renderer(),
+            status_tx,
+        );
         let task = tokio::spawn(r.run(rx, trx, cancel.clone()));
         Agent {
             tx,

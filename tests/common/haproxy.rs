@@ -58,6 +58,54 @@ impl Lab {
         lab
     }
 
+    /// Reconciler settings pointing at this lab's HAProxy and files.
+    pub fn reconciler_settings(
+        &self,
+        min_reload: Duration,
+        max_removal_ratio: f64,
+    ) -> lb_agent::reconcile::ReconcilerSettings {
+        lb_agent::reconcile::ReconcilerSettings {
+            haproxy: lb_agent::config::HaproxyConfig {
+                config: self.config.clone(),
+                runtime_socket: self.admin.clone(),
+                master_socket: self.master.clone(),
+                binary: HAPROXY.into(),
+                reload_command: vec![],
+                templates: self.dir.path().join("templates"),
+                min_reload_interval: min_reload,
+                max_runtime_ops: 500,
+                server_slots: lb_agent::config::SlotPolicy::Pow2,
+                state_file: self.state_file.clone(),
+                data_dir: self.data_dir.clone(),
+                hard_stop_after: Duration::from_secs(5),
+                reload_timeout: Duration::from_secs(15),
+                verify_interval: Duration::from_millis(500),
+            },
+            state_dir: self.state_dir.clone(),
+            cache: self.cache.clone(),
+            max_removal_ratio,
+            socket_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The built-in templates rendering for this lab's sockets and files.
+    pub fn renderer(&self) -> lb_agent::haproxy::render::Renderer {
+        lb_agent::haproxy::render::Renderer::new(
+            None,
+            lb_agent::haproxy::render::RenderSettings {
+                runtime_socket: self.admin.clone(),
+                state_file: self.state_file.clone(),
+                hard_stop_after: Duration::from_secs(5),
+                data_dir: self.data_dir.clone(),
+                slot_policy_pow2: true,
+                node_name: "lb1".into(),
+                node_group: "blue".into(),
+                node_az: Some("az1".into()),
+            },
+        )
+        .unwrap()
+    }
+
     /// A minimal config with just the admin socket, as a distro would ship.
     pub fn bootstrap_config(&self) -> String {
         format!(
