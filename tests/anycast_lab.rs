@@ -24,7 +24,8 @@
 //!   purged at start while the known one stays announced.
 //! - `an_include_bird_rejects_is_never_left_in_place`: at the agent level,
 //!   a layout BIRD refuses (a clash with bird.conf, via SIGHUP) never stays
-//!   on disk and never withdraws; fixing agent.toml recovers.
+//!   on disk and never withdraws; fixing agent.toml (SIGHUP again)
+//!   recovers; the ToR keeps the route throughout.
 //!
 //! Every test also watches each include file the whole time: every version
 //! on disk parses (atomic writes, never a torn file).
@@ -550,6 +551,9 @@ async fn an_include_bird_rejects_is_never_left_in_place() {
     // (LB_RESERVED): every include the agent renders is refused by BIRD
     // (`8002 ... already defined`). SIGHUP applies it.
     lb.write_agent_toml(OnStop::Withdraw, "drain_variable = \"LB_RESERVED\"");
+    // Neither SIGHUP (generations hand announcements over) nor the refused
+    // includes may cost the ToR the route: polled from here to the end.
+    let poller = TorPoller::start(&lab.tor, VIP);
     let t_hup = Instant::now();
     lb.agent.as_ref().unwrap().signal(Signal::SIGHUP);
     let status = {
@@ -616,6 +620,16 @@ async fn an_include_bird_rejects_is_never_left_in_place() {
     );
     lab.hold_nexthops(VIP, 1, Duration::from_millis(200), "after the fix")
         .await;
+    let seen = poller.finish();
+    assert!(
+        seen.iter().all(|(_, n)| *n == 1),
+        "the ToR lost the route across the SIGHUPs: {seen:?}"
+    );
+    eprintln!(
+        "two SIGHUPs (refused layout, then fixed): {} ToR polls over {:.0} ms, the route never dropped",
+        seen.len(),
+        ms(seen.last().map(|x| x.0).unwrap_or_default())
+    );
 
     // Every version of the include that was on disk: those BIRD refuses
     // (they define LB_RESERVED) were replaced within a moment.
