@@ -295,8 +295,10 @@ pub async fn run(
                     now: now.into_std(),
                 })
             });
-            let first =
-                (publisher.is_none() && desired.is_none()).then_some(started + adoption_limit);
+            // Before the first publication: the end of the wait for a first
+            // document, or for the monitor to take in the first check set.
+            let first = (publisher.is_none() && now < started + adoption_limit)
+                .then_some(started + adoption_limit);
             d.map(Instant::from_std).into_iter().chain(first).min()
         };
         tokio::select! {
@@ -351,8 +353,17 @@ pub async fn run(
             None => Vec::new(),
         };
         let ready_to_publish = match &desired {
-            // Liveness must have answered once, so a slow first probe does not withdraw.
-            Some(_) => haproxy_up.is_some(),
+            // Liveness must have answered once, so a slow first probe does not
+            // withdraw; and the first publication waits (bounded) until the
+            // monitor holds every service of the check set, adopted ones
+            // included, or an adopted VIP would be withdrawn for services
+            // that are merely "not checked yet".
+            Some(_) => {
+                haproxy_up.is_some()
+                    && (publisher.is_some()
+                        || monitor_caught_up(&checks_tx.borrow(), &health.borrow())
+                        || now >= started + adoption_limit)
+            }
             None => now >= started + adoption_limit,
         };
         if ready_to_publish {
@@ -483,6 +494,13 @@ async fn withdrawn_without_bird(cfg: &BirdConfig) -> bool {
     down && matches!(read_announced(cfg), Ok(Some(a)) if a.announcements.is_empty())
 }
 
+/// True when the health snapshot holds every service of the check set the
+/// monitor was last given: the monitor has taken the set in (with adopted
+/// services starting healthy), so the gate's view of it is meaningful.
+fn monitor_caught_up(checks: &[ServiceCheck], h: &HealthSnapshot) -> bool {
+    checks.iter().all(|c| h.services.contains_key(&c.key))
+}
+
 /// The gate's view of each desired VIP: presence and every service's health
 /// (frontends and local checks); a service the monitor has not judged yet is
 /// unhealthy (fail closed).
@@ -571,5 +589,64 @@ async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::monitor::ServiceStatus;
+    use crate::health::spec::{Probe, ServiceKey, ServiceOrigin};
+    use crate::health::ServiceHealth;
+
+    fn check(name: &str) -> ServiceCheck {
+        ServiceCheck {
+            key: ServiceKey {
+                vip: "192.0.2.10/32".parse().unwrap(),
+                origin: ServiceOrigin::Frontend,
+                name: name.into(),
+            },
+            probe: Probe::Tcp {
+                addr: "192.0.2.10:80".parse().unwrap(),
+            },
+            interval: Duration::from_secs(1),
+            fast_interval: Duration::from_millis(200),
+            timeout: Duration::from_millis(500),
+            rise: 3,
+            fall: 2,
+        }
+    }
+
+    fn snapshot(checks: &[ServiceCheck]) -> HealthSnapshot {
+        let mut h = HealthSnapshot::default();
+        for c in checks {
+            h.services.insert(
+                c.key.clone(),
+                ServiceStatus {
+                    vip: c.key.vip,
+                    name: c.key.name.clone(),
+                    origin: c.key.origin,
+                    kind: c.probe.kind(),
+                    health: ServiceHealth::adopted(),
+                    definition: 1,
+                },
+            );
+        }
+        h
+    }
+
+    /// Regression (lab test `keep_restart_never_drops_the_route...`): the
+    /// first publication after a restart must not happen while the monitor
+    /// has not yet taken in the check set, or an adopted VIP is withdrawn
+    /// for a moment because its services look "not checked yet".
+    #[test]
+    fn monitor_caught_up_needs_every_service_of_the_set() {
+        let set = vec![check("web"), check("api")];
+        assert!(!monitor_caught_up(&set, &HealthSnapshot::default()));
+        assert!(!monitor_caught_up(&set, &snapshot(&set[..1])));
+        assert!(monitor_caught_up(&set, &snapshot(&set)));
+        // Extra services (being removed) do not matter; an empty set is trivially taken in.
+        assert!(monitor_caught_up(&set[..1], &snapshot(&set)));
+        assert!(monitor_caught_up(&[], &HealthSnapshot::default()));
     }
 }
