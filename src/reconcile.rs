@@ -147,6 +147,9 @@ pub struct Reconciler {
     validated: Option<(Revision, String)>,
     pending_reload: Vec<String>,
     last_reload_attempt: Option<Instant>,
+    /// A reload postponed because a bind address is not on the host yet
+    /// (the VIP is being added): retried at this time.
+    reload_retry_at: Option<Instant>,
     /// Structure digest whose reload failed: not retried until it changes or an operator asks.
     failed_reload: Option<String>,
     /// Revision for which a reload was done to repair convergence (not repeated).
@@ -189,6 +192,7 @@ impl Reconciler {
             validated: None,
             pending_reload: Vec::new(),
             last_reload_attempt: None,
+            reload_retry_at: None,
             failed_reload: None,
             persisted: None,
             convergence_reloaded: None,
@@ -262,10 +266,11 @@ impl Reconciler {
     }
 
     fn next_reload_allowed(&self) -> Instant {
-        match self.last_reload_attempt {
+        let coalesced = match self.last_reload_attempt {
             Some(t) => t + self.s.haproxy.min_reload_interval,
             None => Instant::now(),
-        }
+        };
+        coalesced.max(self.reload_retry_at.unwrap_or(coalesced))
     }
 
     fn update(&self, f: impl FnOnce(&mut HaproxyStatus)) {
@@ -747,6 +752,26 @@ impl Reconciler {
             return;
         };
         let d = target.desired.clone();
+        // HAProxy can only bind addresses the host has. A VIP address is added
+        // by the anycast side at the same moment a new document arrives; a
+        // reload that raced it would fail, so wait for the addresses instead.
+        let missing = unbindable_addresses(&d);
+        if !missing.is_empty() {
+            let list = missing
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            debug!(addresses = %list, "reload postponed: bind addresses not on this host yet");
+            self.reload_retry_at = Some(Instant::now() + RELOAD_ADDRESS_RETRY);
+            self.update(|st| {
+                st.error = Some(format!(
+                    "reload waits for bind address(es) {list} to be on this host"
+                ))
+            });
+            return;
+        }
+        self.reload_retry_at = None;
         let reasons = std::mem::take(&mut self.pending_reload);
         let structure = self.renderer.structure(&d);
         let span = info_span!("reload", revision = d.revision, reasons = %reasons.join("; "));
@@ -836,6 +861,30 @@ impl Reconciler {
     }
 }
 
+/// How often a reload waiting for its bind addresses checks again.
+const RELOAD_ADDRESS_RETRY: Duration = Duration::from_millis(200);
+
+/// Frontend bind addresses this host cannot bind (not local yet).
+///
+/// Tried the way HAProxy will: binding a TCP socket to the address with an
+/// ephemeral port. Only "address not available" counts; any other error
+/// (permissions, exhausted ports) is left to the reload to report.
+fn unbindable_addresses(d: &DesiredState) -> Vec<std::net::IpAddr> {
+    let mut ips: Vec<std::net::IpAddr> = d
+        .frontends
+        .values()
+        .flat_map(|f| f.bind.iter().map(|b| b.ip()))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips.into_iter()
+        .filter(|ip| match std::net::TcpListener::bind((*ip, 0)) {
+            Ok(_) => false,
+            Err(e) => e.raw_os_error() == Some(nix::libc::EADDRNOTAVAIL),
+        })
+        .collect()
+}
+
 /// Digest of a rendered config and its data files.
 fn rendered_digest(r: &crate::haproxy::render::Rendered) -> String {
     use sha2::{Digest, Sha256};
@@ -853,5 +902,52 @@ async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_not_on_the_host_are_found_before_a_reload() {
+        let body = serde_json::json!({
+            "schema": 1, "revision": 1, "group": "blue",
+            "vips": [{"address": "127.0.0.0/8"}, {"address": "192.0.2.77/32"}],
+            "frontends": [
+                {"name": "local", "bind": ["127.0.0.5:80"], "mode": "tcp"},
+                {"name": "vip", "bind": ["192.0.2.77:80"], "mode": "tcp"}
+            ]
+        });
+        let d = crate::model::validate::parse_document(
+            &serde_json::to_vec(&body).unwrap(),
+            &crate::model::validate::ValidateContext {
+                group: "blue".into(),
+            },
+        )
+        .unwrap();
+        // 127/8 is always local; 192.0.2.77 (TEST-NET-1) is on no interface of a test host.
+        assert_eq!(
+            unbindable_addresses(&d),
+            vec!["192.0.2.77".parse::<std::net::IpAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn reload_reasons_have_bounded_kinds() {
+        assert_eq!(reason_kind("frontend www added"), "structure");
+        assert_eq!(
+            reason_kind("12 runtime commands exceed max_runtime_ops 5"),
+            "runtime_ops_limit"
+        );
+        assert_eq!(reason_kind("pool p: no free server slot for s (balance static-rr cannot add servers at runtime)"), "no_free_slot");
+        assert_eq!(
+            reason_kind("convergence: 1 runtime changes did not take (x)"),
+            "convergence"
+        );
+        assert_eq!(
+            reason_kind("running configuration unknown"),
+            "unknown_config"
+        );
     }
 }
