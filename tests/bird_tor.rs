@@ -87,7 +87,7 @@ fn lb_config(dir: &Path, drain: bool) -> BirdConfig {
 
 /// BGP timers of the lab notes: sessions up in about a second.
 const TIMERS: &str =
-    "hold time 9; keepalive time 3; connect delay time 1; connect retry time 2; error wait time 1, 10;";
+    "hold time 30; keepalive time 10; connect delay time 1; connect retry time 2; error wait time 1, 10;";
 
 fn lb_bird_conf(dir: &Path, cfg: &BirdConfig, n: u32, asn: u32, drain: bool) -> String {
     let statics: String = vips()

@@ -61,7 +61,7 @@ pub const FALL: u32 = 2;
 
 /// BGP timers of the lab notes: sessions up in about a second.
 const TIMERS: &str =
-    "hold time 9; keepalive time 3; connect delay time 1; connect retry time 2; error wait time 1, 10;";
+    "hold time 30; keepalive time 10; connect delay time 1; connect retry time 2; error wait time 1, 10;";
 
 const HAPROXY: &str = "/usr/sbin/haproxy";
 
