@@ -132,7 +132,7 @@ shown() {
 }
 
 # --- failure handling --------------------------------------------------------
-STATE=starting # starting | running | done
+STATE=starting # starting | running | finished | failed | interrupted
 FAIL_LOGS=()
 tails() { # tails FILE...: the last lines of each existing log
     local f
@@ -153,7 +153,7 @@ die() { # die MESSAGE [LOG...]
 on_exit() {
     local rc=$?
     trap - EXIT INT TERM
-    if [ "$STATE" = done ] || [ "$ACTION" = teardown ]; then
+    if [ "$STATE" = finished ] || [ "$ACTION" = teardown ]; then
         exit "$rc"
     fi
     if [ "$STATE" = interrupted ] || [ "$KEEP" = 0 ]; then
@@ -174,16 +174,17 @@ on_signal() {
 
 # wait_until DESC SECONDS CMD...: polls CMD every 0.2 s, bounded in count and in
 # time; fails loudly with the logs in FAIL_LOGS when it does not converge.
-WAITED_MS=0
+# Each probe is bounded too: programs run under `timeout 5`, and the shell
+# functions used as probes bound every command they run.
 wait_until() {
     local desc=$1 limit=$2
     shift 2
-    local t0 max i=0
+    local t0 max i=0 probe=(timeout 5)
     t0=$(ms)
     max=$((limit * 5 + 1))
+    declare -F "$1" >/dev/null && probe=()
     while [ "$i" -lt "$max" ]; do
-        if "$@" >/dev/null 2>&1; then
-            WAITED_MS=$(($(ms) - t0))
+        if "${probe[@]}" "$@" >/dev/null 2>&1; then
             return 0
         fi
         if [ $(($(ms) - t0)) -gt $((limit * 1000)) ]; then
@@ -236,6 +237,7 @@ stop_recorded() {
     [ -f "$PIDS_FILE" ] || return 0
     local name pid comm targets=() i
     while read -r name pid comm; do
+        # shellcheck disable=SC2254 # the filter is a glob on purpose
         case "$name" in $filter) ;; *) continue ;; esac
         if alive_as "$pid" "$comm"; then
             kill -CONT "$pid" 2>/dev/null || true
@@ -508,7 +510,7 @@ jget() {
 }
 nexthops() { # number of nexthops of the VIP in the ToR's kernel table
     local out
-    out=$(ip -n "$NS_TOR" route show "$VIP" 2>/dev/null)
+    out=$(timeout 5 ip -n "$NS_TOR" route show "$VIP" 2>/dev/null) || { echo "?"; return; }
     if [ -z "$out" ]; then echo 0; return; fi
     local multi
     multi=$(printf '%s\n' "$out" | grep -c 'nexthop via' || true)
@@ -517,7 +519,7 @@ nexthops() { # number of nexthops of the VIP in the ToR's kernel table
 has_nexthops() { [ "$(nexthops)" = "$1" ]; }
 tor_established() {
     local out
-    out=$(birdc -s "$LAB/tor/bird.ctl" show protocols 2>/dev/null)
+    out=$(timeout 5 birdc -s "$LAB/tor/bird.ctl" show protocols 2>/dev/null) || return 1
     [ "$(printf '%s\n' "$out" | grep -cE '^lb[12] +BGP .*Established')" = 2 ]
 }
 agent_at() { # agent_at N REV: lb N applied REV and converged
@@ -546,11 +548,11 @@ request() {
         printf '    #%-2s %sFAILED%s %s\n' "$1" "$R" "$N" "$(printf '%s' "$out" | tail -1)"
         return 0
     fi
-    out=$(printf '%s' "$out" | tr -d '\r')
-    status=$(printf '%s\n' "$out" | head -1)
-    lb=$(printf '%s\n' "$out" | sed -n 's/^[Xx]-[Ll][Bb]: //p' | head -1)
-    be=$(printf '%s\n' "$out" | sed -n 's/^[Xx]-[Bb]ackend: //p' | head -1)
-    body=$(printf '%s\n' "$out" | tail -1)
+    out=${out//$'\r'/}
+    status=${out%%$'\n'*}
+    body=${out##*$'\n'}
+    lb=$(printf '%s\n' "$out" | sed -n 's/^x-lb: //Ip' | sed -n 1p)
+    be=$(printf '%s\n' "$out" | sed -n 's/^x-backend: //Ip' | sed -n 1p)
     printf '    #%-2s %s   X-LB: %-4s X-Backend: %-4s body: %s\n' "$1" "$status" "$lb" "$be" "$body"
     REQ_LBS="$REQ_LBS $lb" REQ_BES="$REQ_BES $be"
 }
@@ -651,7 +653,7 @@ say "time out (interval 500ms, timeout 400ms, fall 2), removes the VIP from BIRD
 say "include and reconfigures BIRD; the ToR route shrinks to lb2 alone."
 shown "echo \"show proc\" | socat stdio $LAB/lb1/master.sock" sh -c "echo 'show proc' | socat stdio 'UNIX-CONNECT:$LAB/lb1/master.sock'"
 WORKER=$(echo 'show proc' | socat stdio "UNIX-CONNECT:$LAB/lb1/master.sock" |
-    awk '/^# workers/ { w = 1; next } /^#/ { w = 0 } w && $2 == "worker" { print $1; exit }')
+    awk '/^# workers/ { w = 1; next } /^#/ { w = 0 } w && $2 == "worker" && !found { print $1; found = 1 }')
 [ -n "$WORKER" ] && alive_as "$WORKER" haproxy || die "could not find lb1's HAProxy worker" "${FAIL_LOGS[@]}"
 echo "$WORKER" >"$LAB/frozen-worker"
 say "$ kill -STOP $WORKER      # lb1's HAProxy worker"
@@ -672,7 +674,7 @@ esac
 requests 6
 [ "$REQ_FAILS" = 0 ] || die "$REQ_FAILS of 6 requests failed while lb2 alone announces" "${FAIL_LOGS[@]}"
 [ "$(count_of "$REQ_LBS" lb2)" = 6 ] || die "requests still reached lb1 after the withdrawal" "${FAIL_LOGS[@]}"
-ok "6/6 answered, all by lb2: clients never notice lb1's hang"
+ok "6/6 new flows answered, all by lb2 (flows that reached lb1 in the second before the withdrawal hang with it)"
 say ""
 say "$ kill -CONT $WORKER      # lb1's HAProxy recovers"
 T_CONT=$(ms)
@@ -717,13 +719,13 @@ The lab keeps running. Look around:
 Tear down (namespaces, processes, $LAB):
   ./demo.sh teardown
 EOF
-    STATE=done
+    STATE=finished
 else
     phase "Teardown (--no-keep)"
     teardown
-    left=$(ip netns list | grep -c "^$P-" || true)
-    say "namespaces left: $left"
-    STATE=done
+    nleft=$(ip netns list | grep -c "^$P-" || true)
+    say "namespaces left: $nleft"
+    STATE=finished
 fi
 say ""
 say "${B}total time: $(secs "$T_START" "$(ms)") s${N}"
