@@ -649,8 +649,9 @@ ok "revision 3 applied on both LBs, reloads still lb1=$R1b lb2=$R2b"
 banner "STEP 4/5  A failure on lb1: its HAProxy hangs, the VIP is withdrawn there"
 say "We freeze lb1's HAProxy worker (SIGSTOP): connections to the VIP on lb1 are"
 say "accepted by the kernel but never answered. lb1's agent sees its service check"
-say "time out (interval 500ms, timeout 400ms, fall 2), removes the VIP from BIRD's"
-say "include and reconfigures BIRD; the ToR route shrinks to lb2 alone."
+say "time out twice (interval 500ms, timeout 300ms, fall 2: about 1.3 s at most),"
+say "removes the VIP from BIRD's include and reconfigures BIRD; the ToR route"
+say "shrinks to lb2 alone. lb2, which checks its own HAProxy, keeps announcing."
 shown "echo \"show proc\" | socat stdio $LAB/lb1/master.sock" sh -c "echo 'show proc' | socat stdio 'UNIX-CONNECT:$LAB/lb1/master.sock'"
 WORKER=$(echo 'show proc' | socat stdio "UNIX-CONNECT:$LAB/lb1/master.sock" |
     awk '/^# workers/ { w = 1; next } /^#/ { w = 0 } w && $2 == "worker" && !found { print $1; found = 1 }')
