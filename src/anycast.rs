@@ -172,7 +172,7 @@ async fn liveness(path: PathBuf, tx: watch::Sender<Option<bool>>, cancel: Cancel
                     if up {
                         info!("HAProxy runtime socket is back");
                     } else {
-                        warn!(socket = %path.display(), "HAProxy is not running (runtime socket refuses connections)");
+                        warn!(socket = %path.display(), "HAProxy is down or not answering: its runtime socket does not accept connections");
                     }
                 }
                 *v = Some(up);

@@ -163,7 +163,7 @@ fn decide_one(input: &GateInput, view: &VipView) -> VipDecision {
     // an operator would check them.
     let mut problems: Vec<String> = Vec::new();
     if !input.haproxy_up {
-        problems.push("HAProxy is not running".to_string());
+        problems.push("HAProxy is down or not answering".to_string());
     }
     if !view.address_present {
         problems.push(format!("address missing on {}", input.interface));
@@ -377,7 +377,7 @@ mod tests {
                 drained: None,
                 graceful: false,
                 now: 0,
-                want: vec![(Withdrawn, Some("HAProxy is not running"))],
+                want: vec![(Withdrawn, Some("HAProxy is down or not answering"))],
             },
             Case {
                 name: "no service",
@@ -451,7 +451,7 @@ mod tests {
                 want: vec![(
                     Withdrawn,
                     Some(
-                        "drained: kernel upgrade; HAProxy is not running; \
+                        "drained: kernel upgrade; HAProxy is down or not answering; \
                          address missing on lo; service www unhealthy: refused",
                     ),
                 )],
@@ -541,7 +541,7 @@ mod tests {
                 drained: Some((0, "m")),
                 graceful: true,
                 now: 5,
-                want: vec![(Withdrawn, Some("drained: m; HAProxy is not running"))],
+                want: vec![(Withdrawn, Some("drained: m; HAProxy is down or not answering"))],
             },
             Case {
                 name: "HAProxy down withdraws every VIP, healthy or not",
@@ -554,8 +554,8 @@ mod tests {
                 graceful: true,
                 now: 0,
                 want: vec![
-                    (Withdrawn, Some("HAProxy is not running")),
-                    (Withdrawn, Some("HAProxy is not running")),
+                    (Withdrawn, Some("HAProxy is down or not answering")),
+                    (Withdrawn, Some("HAProxy is down or not answering")),
                 ],
             },
             Case {
