@@ -541,7 +541,10 @@ mod tests {
                 drained: Some((0, "m")),
                 graceful: true,
                 now: 5,
-                want: vec![(Withdrawn, Some("drained: m; HAProxy is down or not answering"))],
+                want: vec![(
+                    Withdrawn,
+                    Some("drained: m; HAProxy is down or not answering"),
+                )],
             },
             Case {
                 name: "HAProxy down withdraws every VIP, healthy or not",

@@ -321,3 +321,137 @@ async fn sd_notify_ready_watchdog_reload_stopping() {
         "watchdog gap {max_gap:?}"
     );
 }
+
+/// Runs the CLI against the agent's status socket; returns (exit code, stdout).
+fn cli(args: &[&str]) -> (i32, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cli_command_against_a_running_agent() {
+    if !haproxy::available("every_cli_command_against_a_running_agent") {
+        return;
+    }
+    let lab = Lab::new();
+    let _hp = Haproxy::start(&lab);
+    let a = Backend::start("a").await;
+    let vip = "127.0.0.35";
+    let fe: SocketAddr = format!("{vip}:{}", free_port(vip)).parse().unwrap();
+    let desired = lab.dir.path().join("desired.json");
+    std::fs::write(&desired, doc(3, vip, fe, &[("s_a", &a, 1)]).to_string()).unwrap();
+    let cfg = AgentToml {
+        dir: lab.dir.path(),
+        url: format!("file://{}", desired.display()),
+        haproxy_config: &lab.config,
+        admin: &lab.admin,
+        master: &lab.master,
+        extra: "",
+    }
+    .write();
+    let agent = Agent::start(&cfg, &[]);
+    wait_body(fe, "a", Duration::from_secs(20), &agent).await;
+    let sock = lab.dir.path().join("status.sock");
+    let sock = sock.to_str().unwrap();
+    // The status socket answers with the applied revision (bounded wait for the snapshot).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let (code, out) = cli(&["status", "--json", "--socket", sock]);
+        if code == 0 {
+            let v: Value = serde_json::from_str(&out).unwrap();
+            if v["revision"] == json!(3) && v["haproxy"]["converged"] == json!(true) {
+                break v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed revision 3: {out}\n{}",
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for key in [
+        "node", "group", "version", "revision", "drained", "source", "haproxy", "bird", "vips",
+    ] {
+        assert!(status.get(key).is_some(), "missing {key} in {status}");
+    }
+    assert_eq!(status["node"], json!("lb-test"));
+    assert_eq!(status["source"]["state"], json!("ok"));
+    assert_eq!(status["vips"][0]["address"], json!(format!("{vip}/32")));
+    // Human output, and the VIP table with its reason (no BIRD runs here: not announced).
+    let (code, out) = cli(&["status", "--socket", sock]);
+    assert_eq!(code, 0);
+    assert!(out.contains("lb-test") && out.contains(vip), "{out}");
+    let (code, out) = cli(&["vips", "--socket", sock]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(vip), "{out}");
+    // Mutations as root.
+    assert_eq!(cli(&["reconcile", "--socket", sock]).0, 0);
+    assert_eq!(
+        cli(&["drain", "--reason", "cli test", "--socket", sock]).0,
+        0
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, out) = cli(&["status", "--json", "--socket", sock]);
+        let v: Value = serde_json::from_str(&out).unwrap_or(json!({}));
+        if v["drained"] == json!(true) {
+            assert_eq!(v["drain"]["reason"], json!("cli test"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "drain not shown: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        lab.dir.path().join("state/drain.json").exists(),
+        "the drain is persisted"
+    );
+    assert_eq!(cli(&["undrain", "--socket", sock]).0, 0);
+    // Metrics on the same socket.
+    let (code, out) = cli(&["status", "--json", "--socket", "/nonexistent/status.sock"]);
+    assert_eq!(code, 3, "unreachable agent: {out}");
+    let metrics = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::UnixStream::connect(sock).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        out
+    };
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    for family in [
+        "lb_agent_applied_revision",
+        "lb_agent_reloads",
+        "lb_agent_runtime_commands",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
+    // `status | head -1` ends quietly.
+    let o = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{} status --socket {sock} | head -1; exit ${{PIPESTATUS[0]}}",
+            env!("CARGO_BIN_EXE_lb-agent")
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let status = agent.stop();
+    assert!(status.success(), "{status:?}");
+}
