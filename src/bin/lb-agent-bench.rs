@@ -1,0 +1,876 @@
+//! Benchmark harness (SPEC §8): measures lb-agent against real components and
+//! prints one markdown table, each figure next to the naive way measured in
+//! the same run. It never asserts timings; anything it cannot measure is
+//! printed as `n/a (reason)`.
+//!
+//! `cargo run --release --bin lb-agent-bench [-- --quick] [--out docs/benchmarks.md]`
+
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Proc, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, bail, Context, Result};
+use lb_agent::config::{HaproxyConfig, SlotPolicy};
+use lb_agent::haproxy::master::MasterClient;
+use lb_agent::haproxy::render::{RenderSettings, Renderer};
+use lb_agent::haproxy::runtime::{RuntimeClient, Session};
+use lb_agent::model::observed::ObservedServers;
+use lb_agent::model::validate::{parse_document, ValidateContext};
+use lb_agent::model::{DesiredState, ServerState};
+use lb_agent::plan::sim::SimHaproxy;
+use lb_agent::plan::{plan, Plan, PlanOptions, Structure};
+use lb_agent::reconcile::{Candidate, HaproxyStatus, Reconciler, ReconcilerSettings};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+const HAPROXY: &str = "/usr/sbin/haproxy";
+const NOT_YET: &str = "
+Not yet measured (remaining SPEC §8 figures):
+
+- published change (long-poll API) → HAProxy runtime state changed: p50/p99 over ≥ 100 long-poll changes (target p99 < 100 ms);
+- health gating of 1,000 VIPs × 2 services at 1 s interval: CPU vs anycast-healthchecker 0.9.10 from PyPI (target < 10% of one core);
+- failed service → prefix gone from the ToR's routing table in the netns lab, vs anycast-healthchecker (target ≤ fall × interval + 200 ms).
+";
+const HEADER: &str = "| figure | lb-agent | baseline in the same run |";
+
+/// Sizes of one run.
+struct Sizes {
+    pools: usize,
+    servers: usize,
+    plan_runs: usize,
+    hap_pools: usize,
+    changes: usize,
+    repeats: usize,
+    reloads: usize,
+    readbacks: usize,
+    burst: usize,
+    burst_window: Duration,
+    min_reload: Duration,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                pools: 100,
+                servers: 20,
+                plan_runs: 20,
+                hap_pools: 50,
+                changes: 200,
+                repeats: 3,
+                reloads: 1,
+                readbacks: 5,
+                burst: 20,
+                burst_window: Duration::from_secs(2),
+                min_reload: Duration::from_secs(1),
+            }
+        } else {
+            Sizes {
+                pools: 1000,
+                servers: 20,
+                plan_runs: 100,
+                hap_pools: 1000,
+                changes: 2000,
+                repeats: 5,
+                reloads: 3,
+                readbacks: 20,
+                burst: 100,
+                burst_window: Duration::from_secs(10),
+                min_reload: Duration::from_secs(5),
+            }
+        }
+    }
+}
+
+struct Row {
+    figure: String,
+    ours: String,
+    baseline: String,
+}
+
+fn na(reason: impl std::fmt::Display) -> String {
+    format!("n/a ({reason})")
+}
+
+fn row(figure: String, r: Result<(String, String)>) -> Row {
+    match r {
+        Ok((ours, baseline)) => Row {
+            figure,
+            ours,
+            baseline,
+        },
+        Err(e) => Row {
+            figure,
+            ours: na(format!("{e:#}").replace('|', "/")),
+            baseline: "—".into(),
+        },
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Median and p99 (nearest rank) of durations, in ms.
+fn stats(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let med = if v.len() % 2 == 1 {
+        ms(v[v.len() / 2])
+    } else {
+        (ms(v[v.len() / 2 - 1]) + ms(v[v.len() / 2])) / 2.0
+    };
+    let rank = ((v.len() as f64) * 0.99).ceil() as usize;
+    (med, ms(v[rank.clamp(1, v.len()) - 1]))
+}
+
+fn median(v: Vec<Duration>) -> f64 {
+    stats(v).0
+}
+
+// ---------------------------------------------------------------- documents
+
+/// A desired-state document: `pools` pools × `servers` servers, and with
+/// `frontends` one VIP + one frontend per pool.
+fn document(revision: u64, pools: usize, servers: usize, frontends: bool) -> Value {
+    let mut vips = Vec::new();
+    let mut fes = Vec::new();
+    let mut ps = Vec::with_capacity(pools);
+    for p in 0..pools {
+        let srv: Vec<Value> = (0..servers)
+            .map(|i| {
+                json!({"name": format!("s{i:03}"),
+                       "address": format!("10.{}.{}.{}", p / 256, p % 256, i + 1),
+                       "port": 8080, "weight": 10, "state": "ready"})
+            })
+            .collect();
+        ps.push(json!({"name": format!("pool{p:04}"), "mode": "http", "balance": "roundrobin", "servers": srv}));
+        if frontends {
+            let vip = format!("198.18.{}.{}", p / 256, p % 256);
+            vips.push(json!({"address": format!("{vip}/32")}));
+            fes.push(
+                json!({"name": format!("fe{p:04}"), "bind": [format!("{vip}:80")],
+                            "mode": "http", "default_pool": format!("pool{p:04}")}),
+            );
+        }
+    }
+    json!({"schema": 1, "revision": revision, "group": "blue",
+           "vips": vips, "frontends": fes, "pools": ps})
+}
+
+fn parse(doc: &Value) -> Result<DesiredState> {
+    let raw = serde_json::to_vec(doc)?;
+    parse_document(
+        &raw,
+        &ValidateContext {
+            group: "blue".into(),
+        },
+    )
+    .map_err(|e| anyhow!("document rejected: {e:?}"))
+}
+
+/// Changes `n` servers of `d` (pool by pool): even ones get a new weight, odd ones drain
+/// (`back` = the other way round, so runs can alternate).
+fn change_servers(d: &DesiredState, n: usize, back: bool) -> DesiredState {
+    let mut d2 = d.clone();
+    let mut k = 0;
+    'outer: for pool in d2.pools.values_mut() {
+        for s in pool.servers.values_mut() {
+            if k >= n {
+                break 'outer;
+            }
+            if back {
+                s.weight = 10;
+                s.state = ServerState::Ready;
+            } else if k % 2 == 0 {
+                s.weight = 7;
+            } else {
+                s.state = ServerState::Drain;
+            }
+            k += 1;
+        }
+    }
+    d2
+}
+
+const OPTS: PlanOptions = PlanOptions {
+    max_runtime_ops: usize::MAX,
+};
+
+// ---------------------------------------------------------------- figure 1 and 5
+
+fn fig_plan(sz: &Sizes) -> Result<(String, String, DesiredState, Plan)> {
+    let d = parse(&document(1, sz.pools, sz.servers, true))?;
+    let observed = SimHaproxy::load(&d, SlotPolicy::Pow2).observe();
+    let loaded = Structure::of(&d, "bench");
+    let mut times = Vec::with_capacity(sz.plan_runs);
+    let mut last = Plan::default();
+    for run in 0..sz.plan_runs {
+        let mut d2 = d.clone();
+        let pool = d2
+            .pools
+            .values_mut()
+            .nth(run % sz.pools)
+            .context("no pool")?;
+        let s = pool.servers.values_mut().next().context("no server")?;
+        s.weight = 11 + (run % 200) as u16;
+        let t = Instant::now();
+        let st = Structure::of(&d2, "bench");
+        let p = plan(&d2, &st, Some(&loaded), &observed, OPTS);
+        times.push(t.elapsed());
+        if p.commands.len() != 1 || !p.reload.is_empty() {
+            bail!(
+                "unexpected plan: {} commands, reload {:?}",
+                p.commands.len(),
+                p.reload
+            );
+        }
+        last = p;
+    }
+    let (med, p99) = stats(times);
+    Ok((
+        format!(
+            "median {med:.2} ms, p99 {p99:.2} ms over {} runs (structure digest + plan; 1 runtime command, no reload)",
+            sz.plan_runs
+        ),
+        "—".into(),
+        d,
+        last,
+    ))
+}
+
+fn proc_status_kb(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+// ---------------------------------------------------------------- HAProxy
+
+/// A HAProxy master started for the bench; killed by PID on drop.
+struct Hap {
+    child: Child,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    admin: PathBuf,
+    master: PathBuf,
+}
+
+impl Hap {
+    fn new_dir() -> Result<tempfile::TempDir> {
+        Ok(tempfile::Builder::new()
+            .prefix("lb-agent-bench.")
+            .tempdir()?)
+    }
+
+    /// `haproxy -W -S master.sock -f cfg`; waits until both sockets answer.
+    fn start(dir: tempfile::TempDir, config_text: &str) -> Result<Hap> {
+        let p = |n: &str| dir.path().join(n);
+        let (config, admin, master) = (p("haproxy.cfg"), p("admin.sock"), p("master.sock"));
+        std::fs::write(&config, config_text)?;
+        let log = std::fs::File::create(p("haproxy.log"))?;
+        let child = Proc::new(HAPROXY)
+            .arg("-W")
+            .arg("-S")
+            .arg(&master)
+            .arg("-f")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning haproxy")?;
+        let h = Hap {
+            child,
+            dir,
+            config,
+            admin,
+            master,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::os::unix::net::UnixStream::connect(&h.master).is_err()
+            || std::os::unix::net::UnixStream::connect(&h.admin).is_err()
+        {
+            if Instant::now() > deadline {
+                bail!(
+                    "haproxy did not come up: {}",
+                    std::fs::read_to_string(h.path("haproxy.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(h)
+    }
+
+    fn path(&self, n: &str) -> PathBuf {
+        self.dir.path().join(n)
+    }
+}
+
+impl Drop for Hap {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn renderer(dir: &Path, admin: &Path, pow2: bool) -> Result<Renderer> {
+    Renderer::new(
+        None,
+        RenderSettings {
+            runtime_socket: admin.to_path_buf(),
+            state_file: dir.join("server-state"),
+            hard_stop_after: Duration::from_secs(5),
+            data_dir: dir.join("data"),
+            slot_policy_pow2: pow2,
+            node_name: "bench".into(),
+            node_group: "blue".into(),
+            node_az: None,
+        },
+    )
+    .map_err(|e| anyhow!("renderer: {e}"))
+}
+
+/// One connection per command, non-interactive mode; returns the number of non-empty replies.
+async fn one_connection_per_command(admin: &Path, lines: &[String]) -> Result<usize> {
+    let mut refused = 0;
+    for l in lines {
+        let mut s = tokio::net::UnixStream::connect(admin).await?;
+        s.write_all(format!("{l}\n").as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        if !out.trim().is_empty() {
+            refused += 1;
+        }
+    }
+    Ok(refused)
+}
+
+/// Planned commands from `observed` to `d2` (must need no reload).
+fn plan_runtime(d2: &DesiredState, loaded: &Structure, observed: &ObservedServers) -> Result<Plan> {
+    let st = Structure::of(d2, "bench");
+    let p = plan(d2, &st, Some(loaded), observed, OPTS);
+    if !p.reload.is_empty() {
+        bail!("plan wants a reload: {:?}", p.reload);
+    }
+    Ok(p)
+}
+
+/// Reads back the servers and checks that `d2` is what HAProxy runs.
+async fn verify(session: &mut Session, d2: &DesiredState, loaded: &Structure) -> Result<()> {
+    let obs = session.servers_state().await?;
+    let left = plan_runtime(d2, loaded, &obs)?;
+    if !left.commands.is_empty() {
+        bail!(
+            "read back: {} commands still needed, e.g. {}",
+            left.commands.len(),
+            left.commands[0]
+        );
+    }
+    Ok(())
+}
+
+struct HapFigures {
+    apply: Result<(String, String)>,
+    readback: Result<(String, String)>,
+}
+
+async fn fig_haproxy(sz: &Sizes) -> Result<HapFigures> {
+    let dir = Hap::new_dir()?;
+    let admin = dir.path().join("admin.sock");
+    let r = renderer(dir.path(), &admin, false)?;
+    let d = parse(&document(1, sz.hap_pools, sz.servers, false))?;
+    let rendered = r
+        .render(&d, &dir.path().join("data"))
+        .map_err(|e| anyhow!("render: {e}"))?;
+    let config = rendered.config.clone();
+    let hap = Hap::start(dir, &config)?;
+    let client = RuntimeClient::new(&hap.admin, Duration::from_secs(30));
+    let mut session = client.connect().await?;
+    let loaded = Structure::of(&d, "bench");
+
+    // Figure 3: read back `show servers state`.
+    let readback = async {
+        let mut read = Vec::new();
+        let mut parsed = Vec::new();
+        let mut bytes = 0;
+        let mut servers = 0;
+        for _ in 0..sz.readbacks {
+            let t = Instant::now();
+            let raw = session.servers_state_raw().await?;
+            read.push(t.elapsed());
+            let t = Instant::now();
+            let obs = lb_agent::haproxy::parse::servers_state(&raw)?;
+            parsed.push(t.elapsed());
+            bytes = raw.len();
+            servers = obs
+                .backends
+                .values()
+                .map(|b| b.servers.len())
+                .sum::<usize>();
+        }
+        Ok::<_, anyhow::Error>((
+            format!(
+                "read {:.1} ms + parse {:.1} ms (median of {}), {:.2} MB, {} servers",
+                median(read),
+                median(parsed),
+                sz.readbacks,
+                bytes as f64 / 1e6,
+                servers
+            ),
+            "—".into(),
+        ))
+    }
+    .await;
+
+    // Figure 2: apply server changes, pipelined vs one connection per command vs reload.
+    let apply = async {
+        let changed = change_servers(&d, sz.changes, false);
+        let restored = change_servers(&d, sz.changes, true);
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        let mut n_cmds = 0;
+        for i in 0..sz.repeats {
+            for (pipelined, target) in [(true, &changed), (false, &restored)] {
+                let obs = session.servers_state().await?;
+                let p = plan_runtime(target, &loaded, &obs)?;
+                n_cmds = p.commands.len();
+                if pipelined {
+                    let t = Instant::now();
+                    let rep = session.apply(&p.commands).await?;
+                    ours.push(t.elapsed());
+                    if !rep.failed.is_empty() || rep.ok != p.commands.len() {
+                        bail!("pipelined apply: {} ok, failed {:?}", rep.ok, rep.failed);
+                    }
+                } else {
+                    let lines: Vec<String> = p.commands.iter().map(|c| c.to_line()).collect();
+                    let t = Instant::now();
+                    let refused = one_connection_per_command(&hap.admin, &lines).await?;
+                    theirs.push(t.elapsed());
+                    if refused > 0 {
+                        bail!("one connection per command: {refused} commands refused (run {i})");
+                    }
+                }
+                verify(&mut session, target, &loaded).await?;
+            }
+        }
+        session.quit().await;
+
+        // Reload baseline: `haproxy -c` then reload to a new worker.
+        let mut checks = Vec::new();
+        let mut reloads = Vec::new();
+        let master = MasterClient::new(&hap.master, Duration::from_secs(10));
+        for _ in 0..sz.reloads {
+            let t = Instant::now();
+            let out = Proc::new(HAPROXY)
+                .arg("-c")
+                .arg("-f")
+                .arg(&hap.config)
+                .output()?;
+            checks.push(t.elapsed());
+            if !out.status.success() {
+                bail!("haproxy -c failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            reloads.push(reload_to_new_worker(&master).await?);
+        }
+        let servers = sz.hap_pools * sz.servers;
+        Ok::<_, anyhow::Error>((
+            format!(
+                "{:.1} ms for {} commands (median of {}), 0 reloads; read back `show servers state`: all {} changes in force",
+                median(ours),
+                n_cmds,
+                sz.repeats,
+                sz.changes
+            ),
+            format!(
+                "one connection per command: {:.1} ms (median of {}, read back: in force); reload of the {servers}-server config: `haproxy -c` {:.0} ms + reload to new worker {:.0} ms (median of {})",
+                median(theirs),
+                sz.repeats,
+                median(checks),
+                median(reloads),
+                sz.reloads
+            ),
+        ))
+    }
+    .await;
+    drop(hap);
+    Ok(HapFigures { apply, readback })
+}
+
+/// `reload` on the master socket, then `show proc` every 5 ms until a new worker is listed.
+async fn reload_to_new_worker(master: &MasterClient) -> Result<Duration> {
+    let before = master.show_proc().await?;
+    let t = Instant::now();
+    master.reload().await?;
+    let deadline = t + Duration::from_secs(60);
+    loop {
+        if let Ok(now) = master.show_proc().await {
+            if (now.master_reloads > before.master_reloads || now.master_pid != before.master_pid)
+                && now.current_worker().is_some()
+                && now.current_worker() != before.current_worker()
+            {
+                if now.failed > 0 {
+                    bail!("reload failed");
+                }
+                return Ok(t.elapsed());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no new worker after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// ---------------------------------------------------------------- figure 4
+
+async fn fig_burst(sz: &Sizes) -> Result<(String, String)> {
+    let dir = Hap::new_dir()?;
+    let p = |n: &str| dir.path().join(n);
+    let admin = p("admin.sock");
+    let bootstrap = format!(
+        "global\n    stats socket {} mode 600 level admin\n\ndefaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n",
+        admin.display()
+    );
+    let r = renderer(dir.path(), &admin, true)?;
+    std::fs::create_dir_all(p("state"))?;
+    let settings = ReconcilerSettings {
+        haproxy: HaproxyConfig {
+            config: p("haproxy.cfg"),
+            runtime_socket: admin.clone(),
+            master_socket: p("master.sock"),
+            binary: HAPROXY.into(),
+            reload_command: vec![],
+            templates: p("templates"),
+            min_reload_interval: sz.min_reload,
+            max_runtime_ops: 500,
+            server_slots: SlotPolicy::Pow2,
+            state_file: p("server-state"),
+            data_dir: p("data"),
+            hard_stop_after: Duration::from_secs(5),
+            reload_timeout: Duration::from_secs(15),
+            verify_interval: Duration::from_millis(500),
+        },
+        state_dir: p("state"),
+        cache: p("state/last-good.json"),
+        max_removal_ratio: 0.5,
+        socket_timeout: Duration::from_secs(5),
+    };
+    let hap = Hap::start(dir, &bootstrap)?;
+    let vip = "127.0.0.41";
+    let port = TcpListener::bind((vip, 0))?.local_addr()?.port();
+    let server_port = TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port();
+    // Each document changes the pool's check interval: a reload-needing change.
+    let doc = |rev: u64| {
+        json!({"schema": 1, "revision": rev, "group": "blue",
+               "vips": [{"address": format!("{vip}/32")}],
+               "frontends": [{"name": "web", "bind": [format!("{vip}:{port}")], "mode": "http", "default_pool": "www"}],
+               "pools": [{"name": "www", "mode": "http", "balance": "roundrobin",
+                          "check": {"type": "tcp", "interval": format!("{}ms", 1000 + rev), "rise": 1, "fall": 1},
+                          "servers": [{"name": "a", "address": "127.0.0.1", "port": server_port, "weight": 10, "state": "ready"}]}]})
+    };
+    let candidate = |rev: u64| -> Result<Candidate> {
+        Ok(Candidate {
+            desired: Arc::new(parse(&doc(rev))?),
+            raw: None,
+            from_cache: false,
+        })
+    };
+    let (status_tx, mut status) = watch::channel(HaproxyStatus::default());
+    let (tx, rx) = watch::channel(None);
+    let (_triggers, trx) = mpsc::channel(4);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(Reconciler::new(settings, r, status_tx).run(rx, trx, cancel.clone()));
+    let _stop = cancel.clone().drop_guard();
+
+    let wait = |status: &mut watch::Receiver<HaproxyStatus>, rev: u64, limit: Duration| {
+        let mut status = status.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + limit;
+            loop {
+                {
+                    let st = status.borrow_and_update();
+                    if st.converged && st.revision == Some(rev) && st.pending_reload.is_empty() {
+                        return Ok(st.clone());
+                    }
+                }
+                if tokio::time::timeout_at(deadline, status.changed())
+                    .await
+                    .is_err()
+                {
+                    let st = status.borrow().clone();
+                    bail!(
+                        "revision {rev} not converged after {limit:?} (reloads {}, error {:?})",
+                        st.reloads,
+                        st.error
+                    );
+                }
+            }
+        }
+    };
+    tx.send_replace(Some(candidate(1)?));
+    let first = wait(&mut status, 1, Duration::from_secs(30)).await?;
+    let step = sz.burst_window / sz.burst as u32;
+    let started = Instant::now();
+    for i in 0..sz.burst as u64 {
+        tx.send_replace(Some(candidate(2 + i)?));
+        tokio::time::sleep_until((started + step * (i as u32 + 1)).into()).await;
+    }
+    let pushed = started.elapsed();
+    let last = 1 + sz.burst as u64;
+    let st = wait(
+        &mut status,
+        last,
+        sz.min_reload * 2 + Duration::from_secs(30),
+    )
+    .await?;
+    let converged = started.elapsed();
+    cancel.cancel();
+    let _ = task.await;
+    drop(hap);
+    Ok((
+        format!(
+            "{} reloads for {} changes pushed over {:.1} s (min_reload_interval {} s; converged {:.1} s after the first change)",
+            st.reloads - first.reloads,
+            sz.burst,
+            pushed.as_secs_f64(),
+            sz.min_reload.as_secs(),
+            converged.as_secs_f64()
+        ),
+        format!("{} reloads (one per change)", sz.burst),
+    ))
+}
+
+// ---------------------------------------------------------------- machine info
+
+fn sh(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Proc::new(cmd).args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+fn machine_info(quick: bool) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let haproxy = sh(HAPROXY, &["-v"])
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "not found".into());
+    let commit = sh("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty = sh("git", &["status", "--porcelain", "--untracked-files=no"]).is_some();
+    let date = httpdate::fmt_http_date(SystemTime::now());
+    let mut s = String::new();
+    let _ = writeln!(s, "- date: {date}");
+    let _ = writeln!(
+        s,
+        "- commit: {commit}{}",
+        if dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(s, "- CPU: {cpu}, {cores} cores available to the process");
+    let _ = writeln!(s, "- kernel: {kernel}");
+    let _ = writeln!(s, "- HAProxy: {haproxy}");
+    let _ = writeln!(
+        s,
+        "- mode: {}, build: {}",
+        if quick {
+            "--quick (small sizes)"
+        } else {
+            "full"
+        },
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    s
+}
+
+// ---------------------------------------------------------------- main
+
+struct Args {
+    quick: bool,
+    out: Option<PathBuf>,
+}
+
+fn args() -> Result<Args> {
+    let mut a = Args {
+        quick: false,
+        out: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "--quick" => a.quick = true,
+            "--out" => a.out = Some(it.next().context("--out needs a path")?.into()),
+            "-h" | "--help" => {
+                println!("usage: lb-agent-bench [--quick] [--out FILE]");
+                std::process::exit(0);
+            }
+            other => {
+                bail!("unknown argument {other:?} (usage: lb-agent-bench [--quick] [--out FILE])")
+            }
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> Result<()> {
+    let a = args()?;
+    let sz = Sizes::new(a.quick);
+    let servers = sz.pools * sz.servers;
+    let hap_servers = sz.hap_pools * sz.servers;
+    let mut rows = Vec::new();
+
+    // Figures 1 and 5 first, so the memory figure is the model + planner alone.
+    eprintln!(
+        "[1/4] planning on {} pools × {} servers",
+        sz.pools, sz.servers
+    );
+    let planned = fig_plan(&sz);
+    let mem = match &planned {
+        Ok((_, _, d, p)) => {
+            let (hwm, rss) = (proc_status_kb("VmHWM:"), proc_status_kb("VmRSS:"));
+            let r = match (hwm, rss) {
+                (Some(h), Some(r)) => Ok((
+                    format!(
+                        "VmHWM {:.1} MB, VmRSS {:.1} MB ({} pools, {} servers, {} VIPs/frontends held with a plan of {} command(s); model + planner footprint of the bench process, not the whole agent)",
+                        h as f64 / 1024.0,
+                        r as f64 / 1024.0,
+                        d.pools.len(),
+                        d.pools.values().map(|p| p.servers.len()).sum::<usize>(),
+                        d.frontends.len(),
+                        p.commands.len()
+                    ),
+                    "—".into(),
+                )),
+                _ => Err(anyhow!("/proc/self/status unreadable")),
+            };
+            r
+        }
+        Err(e) => Err(anyhow!("planning failed: {e:#}")),
+    };
+    rows.push(row(
+        format!(
+            "plan a change on {} pools × {} servers ({servers} servers; one weight changed) (target < 5 ms)",
+            sz.pools, sz.servers
+        ),
+        planned.map(|(o, b, _, _)| (o, b)),
+    ));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let have_haproxy = Path::new(HAPROXY).exists();
+    let apply_fig = format!(
+        "apply {} server state/weight changes on a real HAProxy 2.6 ({hap_servers} servers) (target < 50 ms, 0 reloads)",
+        sz.changes
+    );
+    let read_fig =
+        format!("read back `show servers state` for {hap_servers} servers (target < 40 ms)");
+    if have_haproxy {
+        eprintln!("[2/4] runtime changes and read back on a real HAProxy ({hap_servers} servers)");
+        match rt.block_on(fig_haproxy(&sz)) {
+            Ok(f) => {
+                rows.push(row(apply_fig, f.apply));
+                rows.push(row(read_fig, f.readback));
+            }
+            Err(e) => {
+                rows.push(row(apply_fig, Err(anyhow!("{e:#}"))));
+                rows.push(row(read_fig, Err(anyhow!("{e:#}"))));
+            }
+        }
+    } else {
+        rows.push(row(apply_fig, Err(anyhow!("{HAPROXY} not found"))));
+        rows.push(row(read_fig, Err(anyhow!("{HAPROXY} not found"))));
+    }
+    let burst_fig = format!(
+        "burst of {} reload-needing changes within {} s (target ≤ 3 reloads at 100 in 10 s)",
+        sz.burst,
+        sz.burst_window.as_secs()
+    );
+    if have_haproxy {
+        eprintln!(
+            "[3/4] burst of {} reload-needing changes through the Reconciler",
+            sz.burst
+        );
+        rows.push(row(burst_fig, rt.block_on(fig_burst(&sz))));
+    } else {
+        rows.push(row(burst_fig, Err(anyhow!("{HAPROXY} not found"))));
+    }
+    eprintln!("[4/4] done");
+    rows.push(row(
+        format!(
+            "resident memory at {servers} servers and {} VIPs (target < 40 MB)",
+            sz.pools
+        ),
+        mem,
+    ));
+    rt.shutdown_timeout(Duration::from_secs(5));
+
+    let mut out = String::new();
+    out.push_str("# lb-agent benchmarks\n\n");
+    out.push_str(
+        "Produced by `cargo run --release --bin lb-agent-bench -- --out docs/benchmarks.md` \
+(SPEC §8). Figures are printed, never asserted; each is measured next to the naive way \
+in the same run. Medians unless stated.\n\n",
+    );
+    out.push_str(HEADER);
+    out.push('\n');
+    out.push_str("|---|---|---|\n");
+    for r in &rows {
+        let _ = writeln!(out, "| {} | {} | {} |", r.figure, r.ours, r.baseline);
+    }
+    out.push('\n');
+    out.push_str(&machine_info(a.quick));
+    out.push_str(NOT_YET);
+    print!("{out}");
+    if let Some(path) = &a.out {
+        std::fs::write(path, &out).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("written to {}", path.display());
+    }
+    Ok(())
+}
