@@ -1,0 +1,50 @@
+//! The benchmark harness runs end to end in `--quick` mode and prints its
+//! table. Only the shape is checked: timings are never asserted (SPEC §8).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+#[test]
+fn bench_quick_prints_every_figure() {
+    if !Path::new("/usr/sbin/haproxy").exists() {
+        eprintln!("!!! SKIPPED bench_quick_prints_every_figure: /usr/sbin/haproxy not found; install it with `apt-get install -y haproxy` (.ci/run does)");
+        return;
+    }
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_lb-agent-bench"))
+        .arg("--quick")
+        .output()
+        .expect("running lb-agent-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}\n(took {:?})", started.elapsed());
+    assert!(
+        out.status.success(),
+        "lb-agent-bench --quick failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("| figure | lb-agent | baseline in the same run |"),
+        "no table header:\n{stdout}"
+    );
+    for figure in [
+        "| plan a change on ",
+        "| apply ",
+        "| read back `show servers state` for ",
+        "| burst of ",
+        "| resident memory at ",
+    ] {
+        let n = stdout.lines().filter(|l| l.starts_with(figure)).count();
+        assert_eq!(n, 1, "expected one row starting with {figure:?}:\n{stdout}");
+    }
+    for info in [
+        "- date: ",
+        "- commit: ",
+        "- CPU: ",
+        "- kernel: ",
+        "- HAProxy: ",
+    ] {
+        assert!(stdout.contains(info), "no {info:?} line:\n{stdout}");
+    }
+}
