@@ -34,6 +34,8 @@ use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::timeutil::sleep_until_opt;
 use tracing::{debug, error, info, warn};
 
 use crate::bird::publisher::{read_announced, BirdStatus, Publisher, PublisherOptions};
@@ -582,13 +584,6 @@ fn handle_request(drain: &mut DrainStore, req: AnycastRequest) {
             }
             let _ = reply.send(r);
         }
-    }
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -29,4 +29,5 @@ pub mod reconcile;
 pub mod source;
 pub mod status;
 pub mod telemetry;
+pub mod timeutil;
 pub mod vip;

@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::timeutil::sleep_until_opt;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::config::HaproxyConfig;
@@ -38,8 +40,7 @@ use crate::haproxy::state_file;
 use crate::model::observed::{ObservedData, ObservedServers};
 use crate::model::validate::removal_guard;
 use crate::model::{DesiredState, Revision};
-use crate::plan::data::plan_data;
-use crate::plan::{plan, Plan, PlanOptions, Structure};
+use crate::plan::{plan_with_data, Plan, PlanOptions, Structure};
 
 /// A document offered to the reconciler.
 #[derive(Debug, Clone)]
@@ -609,19 +610,15 @@ impl Reconciler {
         data: &ObservedData,
         opts: PlanOptions,
     ) -> Plan {
-        let mut p = plan(d, structure, self.loaded.as_ref(), servers, opts);
-        let before = p.commands.len();
-        plan_data(d, &self.s.haproxy.data_dir, data, &mut p);
-        if p.commands.len() > opts.max_runtime_ops && before <= opts.max_runtime_ops {
-            p.reload.push(format!(
-                "{} runtime commands exceed max_runtime_ops {}",
-                p.commands.len(),
-                opts.max_runtime_ops
-            ));
-            p.commands.clear();
-            p.cleanup.clear();
-        }
-        p
+        plan_with_data(
+            d,
+            structure,
+            self.loaded.as_ref(),
+            servers,
+            &self.s.haproxy.data_dir,
+            data,
+            opts,
+        )
     }
 
     /// Works out which structure the running HAProxy loaded (once, at start).
@@ -896,13 +893,6 @@ fn rendered_digest(r: &crate::haproxy::render::Rendered) -> String {
         h.update(b);
     }
     hex::encode(h.finalize())
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ use ipnet::IpNet;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::timeutil::sleep_until_opt;
 use tracing::{debug, info, warn};
 
 use super::control::{
@@ -502,13 +504,6 @@ impl Publisher {
         }
         self.status.not_exported = missing;
         Ok(())
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -46,6 +46,18 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// A change needing more runtime commands than `max` reloads instead (SPEC §2.3).
+    pub fn limit_runtime_ops(&mut self, max: usize) {
+        if self.commands.len() > max {
+            self.reload.push(format!(
+                "{} runtime commands exceed max_runtime_ops {max}",
+                self.commands.len()
+            ));
+            self.commands.clear();
+            self.cleanup.clear();
+        }
+    }
+
     /// True when the running HAProxy already matches the desired state.
     pub fn is_converged(&self) -> bool {
         self.commands.is_empty() && self.reload.is_empty()
@@ -72,6 +84,35 @@ pub fn plan(
     observed: &ObservedServers,
     opts: PlanOptions,
 ) -> Plan {
+    let mut p = plan_servers(desired, desired_structure, loaded, observed);
+    p.limit_runtime_ops(opts.max_runtime_ops);
+    p
+}
+
+/// [`plan`] plus maps, ACLs and certificates (`data` observed for the files
+/// below `data_dir`); the `max_runtime_ops` limit applies to the whole plan.
+pub fn plan_with_data(
+    desired: &DesiredState,
+    desired_structure: &Structure,
+    loaded: Option<&Structure>,
+    observed: &ObservedServers,
+    data_dir: &std::path::Path,
+    data: &crate::model::observed::ObservedData,
+    opts: PlanOptions,
+) -> Plan {
+    let mut p = plan_servers(desired, desired_structure, loaded, observed);
+    data::plan_data(desired, data_dir, data, &mut p);
+    p.limit_runtime_ops(opts.max_runtime_ops);
+    p
+}
+
+/// Structure and server planning, without the runtime-ops limit.
+fn plan_servers(
+    desired: &DesiredState,
+    desired_structure: &Structure,
+    loaded: Option<&Structure>,
+    observed: &ObservedServers,
+) -> Plan {
     let mut p = Plan::default();
     match loaded {
         None => p.reload.push("running configuration unknown".into()),
@@ -90,15 +131,6 @@ pub fn plan(
                 }
             }
         }
-    }
-    if p.commands.len() > opts.max_runtime_ops {
-        p.reload.push(format!(
-            "{} runtime commands exceed max_runtime_ops {}",
-            p.commands.len(),
-            opts.max_runtime_ops
-        ));
-        p.commands.clear();
-        p.cleanup.clear();
     }
     p
 }
