@@ -33,6 +33,7 @@ fn bench_quick_prints_every_figure() {
         "| apply ",
         "| read back `show servers state` for ",
         "| burst of ",
+        "| published change (long-poll API) ",
         "| resident memory at ",
     ] {
         let n = stdout.lines().filter(|l| l.starts_with(figure)).count();
