@@ -9,8 +9,11 @@
 //! - [`haproxy`]: runtime-socket client, config renderer (tera), reload scheduler.
 //! - [`health`]: async tcp/http/tls/exec checks + rise/fall hysteresis.
 //! - [`gate`] (pure): which VIPs may be announced, and why not.
-//! - [`bird`]: the include file and BIRD's control socket; [`vip`]: VIP addresses via rtnetlink.
-//! - [`status`], [`cli`], [`daemon`], [`telemetry`]: the operating surface.
+//! - [`bird`]: the include file and BIRD's control socket; [`vip`]: VIP addresses via rtnetlink;
+//!   [`drain`]: the persisted drain flag.
+//! - [`anycast`]: health → gate → BIRD and the VIP addresses, wired into one task.
+//! - [`reconcile`]: the HAProxy loop (observe → plan → apply → read back → reload or persist).
+//! - [`status`], [`metrics`], [`cli`], [`daemon`], [`telemetry`]: the operating surface.
 
 pub mod anycast;
 pub mod bird;
