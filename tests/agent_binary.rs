@@ -32,6 +32,19 @@ fn doc(rev: u64, vip: &str, fe: SocketAddr, servers: &[(&str, &Backend, u16)]) -
     })
 }
 
+/// Writes the lab's agent.toml with `url` as the source; returns its path.
+fn agent_toml(lab: &Lab, url: String) -> std::path::PathBuf {
+    AgentToml {
+        dir: lab.dir.path(),
+        url,
+        haproxy_config: &lab.config,
+        admin: &lab.admin,
+        master: &lab.master,
+        extra: "",
+    }
+    .write()
+}
+
 /// Polls (bounded) until `addr` answers with `want`.
 async fn wait_body(addr: SocketAddr, want: &str, limit: Duration, agent: &Agent) {
     let deadline = Instant::now() + limit;
@@ -66,15 +79,10 @@ async fn boots_from_the_cache_with_the_api_down() {
     )
     .unwrap();
     let closed = free_port("127.0.0.1");
-    let cfg = AgentToml {
-        dir: lab.dir.path(),
-        url: format!("http://127.0.0.1:{closed}/v1/groups/blue/config"),
-        haproxy_config: &lab.config,
-        admin: &lab.admin,
-        master: &lab.master,
-        extra: "",
-    }
-    .write();
+    let cfg = agent_toml(
+        &lab,
+        format!("http://127.0.0.1:{closed}/v1/groups/blue/config"),
+    );
     // Under systemd without a journal socket: logs fall back to stderr, no panic.
     let agent = Agent::start(&cfg, &[("JOURNAL_STREAM", "8:12345")]);
     wait_body(fe, "a", Duration::from_secs(20), &agent).await;
@@ -118,15 +126,7 @@ async fn long_polled_change_reaches_haproxy_quickly() {
             .reply(Reply::idle()),
     ])
     .await;
-    let cfg = AgentToml {
-        dir: lab.dir.path(),
-        url: api.url(),
-        haproxy_config: &lab.config,
-        admin: &lab.admin,
-        master: &lab.master,
-        extra: "",
-    }
-    .write();
+    let cfg = agent_toml(&lab, api.url());
     let agent = Agent::start(&cfg, &[]);
     wait_body(fe, "a", Duration::from_secs(20), &agent).await;
     api.wait_for_requests(2, Duration::from_secs(10)).await;
@@ -168,15 +168,7 @@ async fn file_source_changes_are_applied() {
     let fe: SocketAddr = format!("{vip}:{}", free_port(vip)).parse().unwrap();
     let desired = lab.dir.path().join("desired.json");
     std::fs::write(&desired, doc(1, vip, fe, &[("s_a", &a, 1)]).to_string()).unwrap();
-    let cfg = AgentToml {
-        dir: lab.dir.path(),
-        url: format!("file://{}", desired.display()),
-        haproxy_config: &lab.config,
-        admin: &lab.admin,
-        master: &lab.master,
-        extra: "",
-    }
-    .write();
+    let cfg = agent_toml(&lab, format!("file://{}", desired.display()));
     let agent = Agent::start(&cfg, &[]);
     wait_body(fe, "a", Duration::from_secs(20), &agent).await;
     // Add a server and put the old one in maintenance: runtime changes, noticed within poll_interval.
@@ -227,15 +219,7 @@ async fn sd_notify_ready_watchdog_reload_stopping() {
     let fe: SocketAddr = format!("{vip}:{}", free_port(vip)).parse().unwrap();
     let desired = lab.dir.path().join("desired.json");
     std::fs::write(&desired, doc(1, vip, fe, &[("s_a", &a, 1)]).to_string()).unwrap();
-    let toml = AgentToml {
-        dir: lab.dir.path(),
-        url: format!("file://{}", desired.display()),
-        haproxy_config: &lab.config,
-        admin: &lab.admin,
-        master: &lab.master,
-        extra: "",
-    };
-    let cfg = toml.write();
+    let cfg = agent_toml(&lab, format!("file://{}", desired.display()));
     let notify_path = lab.dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     let agent = Agent::start(
@@ -346,15 +330,7 @@ async fn every_cli_command_against_a_running_agent() {
     let fe: SocketAddr = format!("{vip}:{}", free_port(vip)).parse().unwrap();
     let desired = lab.dir.path().join("desired.json");
     std::fs::write(&desired, doc(3, vip, fe, &[("s_a", &a, 1)]).to_string()).unwrap();
-    let cfg = AgentToml {
-        dir: lab.dir.path(),
-        url: format!("file://{}", desired.display()),
-        haproxy_config: &lab.config,
-        admin: &lab.admin,
-        master: &lab.master,
-        extra: "",
-    }
-    .write();
+    let cfg = agent_toml(&lab, format!("file://{}", desired.display()));
     let agent = Agent::start(&cfg, &[]);
     wait_body(fe, "a", Duration::from_secs(20), &agent).await;
     let sock = lab.dir.path().join("status.sock");
