@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use bird::Bird;
+use bird::{tor_bird_conf, Bird, TIMERS};
 use netns::{skip_without_netns, veth, Netns};
 
 const VIP: &str = "192.0.2.10/32";
@@ -85,10 +85,6 @@ fn lb_config(dir: &Path, drain: bool) -> BirdConfig {
     }
 }
 
-/// BGP timers of the lab notes: sessions up in about a second.
-const TIMERS: &str =
-    "hold time 30; keepalive time 10; connect delay time 1; connect retry time 2; error wait time 1, 10;";
-
 fn lb_bird_conf(dir: &Path, cfg: &BirdConfig, n: u32, asn: u32, drain: bool) -> String {
     let statics: String = vips()
         .iter()
@@ -112,23 +108,6 @@ fn lb_bird_conf(dir: &Path, cfg: &BirdConfig, n: u32, asn: u32, drain: bool) -> 
         log = Bird::log_line(dir),
         inc = cfg.include_file.display(),
     )
-}
-
-fn tor_bird_conf(dir: &Path, lbs: u32) -> String {
-    let mut conf = format!(
-        "router id 10.0.0.254;\n{log}protocol device {{ }}\n\
-         protocol kernel kernel4 {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
-         template bgp lbs {{\n    {TIMERS}\n\
-             ipv4 {{ import where net ~ [ 192.0.2.0/24{{32,32}} ]; export none; }};\n}}\n",
-        log = Bird::log_line(dir)
-    );
-    for n in 1..=lbs {
-        conf.push_str(&format!(
-            "protocol bgp lb{n} from lbs {{ local 10.0.{n}.1 as 65000; neighbor 10.0.{n}.2 as {}; }}\n",
-            65000 + n
-        ));
-    }
-    conf
 }
 
 impl Lab {

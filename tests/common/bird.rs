@@ -162,3 +162,26 @@ fn which(program: &str) -> bool {
         .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
         .unwrap_or(false)
 }
+
+/// BGP timers of the lab notes, with a hold time long enough that a starved
+/// CI machine does not reset sessions mid-test; sessions come up in about a second.
+pub const TIMERS: &str =
+    "hold time 30; keepalive time 10; connect delay time 1; connect retry time 2; error wait time 1, 10;";
+
+/// The ToR: kernel protocol with `merge paths on` (G1), one eBGP session per LB.
+pub fn tor_bird_conf(dir: &Path, lbs: u32) -> String {
+    let mut conf = format!(
+        "router id 10.0.0.254;\n{log}protocol device {{ }}\n\
+         protocol kernel kernel4 {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
+         template bgp lbs {{\n    {TIMERS}\n\
+             ipv4 {{ import where net ~ [ 192.0.2.0/24{{32,32}} ]; export none; }};\n}}\n",
+        log = Bird::log_line(dir)
+    );
+    for n in 1..=lbs {
+        conf.push_str(&format!(
+            "protocol bgp lb{n} from lbs {{ local 10.0.{n}.1 as 65000; neighbor 10.0.{n}.2 as {}; }}\n",
+            65000 + n
+        ));
+    }
+    conf
+}

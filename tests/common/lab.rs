@@ -36,7 +36,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-use crate::bird::Bird;
+use crate::bird::{tor_bird_conf, Bird, TIMERS};
 use crate::netns::{veth, Netns};
 use lb_agent::bird::control::ProtocolRow;
 use lb_agent::bird::include::{self, IncludeLayout};
@@ -58,10 +58,6 @@ pub const TIMEOUT: Duration = Duration::from_millis(150);
 pub const FAST_INTERVAL: Duration = Duration::from_millis(100);
 pub const RISE: u32 = 2;
 pub const FALL: u32 = 2;
-
-/// BGP timers of the lab notes: sessions up in about a second.
-const TIMERS: &str =
-    "hold time 30; keepalive time 10; connect delay time 1; connect retry time 2; error wait time 1, 10;";
 
 const HAPROXY: &str = "/usr/sbin/haproxy";
 
@@ -710,24 +706,6 @@ fn lb_bird_conf(dir: &Path, cfg: &BirdConfig, n: u32) -> String {
         inc = cfg.include_file.display(),
         asn = 65000 + n,
     )
-}
-
-/// The ToR: kernel protocol with `merge paths on` (G1), one eBGP session per LB.
-fn tor_bird_conf(dir: &Path, lbs: u32) -> String {
-    let mut conf = format!(
-        "router id 10.0.0.254;\n{log}protocol device {{ }}\n\
-         protocol kernel kernel4 {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
-         template bgp lbs {{\n    {TIMERS}\n\
-             ipv4 {{ import where net ~ [ 192.0.2.0/24{{32,32}} ]; export none; }};\n}}\n",
-        log = Bird::log_line(dir)
-    );
-    for n in 1..=lbs {
-        conf.push_str(&format!(
-            "protocol bgp lb{n} from lbs {{ local 10.0.{n}.1 as 65000; neighbor 10.0.{n}.2 as {}; }}\n",
-            65000 + n
-        ));
-    }
-    conf
 }
 
 impl Lab {
