@@ -72,6 +72,29 @@ pub fn parser(group: &str) -> Parser<DesiredState> {
     Arc::new(move |body: &[u8]| parse_document(body, &ctx).map_err(|e| e.to_string()))
 }
 
+/// Offers every document the source accepted to the reconciler, with its raw
+/// body (the last-known-good cache) and whether it came from that cache.
+pub async fn forward_candidates(
+    mut docs: watch::Receiver<Option<Arc<Accepted<DesiredState>>>>,
+    out: watch::Sender<Option<Candidate>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = docs.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                let a = docs.borrow_and_update().clone();
+                if let Some(a) = a {
+                    out.send_replace(Some(Candidate { desired: a.doc.clone(), raw: Some(a.raw.clone()), from_cache: a.from_cache }));
+                }
+            }
+        }
+    }
+}
+
 /// How a generation ended.
 enum Outcome {
     Stop,
@@ -160,7 +183,7 @@ async fn run_generation(
     }
 
     // Source → reconciler.
-    let (doc_tx, mut doc_rx) = watch::channel::<Option<Arc<Accepted<DesiredState>>>>(None);
+    let (doc_tx, doc_rx) = watch::channel::<Option<Arc<Accepted<DesiredState>>>>(None);
     let (source_status_tx, source_status) = watch::channel(SourceStatus::default());
     tracker.spawn(source::run(
         cfg.source.clone(),
@@ -171,23 +194,7 @@ async fn run_generation(
         cancel.clone(),
     ));
     let (cand_tx, cand_rx) = watch::channel::<Option<Candidate>>(None);
-    {
-        let cancel = cancel.clone();
-        tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    r = doc_rx.changed() => {
-                        if r.is_err() { break; }
-                        let a = doc_rx.borrow_and_update().clone();
-                        if let Some(a) = a {
-                            cand_tx.send_replace(Some(Candidate { desired: a.doc.clone(), raw: Some(a.raw.clone()), from_cache: a.from_cache }));
-                        }
-                    }
-                }
-            }
-        });
-    }
+    tracker.spawn(forward_candidates(doc_rx, cand_tx, cancel.clone()));
 
     let (haproxy_tx, haproxy_status) = watch::channel(HaproxyStatus::default());
     let (trigger_tx, trigger_rx) = mpsc::channel(8);

@@ -809,7 +809,7 @@ async fn publish_latencies(
     source_cfg.url = lb_agent::config::SourceUrl::Http(url);
     source_cfg.poll_interval = poll_interval;
     source_cfg.cache = cache;
-    let (acc_tx, mut acc_rx) = watch::channel(None);
+    let (acc_tx, acc_rx) = watch::channel(None);
     let (src_status, _) = watch::channel(lb_agent::source::SourceStatus::default());
     lb_agent::source::ensure_crypto_provider();
     tokio::spawn(lb_agent::source::run(
@@ -821,21 +821,11 @@ async fn publish_latencies(
         cancel.clone(),
     ));
     let (cand_tx, cand_rx) = watch::channel(None);
-    let bridge_cancel = cancel.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = bridge_cancel.cancelled() => break,
-                r = acc_rx.changed() => {
-                    if r.is_err() { break; }
-                    let a: Option<Arc<lb_agent::source::Accepted<DesiredState>>> = acc_rx.borrow_and_update().clone();
-                    if let Some(a) = a {
-                        cand_tx.send_replace(Some(Candidate { desired: a.doc.clone(), raw: None, from_cache: false }));
-                    }
-                }
-            }
-        }
-    });
+    tokio::spawn(lb_agent::daemon::forward_candidates(
+        acc_rx,
+        cand_tx,
+        cancel.clone(),
+    ));
     let (status_tx, _status) = watch::channel(HaproxyStatus::default());
     let (_triggers, trx) = mpsc::channel(4);
     tokio::spawn(Reconciler::new(settings, r, status_tx).run(cand_rx, trx, cancel.clone()));
