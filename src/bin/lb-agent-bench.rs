@@ -573,6 +573,39 @@ async fn reload_to_new_worker(master: &MasterClient) -> Result<Duration> {
 
 // ---------------------------------------------------------------- figure 4
 
+/// Reconciler settings for a HAProxy started in `dir` (sockets and files there).
+fn reconciler_settings(
+    dir: &Path,
+    admin: &Path,
+    min_reload: Duration,
+    verify: Duration,
+    max_removal_ratio: f64,
+) -> ReconcilerSettings {
+    let p = |n: &str| dir.join(n);
+    ReconcilerSettings {
+        haproxy: HaproxyConfig {
+            config: p("haproxy.cfg"),
+            runtime_socket: admin.to_path_buf(),
+            master_socket: p("master.sock"),
+            binary: HAPROXY.into(),
+            reload_command: vec![],
+            templates: p("templates"),
+            min_reload_interval: min_reload,
+            max_runtime_ops: 500,
+            server_slots: SlotPolicy::Pow2,
+            state_file: p("server-state"),
+            data_dir: p("data"),
+            hard_stop_after: Duration::from_secs(5),
+            reload_timeout: Duration::from_secs(15),
+            verify_interval: verify,
+        },
+        state_dir: p("state"),
+        cache: p("state/last-good.json"),
+        max_removal_ratio,
+        socket_timeout: Duration::from_secs(5),
+    }
+}
+
 async fn fig_burst(sz: &Sizes) -> Result<(String, String)> {
     let dir = Hap::new_dir()?;
     let p = |n: &str| dir.path().join(n);
@@ -583,28 +616,13 @@ async fn fig_burst(sz: &Sizes) -> Result<(String, String)> {
     );
     let r = renderer(dir.path(), &admin, true)?;
     std::fs::create_dir_all(p("state"))?;
-    let settings = ReconcilerSettings {
-        haproxy: HaproxyConfig {
-            config: p("haproxy.cfg"),
-            runtime_socket: admin.clone(),
-            master_socket: p("master.sock"),
-            binary: HAPROXY.into(),
-            reload_command: vec![],
-            templates: p("templates"),
-            min_reload_interval: sz.min_reload,
-            max_runtime_ops: 500,
-            server_slots: SlotPolicy::Pow2,
-            state_file: p("server-state"),
-            data_dir: p("data"),
-            hard_stop_after: Duration::from_secs(5),
-            reload_timeout: Duration::from_secs(15),
-            verify_interval: Duration::from_millis(500),
-        },
-        state_dir: p("state"),
-        cache: p("state/last-good.json"),
-        max_removal_ratio: 0.5,
-        socket_timeout: Duration::from_secs(5),
-    };
+    let settings = reconciler_settings(
+        dir.path(),
+        &admin,
+        sz.min_reload,
+        Duration::from_millis(500),
+        0.5,
+    );
     let hap = Hap::start(dir, &bootstrap)?;
     let vip = "127.0.0.41";
     let port = TcpListener::bind((vip, 0))?.local_addr()?.port();
@@ -750,28 +768,13 @@ async fn publish_latencies(
     );
     std::fs::create_dir_all(p("state"))?;
     let r = renderer(dir.path(), &admin, true)?;
-    let settings = ReconcilerSettings {
-        haproxy: HaproxyConfig {
-            config: p("haproxy.cfg"),
-            runtime_socket: admin.clone(),
-            master_socket: p("master.sock"),
-            binary: HAPROXY.into(),
-            reload_command: vec![],
-            templates: p("templates"),
-            min_reload_interval: Duration::from_millis(100),
-            max_runtime_ops: 500,
-            server_slots: SlotPolicy::Pow2,
-            state_file: p("server-state"),
-            data_dir: p("data"),
-            hard_stop_after: Duration::from_secs(5),
-            reload_timeout: Duration::from_secs(15),
-            verify_interval: Duration::from_secs(60),
-        },
-        state_dir: p("state"),
-        cache: p("state/last-good.json"),
-        max_removal_ratio: 1.0,
-        socket_timeout: Duration::from_secs(5),
-    };
+    let settings = reconciler_settings(
+        dir.path(),
+        &admin,
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+        1.0,
+    );
     let cache = p("state/last-good.json");
     let hap = Hap::start(dir, &bootstrap)?;
     let vip = "127.0.0.42";
