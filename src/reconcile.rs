@@ -484,12 +484,6 @@ impl Reconciler {
             return;
         }
         self.pending_reload.clear();
-        let persisted = if force_persist {
-            None
-        } else {
-            self.persisted.clone()
-        };
-        self.persisted = persisted;
         if let Err(e) = self.persist(&d, &structure, Some(&observed)).await {
             // Only reachable through a broken template or certificate content.
             self.on_invalid(fresh, previous.take(), &d, e);
