@@ -185,3 +185,58 @@ pub fn tor_bird_conf(dir: &Path, lbs: u32) -> String {
     }
     conf
 }
+
+/// Asserts that no BGP session was reset between two `show protocols`
+/// snapshots: the same rows, states and infos, and the same "Since" up to a
+/// few milliseconds.
+///
+/// BIRD keeps the time of a state change on its monotonic clock and turns it
+/// into wall-clock time each time it prints it (now_real − (now − t)), so the
+/// same, untouched session can print 09:14:09.329 once and 09:14:09.330 the
+/// next time. A reset session cannot come back that fast: `TIMERS` hold the
+/// first connect attempt back for a second (`connect delay time 1`), so a
+/// real reset moves "Since" by a second or more.
+pub fn assert_sessions_kept(
+    before: &[lb_agent::bird::control::ProtocolRow],
+    after: &[lb_agent::bird::control::ProtocolRow],
+    context: &str,
+) {
+    const JITTER_MS: i64 = 100;
+    let key = |r: &lb_agent::bird::control::ProtocolRow| {
+        (
+            r.name.clone(),
+            r.proto.clone(),
+            r.table.clone(),
+            r.state.clone(),
+            r.info.clone(),
+        )
+    };
+    let (kb, ka): (Vec<_>, Vec<_>) = (
+        before.iter().map(key).collect(),
+        after.iter().map(key).collect(),
+    );
+    assert_eq!(kb, ka, "{context}: protocol rows changed");
+    for (b, a) in before.iter().zip(after) {
+        let (tb, ta) = (since_ms(&b.since), since_ms(&a.since));
+        let moved = match (tb, ta) {
+            (Some(tb), Some(ta)) => (ta - tb).abs() > JITTER_MS,
+            _ => b.since != a.since,
+        };
+        assert!(
+            !moved,
+            "{context}: session {} was reset: since {} → {}",
+            b.name, b.since, a.since
+        );
+    }
+}
+
+/// Milliseconds of the day of a "Since" column ("09:14:09.329",
+/// "2026-11-22 09:14:09"), if it ends in a time of day.
+fn since_ms(since: &str) -> Option<i64> {
+    let time = since.rsplit(' ').next()?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut parts = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, m, s) = (parts.next()??, parts.next()??, parts.next()??);
+    let frac_ms = format!("{frac:0<3}")[..3].parse::<i64>().ok()?;
+    Some(((h * 60 + m) * 60 + s) * 1000 + frac_ms)
+}
