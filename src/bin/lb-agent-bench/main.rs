@@ -5,6 +5,11 @@
 //!
 //! `cargo run --release --bin lb-agent-bench [-- --quick] [--out docs/benchmarks.md]`
 
+#[allow(dead_code)]
+mod ach;
+#[allow(dead_code)]
+mod sys;
+
 use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -979,28 +984,42 @@ fn machine_info(quick: bool) -> String {
 
 // ---------------------------------------------------------------- main
 
+const USAGE: &str = "usage: lb-agent-bench [--quick] [--out FILE] [--agent PATH] [--ach-venv DIR]";
+
 struct Args {
     quick: bool,
     out: Option<PathBuf>,
+    /// The lb-agent binary the daemon figures run (default: next to this one).
+    agent: PathBuf,
+    /// Where anycast-healthchecker is installed from PyPI (a venv; reused).
+    ach_venv: PathBuf,
 }
 
 fn args() -> Result<Args> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
     let mut a = Args {
         quick: false,
         out: None,
+        agent: exe.with_file_name("lb-agent"),
+        ach_venv: target.join(format!("bench/ach-{}", ach::VERSION)),
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         match x.as_str() {
             "--quick" => a.quick = true,
             "--out" => a.out = Some(it.next().context("--out needs a path")?.into()),
+            "--agent" => a.agent = it.next().context("--agent needs a path")?.into(),
+            "--ach-venv" => a.ach_venv = it.next().context("--ach-venv needs a path")?.into(),
             "-h" | "--help" => {
-                println!("usage: lb-agent-bench [--quick] [--out FILE]");
+                println!("{USAGE}");
                 std::process::exit(0);
             }
-            other => {
-                bail!("unknown argument {other:?} (usage: lb-agent-bench [--quick] [--out FILE])")
-            }
+            other => bail!("unknown argument {other:?} ({USAGE})"),
         }
     }
     Ok(a)

@@ -1,0 +1,231 @@
+//! Processes, namespaces and /proc readings shared by the figures that run
+//! whole daemons (the gating CPU figure and the ToR lab figure).
+//!
+//! Everything started here is stopped by its PID on drop, and every
+//! namespace is deleted on drop, so an error half way leaves nothing behind.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Runs `ip ARGS`; an error carries ip's stderr.
+pub fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `ip [-n NS] -batch -` with one command per line.
+pub fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<()> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = netns {
+        cmd.args(["-n", ns]);
+    }
+    let mut child = cmd
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running ip -batch")?;
+    {
+        let mut stdin = child.stdin.take().context("ip stdin")?;
+        for l in lines {
+            writeln!(stdin, "{l}")?;
+        }
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("ip -batch: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Whether this process may create network namespaces (root, `ip` present).
+pub fn can_netns() -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("needs root (network namespaces)".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Err("`ip` (iproute2) not found".into());
+    }
+    Ok(())
+}
+
+/// A network namespace made for a figure; deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates `name` (deleting a stale one of an interrupted run first),
+    /// with its loopback up.
+    pub fn create(name: &str) -> Result<Netns> {
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["netns", "add", name])?;
+        let ns = Netns { name: name.into() };
+        ip(&["-n", name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A daemon started for a figure, optionally inside a namespace
+/// (`ip netns exec` execs in place, so the PID is the daemon's own). Stopped
+/// by its PID on drop: SIGTERM, then SIGKILL after 5 s.
+pub struct Daemon {
+    pub what: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn spawn(
+        what: &str,
+        netns: Option<&str>,
+        program: &Path,
+        args: &[&str],
+        log: &Path,
+    ) -> Result<Daemon> {
+        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        let child = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {what} ({})", program.display()))?;
+        Ok(Daemon {
+            what: what.into(),
+            child,
+            log: log.into(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails with the daemon's log when it has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited ({status}); log {}:\n{}",
+                self.what,
+                self.log.display(),
+                tail(&self.log, 30)
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, wait up to 5 s, then SIGKILL.
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The last `n` lines of a log file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Polls `f` every 50 ms until it says true, for at most `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// CPU time of a process and of its waited-for children (utime + stime +
+/// cutime + cstime in /proc/PID/stat): a checker that forks a command per
+/// check pays for those commands here.
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; fields after ')' are plain.
+    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14 → index 11.
+    let ticks: u64 = f
+        .get(11..15)
+        .context("short stat")?
+        .iter()
+        .map(|v| v.parse::<u64>().unwrap_or(0))
+        .sum();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
+/// Resident set size of a process, in kB (VmRSS).
+pub fn rss_kb(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
