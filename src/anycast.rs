@@ -374,7 +374,20 @@ pub async fn run(
                 Some((tx, _, _)) => {
                     tx.send_if_modified(|cur| {
                         if *cur != want {
-                            info!(advertise = ?want.advertise, drain = ?want.drain, "announcements changed");
+                            // The change, not the whole set: with a thousand
+                            // VIPs a line per flap must stay readable.
+                            let new = |a: &BTreeSet<IpNet>, b: &BTreeSet<IpNet>| {
+                                a.difference(b).copied().collect::<Vec<_>>()
+                            };
+                            info!(
+                                announce = ?new(&want.advertise, &cur.advertise),
+                                withdraw = ?new(&cur.advertise, &want.advertise),
+                                drain = ?new(&want.drain, &cur.drain),
+                                undrain = ?new(&cur.drain, &want.drain),
+                                advertised = want.advertise.len(),
+                                draining = want.drain.len(),
+                                "announcements changed"
+                            );
                             *cur = want.clone();
                             true
                         } else {

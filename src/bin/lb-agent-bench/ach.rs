@@ -43,7 +43,10 @@ pub fn install(venv: &Path) -> Result<Ach> {
     .context("pip install anycast-healthchecker from PyPI")?;
     match version_of(&exe) {
         Some(v) if v == VERSION => Ok(Ach { exe }),
-        other => bail!("{} reports version {other:?}, expected {VERSION}", exe.display()),
+        other => bail!(
+            "{} reports version {other:?}, expected {VERSION}",
+            exe.display()
+        ),
     }
 }
 
@@ -90,8 +93,20 @@ pub struct Service {
 /// The check command equivalent to lb-agent's HTTP check of `url`: a GET
 /// that fails on a refused connection, a timeout or a status ≥ 400
 /// (redirects count as healthy, as in lb-agent's default 2xx/3xx).
+#[allow(dead_code)] // the ToR figure's check
 pub fn http_check_cmd(url: &str, timeout: f64) -> String {
     format!("/usr/bin/curl --fail --silent --output /dev/null --max-time {timeout} {url}")
+}
+
+/// One check command for several services of one prefix (anycast-
+/// healthchecker allows one check per prefix): a single curl that fetches
+/// every URL and fails as soon as one fails (`--fail-early`).
+pub fn http_checks_cmd(urls: &[String], timeout: f64) -> String {
+    let outputs = " --output /dev/null".repeat(urls.len());
+    format!(
+        "/usr/bin/curl --fail --fail-early --silent{outputs} --max-time {timeout} {}",
+        urls.join(" ")
+    )
 }
 
 /// Writes `dir/ach.conf` and `dir/ach.d/*.conf`; returns both paths.
@@ -136,7 +151,13 @@ pub fn write_config(dir: &Path, s: &Settings, services: &[Service]) -> Result<(P
 
 /// Starts the checker (in `netns` when given), logging its stdout/stderr to
 /// `dir/ach.out`.
-pub fn spawn(ach: &Ach, dir: &Path, conf: &Path, confd: &Path, netns: Option<&str>) -> Result<Daemon> {
+pub fn spawn(
+    ach: &Ach,
+    dir: &Path,
+    conf: &Path,
+    confd: &Path,
+    netns: Option<&str>,
+) -> Result<Daemon> {
     let (conf, confd) = (conf.display().to_string(), confd.display().to_string());
     Daemon::spawn(
         "anycast-healthchecker",

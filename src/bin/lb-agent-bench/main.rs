@@ -5,9 +5,8 @@
 //!
 //! `cargo run --release --bin lb-agent-bench [-- --quick] [--out docs/benchmarks.md]`
 
-#[allow(dead_code)]
 mod ach;
-#[allow(dead_code)]
+mod gating;
 mod sys;
 
 use std::fmt::Write as _;
@@ -1118,6 +1117,21 @@ fn main() -> Result<()> {
     } else {
         rows.push(row(publish_fig, Err(anyhow!("{HAPROXY} not found"))));
     }
+    let gs = gating::GateSizes::new(a.quick);
+    let gate_fig = format!(
+        "health gating of {} VIPs × 2 services at 1 s interval ({} checks/s) (target < 10% of one core)",
+        gs.vips,
+        2 * gs.vips
+    );
+    eprintln!(
+        "[5/6] health gating: lb-agent, then anycast-healthchecker {}",
+        ach::VERSION
+    );
+    let ach = ach::install(&a.ach_venv).map_err(|e| format!("{e:#}"));
+    rows.push(row(
+        gate_fig,
+        gating::fig_gating(&gs, &a.agent, ach.as_ref().map_err(Clone::clone)),
+    ));
     eprintln!("done");
     rows.push(row(
         format!(

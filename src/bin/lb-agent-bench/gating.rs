@@ -1,0 +1,499 @@
+//! Health gating CPU (SPEC §8): the whole lb-agent process checking 1,000
+//! VIPs × 2 services at a 1 s interval through a real HAProxy, next to
+//! anycast-healthchecker on the same services at the largest scale it
+//! sustains.
+//!
+//! Everything runs in a namespace of its own (`lbbench-gate`): the VIPs
+//! (198.18.0.0/15, the benchmarking range) on its loopback, a HAProxy 2.6
+//! master whose frontends answer the checks themselves (`http-request return
+//! status 200`, so no backend's cost is in the figure, and the same for both
+//! checkers), and a BIRD that includes the prefix file. Checks done are
+//! counted by HAProxy (sum of the frontends' `req_tot`), CPU by /proc
+//! (user + system of the checker and of the children it waited for).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::ach::{self, Ach};
+use crate::sys::{self, Daemon, Netns};
+
+const NETNS: &str = "lbbench-gate";
+const BIRD: &str = "/usr/sbin/bird";
+const INTERVAL_S: f64 = 1.0;
+const TIMEOUT_S: f64 = 0.5;
+
+/// Sizes of one run.
+pub struct GateSizes {
+    pub vips: usize,
+    /// Seconds of steady state measured per run.
+    pub window: Duration,
+    /// anycast-healthchecker VIP counts tried (two services each), smallest
+    /// first; the series stops at the first it does not sustain.
+    pub ach_scales: Vec<usize>,
+}
+
+impl GateSizes {
+    pub fn new(quick: bool) -> GateSizes {
+        if quick {
+            GateSizes {
+                vips: 50,
+                window: Duration::from_secs(3),
+                ach_scales: vec![5, 10],
+            }
+        } else {
+            GateSizes {
+                vips: 1000,
+                window: Duration::from_secs(30),
+                ach_scales: vec![25, 50, 100, 200],
+            }
+        }
+    }
+}
+
+/// The `i`-th VIP, in 198.18.0.0/15.
+fn vip(i: usize) -> String {
+    format!("198.18.{}.{}", i / 250, i % 250 + 1)
+}
+
+/// What one checker did over a window.
+struct Sample {
+    cpu: Duration,
+    wall: Duration,
+    checks: u64,
+    rss_kb: Option<u64>,
+}
+
+impl Sample {
+    fn core_pct(&self) -> f64 {
+        100.0 * self.cpu.as_secs_f64() / self.wall.as_secs_f64()
+    }
+    fn per_check_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.checks.max(1) as f64
+    }
+    fn rate(&self) -> f64 {
+        self.checks as f64 / self.wall.as_secs_f64()
+    }
+}
+
+/// Sum of `req_tot` over the FRONTEND rows of `show stat`.
+fn requests(admin: &Path) -> Result<u64> {
+    let mut s =
+        UnixStream::connect(admin).with_context(|| format!("connecting to {}", admin.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"show stat\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let mut lines = out.lines();
+    let header = lines.next().context("empty show stat")?;
+    let cols: Vec<&str> = header.trim_start_matches("# ").split(',').collect();
+    let col = |n: &str| {
+        cols.iter()
+            .position(|c| *c == n)
+            .with_context(|| format!("no {n} column in show stat"))
+    };
+    let (sv, req) = (col("svname")?, col("req_tot")?);
+    let mut total = 0;
+    for l in lines {
+        let f: Vec<&str> = l.split(',').collect();
+        if f.get(sv) == Some(&"FRONTEND") {
+            total += f.get(req).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
+/// Measures `pid` for `window` after it has run for `warmup`.
+fn sample(d: &mut Daemon, admin: &Path, warmup: Duration, window: Duration) -> Result<Sample> {
+    std::thread::sleep(warmup);
+    d.check_running()?;
+    let (c0, r0, t0) = (sys::cpu_time(d.pid())?, requests(admin)?, Instant::now());
+    std::thread::sleep(window);
+    d.check_running()?;
+    let (c1, r1, wall) = (sys::cpu_time(d.pid())?, requests(admin)?, t0.elapsed());
+    Ok(Sample {
+        cpu: c1.saturating_sub(c0),
+        wall,
+        checks: r1.saturating_sub(r0),
+        rss_kb: sys::rss_kb(d.pid()),
+    })
+}
+
+/// Prefixes (other than the dummy) in the include file.
+fn announced(include: &Path) -> usize {
+    std::fs::read_to_string(include)
+        .unwrap_or_default()
+        .matches("198.18.")
+        .count()
+}
+
+const DUMMY_INCLUDE: &str =
+    "define ACAST_PS_ADVERTISE =\n    [\n        10.189.200.255/32\n    ];\n";
+
+/// The namespace, HAProxy and BIRD both checkers run against.
+struct Lab {
+    dir: tempfile::TempDir,
+    // Drop order: daemons first, then the namespace.
+    bird: Option<Daemon>,
+    haproxy: Option<Daemon>,
+    _ns: Netns,
+}
+
+impl Lab {
+    fn p(&self, n: &str) -> PathBuf {
+        self.dir.path().join(n)
+    }
+
+    fn start(vips: usize) -> Result<Lab> {
+        let ns = Netns::create(NETNS)?;
+        let dir = tempfile::Builder::new()
+            .prefix("lb-agent-bench-gate.")
+            .tempdir()?;
+        let mut lab = Lab {
+            dir,
+            bird: None,
+            haproxy: None,
+            _ns: ns,
+        };
+        let lines: Vec<String> = (0..vips)
+            .map(|i| format!("address add {}/32 dev lo", vip(i)))
+            .collect();
+        sys::ip_batch(Some(NETNS), &lines)?;
+
+        // BIRD: every VIP as a static route, exported only when in the set.
+        std::fs::write(lab.p("prefixes.conf"), DUMMY_INCLUDE)?;
+        let mut bird = format!(
+            "router id 10.0.0.1;\nlog \"{}\" all;\ninclude \"{}\";\nprotocol device {{ }}\n\
+             protocol static vips {{\n    ipv4;\n",
+            lab.p("bird.log").display(),
+            lab.p("prefixes.conf").display()
+        );
+        for i in 0..vips {
+            bird.push_str(&format!("    route {}/32 blackhole;\n", vip(i)));
+        }
+        bird.push_str("}\n");
+        std::fs::write(lab.p("bird.conf"), bird)?;
+        let (conf, ctl) = (lab.p("bird.conf"), lab.p("bird.ctl"));
+        lab.bird = Some(Daemon::spawn(
+            "bird",
+            Some(NETNS),
+            Path::new(BIRD),
+            &[
+                "-f",
+                "-c",
+                &conf.display().to_string(),
+                "-s",
+                &ctl.display().to_string(),
+            ],
+            &lab.p("bird.out"),
+        )?);
+        sys::wait_for("BIRD control socket", Duration::from_secs(20), || {
+            Ok(UnixStream::connect(&ctl).is_ok())
+        })?;
+
+        // HAProxy: a bootstrap config with the admin socket; lb-agent
+        // renders the real one and reloads through the master socket.
+        std::fs::write(
+            lab.p("haproxy.cfg"),
+            format!(
+                "global\n    stats socket {} mode 600 level admin\n\
+                 defaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n",
+                lab.p("admin.sock").display()
+            ),
+        )?;
+        let (cfg, master) = (lab.p("haproxy.cfg"), lab.p("master.sock"));
+        lab.haproxy = Some(Daemon::spawn(
+            "haproxy",
+            Some(NETNS),
+            Path::new(crate::HAPROXY),
+            &[
+                "-W",
+                "-S",
+                &master.display().to_string(),
+                "-f",
+                &cfg.display().to_string(),
+            ],
+            &lab.p("haproxy.log"),
+        )?);
+        let admin = lab.p("admin.sock");
+        sys::wait_for("HAProxy sockets", Duration::from_secs(20), || {
+            Ok(UnixStream::connect(&master).is_ok() && UnixStream::connect(&admin).is_ok())
+        })?;
+        Ok(lab)
+    }
+
+    /// Desired state: `vips` VIPs, each with two HTTP frontends (ports 80
+    /// and 81) that answer 200 themselves.
+    fn document(&self, vips: usize) -> Result<PathBuf> {
+        let doc = json!({
+            "schema": 1,
+            "revision": 1,
+            "group": "bench",
+            "vips": (0..vips).map(|i| json!({"address": format!("{}/32", vip(i))})).collect::<Vec<_>>(),
+            "frontends": (0..vips).flat_map(|i| [(i, 'a', 80), (i, 'b', 81)]).map(|(i, s, port)| json!({
+                "name": format!("v{i}{s}"),
+                "bind": [format!("{}:{port}", vip(i))],
+                "mode": "http",
+                "logic": ["ok"],
+                "health": {"type": "http", "path": "/"},
+            })).collect::<Vec<_>>(),
+            "pools": [],
+            "logic": [{"name": "ok", "template": "http-request return status 200"}],
+        });
+        let path = self.p("desired.json");
+        std::fs::write(&path, serde_json::to_vec(&doc)?)?;
+        Ok(path)
+    }
+
+    fn agent_toml(&self, doc: &Path) -> Result<PathBuf> {
+        let p = |n: &str| self.p(n).display().to_string();
+        std::fs::create_dir_all(self.p("state"))?;
+        std::fs::create_dir_all(self.p("data"))?;
+        let toml = format!(
+            r#"[node]
+name = "bench"
+group = "bench"
+state_dir = "{state}"
+
+[source]
+url = "file://{doc}"
+poll_interval = "1s"
+cache = "{state}/last-good.json"
+
+[haproxy]
+config = "{cfg}"
+runtime_socket = "{admin}"
+master_socket = "{master}"
+binary = "{haproxy}"
+reload_command = []
+min_reload_interval = "1s"
+state_file = "{state}/server-state"
+data_dir = "{data}"
+reload_timeout = "60s"
+
+[health]
+interval = "{interval}ms"
+timeout = "{timeout}ms"
+rise = 2
+fall = 3
+
+[bird]
+include_file = "{include}"
+control_socket = "{ctl}"
+
+[vip]
+interface = "lo"
+manage = false
+
+[status]
+socket = "{status}"
+group = "root"
+"#,
+            state = p("state"),
+            doc = doc.display(),
+            cfg = p("haproxy.cfg"),
+            admin = p("admin.sock"),
+            master = p("master.sock"),
+            haproxy = crate::HAPROXY,
+            data = p("data"),
+            interval = (INTERVAL_S * 1000.0) as u64,
+            timeout = (TIMEOUT_S * 1000.0) as u64,
+            include = p("prefixes.conf"),
+            ctl = p("bird.ctl"),
+            status = p("status.sock"),
+        );
+        let path = self.p("agent.toml");
+        std::fs::write(&path, toml)?;
+        Ok(path)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut h) = self.haproxy.take() {
+            h.stop();
+        }
+        if let Some(mut b) = self.bird.take() {
+            b.stop();
+        }
+    }
+}
+
+/// lb-agent on every service: returns the sample.
+fn run_agent(lab: &Lab, agent: &Path, sz: &GateSizes) -> Result<Sample> {
+    let doc = lab.document(sz.vips)?;
+    let toml = lab.agent_toml(&doc)?;
+    let mut d = Daemon::spawn(
+        "lb-agent",
+        Some(NETNS),
+        agent,
+        &["run", "--config", &toml.display().to_string()],
+        &lab.p("agent.log"),
+    )?;
+    let include = lab.p("prefixes.conf");
+    let started = Instant::now();
+    let mut last = 0;
+    sys::wait_for(
+        "lb-agent announcing every VIP",
+        Duration::from_secs(180),
+        || {
+            d.check_running()?;
+            last = announced(&include);
+            Ok(last == sz.vips)
+        },
+    )
+    .with_context(|| {
+        format!(
+            "{last} of {} VIPs announced; agent log:\n{}",
+            sz.vips,
+            sys::tail(&lab.p("agent.log"), 20)
+        )
+    })?;
+    eprintln!(
+        "      lb-agent: {} VIPs announced {:.1} s after start; measuring {} s",
+        sz.vips,
+        started.elapsed().as_secs_f64(),
+        sz.window.as_secs()
+    );
+    let s = sample(
+        &mut d,
+        &lab.p("admin.sock"),
+        Duration::from_secs(2),
+        sz.window,
+    )?;
+    d.stop();
+    Ok(s)
+}
+
+/// anycast-healthchecker on the first `n` VIPs (2 `n` services).
+fn run_ach(lab: &Lab, ach: &Ach, n: usize, window: Duration) -> Result<Sample> {
+    std::fs::write(lab.p("prefixes.conf"), DUMMY_INCLUDE)?;
+    let dir = lab.p(&format!("ach-{n}"));
+    std::fs::create_dir_all(&dir)?;
+    let settings = ach::Settings {
+        interval: INTERVAL_S,
+        timeout: TIMEOUT_S,
+        rise: 2,
+        fall: 3,
+        interface: "lo".into(),
+        bird_conf: lab.p("prefixes.conf"),
+        bird_reconfigure_cmd: format!(
+            "/usr/sbin/birdc -s {} configure",
+            lab.p("bird.ctl").display()
+        ),
+    };
+    // One check per VIP (anycast-healthchecker refuses two checks of one
+    // prefix), covering both of its services.
+    let services: Vec<ach::Service> = (0..n)
+        .map(|i| ach::Service {
+            name: format!("v{i}"),
+            prefix: format!("{}/32", vip(i)),
+            check_cmd: ach::http_checks_cmd(
+                &[80, 81].map(|port| format!("http://{}:{port}/", vip(i))),
+                TIMEOUT_S,
+            ),
+        })
+        .collect();
+    let (conf, confd) = ach::write_config(&dir, &settings, &services)?;
+    let mut d = ach::spawn(ach, &dir, &conf, &confd, Some(NETNS))?;
+    // Rise 2 at 1 s: the prefixes are in after about 2 s when it keeps up.
+    let s = sample(&mut d, &lab.p("admin.sock"), Duration::from_secs(4), window);
+    let got = announced(&lab.p("prefixes.conf"));
+    d.stop();
+    let s = s.with_context(|| format!("ach log:\n{}", sys::tail(&dir.join("ach.log"), 20)))?;
+    eprintln!(
+        "      anycast-healthchecker, {n} VIPs ({} services): {:.0} checks/s, {:.0}% of one core, {got} of {n} prefixes announced",
+        2 * n,
+        s.rate(),
+        s.core_pct(),
+    );
+    Ok(s)
+}
+
+/// The figure: (lb-agent cell, baseline cell).
+pub fn fig_gating(
+    sz: &GateSizes,
+    agent: &Path,
+    ach: Result<&Ach, String>,
+) -> Result<(String, String)> {
+    if let Err(why) = sys::can_netns() {
+        bail!("{why}");
+    }
+    if !Path::new(BIRD).exists() {
+        bail!("{BIRD} not found (apt-get install -y bird2)");
+    }
+    if !agent.exists() {
+        bail!(
+            "lb-agent binary {} not found (cargo build --release, or --agent PATH)",
+            agent.display()
+        );
+    }
+    let lab = Lab::start(sz.vips)?;
+    let services = 2 * sz.vips;
+    let nominal = services as f64 / INTERVAL_S;
+    let a = run_agent(&lab, agent, sz)?;
+    let ours = format!(
+        "{:.1}% of one core = {:.0} µs CPU per check; RSS {:.1} MB; {:.0} checks/s done ({} services on {} VIPs at {} s, HTTP GET through HAProxy, timeout {} ms; whole agent process over {} s)",
+        a.core_pct(),
+        a.per_check_us(),
+        a.rss_kb.unwrap_or(0) as f64 / 1024.0,
+        a.rate(),
+        services,
+        sz.vips,
+        INTERVAL_S,
+        TIMEOUT_S * 1000.0,
+        a.wall.as_secs()
+    );
+    let ach = match ach {
+        Ok(a) => a,
+        Err(why) => return Ok((ours, format!("n/a (anycast-healthchecker: {why})"))),
+    };
+    let mut sustained: Option<(usize, Sample)> = None;
+    let mut failed: Option<(usize, Sample)> = None;
+    for &n in &sz.ach_scales {
+        let window = sz.window.min(Duration::from_secs(15));
+        let s = run_ach(&lab, ach, n, window)?;
+        if s.rate() >= 0.95 * (2 * n) as f64 / INTERVAL_S {
+            sustained = Some((n, s));
+        } else {
+            failed = Some((n, s));
+            break;
+        }
+    }
+    let mut base = format!(
+        "anycast-healthchecker {} (a thread per VIP, one check per VIP: `ip address show` + one curl fetching both services; log level warning): ",
+        ach::VERSION
+    );
+    match &sustained {
+        Some((n, s)) => base.push_str(&format!(
+            "largest scale sustained of {:?} VIPs: {n} VIPs = {:.0} service checks/s at {:.0}% of one core = {:.2} ms CPU per service check ({:.0}× lb-agent's), RSS {:.1} MB",
+            sz.ach_scales,
+            s.rate(),
+            s.core_pct(),
+            s.per_check_us() / 1000.0,
+            s.per_check_us() / a.per_check_us().max(0.001),
+            s.rss_kb.unwrap_or(0) as f64 / 1024.0
+        )),
+        None => base.push_str("did not sustain even the smallest scale"),
+    }
+    if let Some((n, s)) = &failed {
+        let want = (2 * n) as f64 / INTERVAL_S;
+        base.push_str(&format!(
+            "; at {n} VIPs only {:.0} of {want:.0} checks/s ({:.0}%) at {:.0}% of one core",
+            s.rate(),
+            100.0 * s.rate() / want,
+            s.core_pct()
+        ));
+    }
+    if let Some((_, s)) = &sustained {
+        base.push_str(&format!(
+            "; {nominal:.0} checks/s would take ≈ {:.1} cores",
+            s.per_check_us() * nominal / 1e6
+        ));
+    }
+    Ok((ours, base))
+}
