@@ -5,20 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-need=()
-for pair in haproxy:haproxy bird:bird2 ip:iproute2 socat:socat openssl:openssl setpriv:util-linux; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair##*:}")
-done
-if [ "${#need[@]}" -gt 0 ]; then
-    if [ "$(id -u)" -eq 0 ]; then
-        echo "== installing ${need[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-    else
-        echo "!!! missing ${need[*]} and not root: the tests that need them will be SKIPPED" >&2
-    fi
-fi
+# python3 -m venv and curl: the benchmark's anycast-healthchecker baseline
+# (tests/bench_quick.rs runs the harness).
+scripts/ensure-packages.sh haproxy:haproxy bird:bird2 ip:iproute2 socat:socat \
+    openssl:openssl setpriv:util-linux curl:curl python3:python3
+python3 -c 'import ensurepip, venv' 2>/dev/null || scripts/ensure-packages.sh python3-venv
 # A distro-started HAProxy or BIRD is not ours; the tests start their own.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl stop haproxy.service bird.service 2>/dev/null || true

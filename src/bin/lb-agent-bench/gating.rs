@@ -30,6 +30,9 @@ const TIMEOUT_S: f64 = 0.5;
 /// Sizes of one run.
 pub struct GateSizes {
     pub vips: usize,
+    /// Servers of the pool behind each VIP's frontends (the agent holds them
+    /// all, so the run also gives the whole agent's resident memory).
+    pub servers: usize,
     /// Seconds of steady state measured per run.
     pub window: Duration,
     /// anycast-healthchecker VIP counts tried (two services each), smallest
@@ -42,12 +45,14 @@ impl GateSizes {
         if quick {
             GateSizes {
                 vips: 50,
+                servers: 20,
                 window: Duration::from_secs(3),
                 ach_scales: vec![5, 10],
             }
         } else {
             GateSizes {
                 vips: 1000,
+                servers: 20,
                 window: Duration::from_secs(30),
                 ach_scales: vec![25, 50, 100, 200],
             }
@@ -66,6 +71,7 @@ struct Sample {
     wall: Duration,
     checks: u64,
     rss_kb: Option<u64>,
+    hwm_kb: Option<u64>,
 }
 
 impl Sample {
@@ -119,7 +125,8 @@ fn sample(d: &mut Daemon, admin: &Path, warmup: Duration, window: Duration) -> R
         cpu: c1.saturating_sub(c0),
         wall,
         checks: r1.saturating_sub(r0),
-        rss_kb: sys::rss_kb(d.pid()),
+        rss_kb: sys::status_kb(d.pid(), "VmRSS:"),
+        hwm_kb: sys::status_kb(d.pid(), "VmHWM:"),
     })
 }
 
@@ -227,8 +234,10 @@ impl Lab {
     }
 
     /// Desired state: `vips` VIPs, each with two HTTP frontends (ports 80
-    /// and 81) that answer 200 themselves.
-    fn document(&self, vips: usize) -> Result<PathBuf> {
+    /// and 81) that answer 200 themselves, in front of a pool of `servers`
+    /// servers (never used: no traffic reaches them, and they have no
+    /// HAProxy checks).
+    fn document(&self, vips: usize, servers: usize) -> Result<PathBuf> {
         let doc = json!({
             "schema": 1,
             "revision": 1,
@@ -238,10 +247,22 @@ impl Lab {
                 "name": format!("v{i}{s}"),
                 "bind": [format!("{}:{port}", vip(i))],
                 "mode": "http",
+                "default_pool": format!("pool{i:04}"),
                 "logic": ["ok"],
                 "health": {"type": "http", "path": "/"},
             })).collect::<Vec<_>>(),
-            "pools": [],
+            "pools": (0..vips).map(|i| json!({
+                "name": format!("pool{i:04}"),
+                "mode": "http",
+                "balance": "roundrobin",
+                "servers": (0..servers).map(|k| json!({
+                    "name": format!("s{k:03}"),
+                    "address": format!("10.{}.{}.{}", i / 250, i % 250, k + 1),
+                    "port": 8080,
+                    "weight": 10,
+                    "state": "ready",
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
             "logic": [{"name": "ok", "template": "http-request return status 200"}],
         });
         let path = self.p("desired.json");
@@ -323,9 +344,10 @@ impl Drop for Lab {
     }
 }
 
-/// lb-agent on every service: returns the sample.
-fn run_agent(lab: &Lab, agent: &Path, sz: &GateSizes) -> Result<Sample> {
-    let doc = lab.document(sz.vips)?;
+/// lb-agent on every service: returns the sample. `profile` (a shell
+/// command, `{pid}` replaced by the agent's) runs during the window.
+fn run_agent(lab: &Lab, agent: &Path, sz: &GateSizes, profile: Option<&str>) -> Result<Sample> {
+    let doc = lab.document(sz.vips, sz.servers)?;
     let toml = lab.agent_toml(&doc)?;
     let mut d = Daemon::spawn(
         "lb-agent",
@@ -359,14 +381,39 @@ fn run_agent(lab: &Lab, agent: &Path, sz: &GateSizes) -> Result<Sample> {
         started.elapsed().as_secs_f64(),
         sz.window.as_secs()
     );
+    let profiler = match profile {
+        Some(cmd) => {
+            let cmd = cmd.replace("{pid}", &d.pid().to_string());
+            eprintln!("      profiling: {cmd}");
+            Some(
+                std::process::Command::new("sh")
+                    .args(["-c", &cmd])
+                    .spawn()
+                    .with_context(|| format!("starting {cmd:?}"))?,
+            )
+        }
+        None => None,
+    };
     let s = sample(
         &mut d,
         &lab.p("admin.sock"),
         Duration::from_secs(2),
         sz.window,
-    )?;
+    );
+    if let Some(mut p) = profiler {
+        // Bounded: the profiler gets the window plus 60 s to finish.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while p.try_wait()?.is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if p.try_wait()?.is_none() {
+            eprintln!("      profiler still running after the window + 60 s: killed");
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
     d.stop();
-    Ok(s)
+    s
 }
 
 /// anycast-healthchecker on the first `n` VIPs (2 `n` services).
@@ -414,12 +461,21 @@ fn run_ach(lab: &Lab, ach: &Ach, n: usize, window: Duration) -> Result<Sample> {
     Ok(s)
 }
 
-/// The figure: (lb-agent cell, baseline cell).
+/// What the run measured.
+pub struct Gating {
+    /// (lb-agent cell, baseline cell) of the gating row.
+    pub row: (String, String),
+    /// The whole agent's memory while it held the run's servers and VIPs.
+    pub agent_memory: String,
+}
+
+/// The figure.
 pub fn fig_gating(
     sz: &GateSizes,
     agent: &Path,
     ach: Result<&Ach, String>,
-) -> Result<(String, String)> {
+    profile: Option<&str>,
+) -> Result<Gating> {
     if let Err(why) = sys::can_netns() {
         bail!("{why}");
     }
@@ -435,7 +491,7 @@ pub fn fig_gating(
     let lab = Lab::start(sz.vips)?;
     let services = 2 * sz.vips;
     let nominal = services as f64 / INTERVAL_S;
-    let a = run_agent(&lab, agent, sz)?;
+    let a = run_agent(&lab, agent, sz, profile)?;
     let ours = format!(
         "{:.1}% of one core = {:.0} µs CPU per check; RSS {:.1} MB; {:.0} checks/s done ({} services on {} VIPs at {} s, HTTP GET through HAProxy, timeout {} ms; whole agent process over {} s)",
         a.core_pct(),
@@ -448,9 +504,24 @@ pub fn fig_gating(
         TIMEOUT_S * 1000.0,
         a.wall.as_secs()
     );
+    let mb = |kb: Option<u64>| kb.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+    let agent_memory = format!(
+        "whole lb-agent process: VmRSS {} MB, VmHWM {} MB, holding {} servers in {} pools and {} VIPs with {} checked services (the gating run)",
+        mb(a.rss_kb),
+        mb(a.hwm_kb),
+        sz.vips * sz.servers,
+        sz.vips,
+        sz.vips,
+        services
+    );
     let ach = match ach {
         Ok(a) => a,
-        Err(why) => return Ok((ours, format!("n/a (anycast-healthchecker: {why})"))),
+        Err(why) => {
+            return Ok(Gating {
+                row: (ours, format!("n/a (anycast-healthchecker: {why})")),
+                agent_memory,
+            })
+        }
     };
     let mut sustained: Option<(usize, Sample)> = None;
     let mut failed: Option<(usize, Sample)> = None;
@@ -495,5 +566,8 @@ pub fn fig_gating(
             s.per_check_us() * nominal / 1e6
         ));
     }
-    Ok((ours, base))
+    Ok(Gating {
+        row: (ours, base),
+        agent_memory,
+    })
 }

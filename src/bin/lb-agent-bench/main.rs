@@ -36,7 +36,6 @@ const HAPROXY: &str = "/usr/sbin/haproxy";
 const NOT_YET: &str = "
 Not yet measured (remaining SPEC §8 figures):
 
-- health gating of 1,000 VIPs × 2 services at 1 s interval: CPU vs anycast-healthchecker 0.9.10 from PyPI (target < 10% of one core);
 - failed service → prefix gone from the ToR's routing table in the netns lab, vs anycast-healthchecker (target ≤ fall × interval + 200 ms).
 ";
 const HEADER: &str = "| figure | lb-agent | baseline in the same run |";
@@ -983,7 +982,9 @@ fn machine_info(quick: bool) -> String {
 
 // ---------------------------------------------------------------- main
 
-const USAGE: &str = "usage: lb-agent-bench [--quick] [--out FILE] [--agent PATH] [--ach-venv DIR]";
+const USAGE: &str = "usage: lb-agent-bench [--quick] [--out FILE] [--agent PATH] [--ach-venv DIR] \
+[--only plan,runtime,burst,publish,gating,tor] [--profile 'CMD {pid}']";
+const FIGURES: [&str; 6] = ["plan", "runtime", "burst", "publish", "gating", "tor"];
 
 struct Args {
     quick: bool,
@@ -992,6 +993,17 @@ struct Args {
     agent: PathBuf,
     /// Where anycast-healthchecker is installed from PyPI (a venv; reused).
     ach_venv: PathBuf,
+    /// Figures to run (`--only`); all when empty.
+    only: Vec<String>,
+    /// Shell command run against the agent's PID during the gating window
+    /// (`{pid}` replaced), e.g. `perf record -g -p {pid} -o /tmp/p.data -- sleep 10`.
+    profile: Option<String>,
+}
+
+impl Args {
+    fn wants(&self, figure: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|f| f == figure)
+    }
 }
 
 fn args() -> Result<Args> {
@@ -1006,6 +1018,8 @@ fn args() -> Result<Args> {
         out: None,
         agent: exe.with_file_name("lb-agent"),
         ach_venv: target.join(format!("bench/ach-{}", ach::VERSION)),
+        only: Vec::new(),
+        profile: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -1014,6 +1028,19 @@ fn args() -> Result<Args> {
             "--out" => a.out = Some(it.next().context("--out needs a path")?.into()),
             "--agent" => a.agent = it.next().context("--agent needs a path")?.into(),
             "--ach-venv" => a.ach_venv = it.next().context("--ach-venv needs a path")?.into(),
+            "--only" => {
+                let list = it.next().context("--only needs a list")?;
+                for f in list.split(',') {
+                    if !FIGURES.contains(&f) {
+                        bail!(
+                            "--only: unknown figure {f:?} (one of {})",
+                            FIGURES.join(",")
+                        );
+                    }
+                    a.only.push(f.to_string());
+                }
+            }
+            "--profile" => a.profile = Some(it.next().context("--profile needs a command")?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -1030,123 +1057,167 @@ fn main() -> Result<()> {
     let servers = sz.pools * sz.servers;
     let hap_servers = sz.hap_pools * sz.servers;
     let mut rows = Vec::new();
+    let step = |n: &str, what: String| eprintln!("[{n}] {what}");
 
-    // Figures 1 and 5 first, so the memory figure is the model + planner alone.
-    eprintln!(
-        "[1/4] planning on {} pools × {} servers",
-        sz.pools, sz.servers
-    );
-    let planned = fig_plan(&sz);
-    let mem = match &planned {
-        Ok((_, _, d, p)) => {
-            let (hwm, rss) = (proc_status_kb("VmHWM:"), proc_status_kb("VmRSS:"));
-            let r = match (hwm, rss) {
-                (Some(h), Some(r)) => Ok((
-                    format!(
-                        "VmHWM {:.1} MB, VmRSS {:.1} MB ({} pools, {} servers, {} VIPs/frontends held with a plan of {} command(s); model + planner footprint of the bench process, not the whole agent)",
-                        h as f64 / 1024.0,
-                        r as f64 / 1024.0,
-                        d.pools.len(),
-                        d.pools.values().map(|p| p.servers.len()).sum::<usize>(),
-                        d.frontends.len(),
-                        p.commands.len()
-                    ),
-                    "—".into(),
+    // Planning first, so its memory figure is the model + planner alone.
+    let mut mem_bench: Option<Result<String>> = None;
+    if a.wants("plan") {
+        step(
+            "plan",
+            format!("planning on {} pools × {} servers", sz.pools, sz.servers),
+        );
+        let planned = fig_plan(&sz);
+        mem_bench = Some(match &planned {
+            Ok((_, _, d, p)) => match (proc_status_kb("VmHWM:"), proc_status_kb("VmRSS:")) {
+                (Some(h), Some(r)) => Ok(format!(
+                    "model + planner alone (this bench process): VmHWM {:.1} MB, VmRSS {:.1} MB ({} pools, {} servers, {} VIPs/frontends held with a plan of {} command(s))",
+                    h as f64 / 1024.0,
+                    r as f64 / 1024.0,
+                    d.pools.len(),
+                    d.pools.values().map(|p| p.servers.len()).sum::<usize>(),
+                    d.frontends.len(),
+                    p.commands.len()
                 )),
                 _ => Err(anyhow!("/proc/self/status unreadable")),
-            };
-            r
-        }
-        Err(e) => Err(anyhow!("planning failed: {e:#}")),
-    };
-    rows.push(row(
-        format!(
-            "plan a change on {} pools × {} servers ({servers} servers; one weight changed) (target < 5 ms)",
-            sz.pools, sz.servers
-        ),
-        planned.map(|(o, b, _, _)| (o, b)),
-    ));
+            },
+            Err(e) => Err(anyhow!("planning failed: {e:#}")),
+        });
+        rows.push(row(
+            format!(
+                "plan a change on {} pools × {} servers ({servers} servers; one weight changed) (target < 5 ms)",
+                sz.pools, sz.servers
+            ),
+            planned.map(|(o, b, _, _)| (o, b)),
+        ));
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let no_haproxy = || Err(anyhow!("{HAPROXY} not found"));
     let have_haproxy = Path::new(HAPROXY).exists();
-    let apply_fig = format!(
-        "apply {} server state/weight changes on a real HAProxy 2.6 ({hap_servers} servers) (target < 50 ms, 0 reloads)",
-        sz.changes
-    );
-    let read_fig =
-        format!("read back `show servers state` for {hap_servers} servers (target < 40 ms)");
-    if have_haproxy {
-        eprintln!("[2/4] runtime changes and read back on a real HAProxy ({hap_servers} servers)");
-        match rt.block_on(fig_haproxy(&sz)) {
-            Ok(f) => {
-                rows.push(row(apply_fig, f.apply));
-                rows.push(row(read_fig, f.readback));
-            }
-            Err(e) => {
-                rows.push(row(apply_fig, Err(anyhow!("{e:#}"))));
-                rows.push(row(read_fig, Err(anyhow!("{e:#}"))));
-            }
-        }
-    } else {
-        rows.push(row(apply_fig, Err(anyhow!("{HAPROXY} not found"))));
-        rows.push(row(read_fig, Err(anyhow!("{HAPROXY} not found"))));
-    }
-    let burst_fig = format!(
-        "burst of {} reload-needing changes within {} s (target ≤ 3 reloads at 100 in 10 s)",
-        sz.burst,
-        sz.burst_window.as_secs()
-    );
-    if have_haproxy {
-        eprintln!(
-            "[3/4] burst of {} reload-needing changes through the Reconciler",
-            sz.burst
+    if a.wants("runtime") {
+        let apply_fig = format!(
+            "apply {} server state/weight changes on a real HAProxy 2.6 ({hap_servers} servers) (target < 50 ms, 0 reloads)",
+            sz.changes
         );
-        rows.push(row(burst_fig, rt.block_on(fig_burst(&sz))));
-    } else {
-        rows.push(row(burst_fig, Err(anyhow!("{HAPROXY} not found"))));
+        let read_fig =
+            format!("read back `show servers state` for {hap_servers} servers (target < 40 ms)");
+        if have_haproxy {
+            step(
+                "runtime",
+                format!("runtime changes and read back on a real HAProxy ({hap_servers} servers)"),
+            );
+            match rt.block_on(fig_haproxy(&sz)) {
+                Ok(f) => {
+                    rows.push(row(apply_fig, f.apply));
+                    rows.push(row(read_fig, f.readback));
+                }
+                Err(e) => {
+                    rows.push(row(apply_fig, Err(anyhow!("{e:#}"))));
+                    rows.push(row(read_fig, Err(anyhow!("{e:#}"))));
+                }
+            }
+        } else {
+            rows.push(row(apply_fig, no_haproxy()));
+            rows.push(row(read_fig, no_haproxy()));
+        }
     }
-    let publish_fig =
-        "published change (long-poll API) → HAProxy runtime state changed (target p99 < 100 ms)"
-            .to_string();
-    if have_haproxy {
-        eprintln!("[4/4] published changes through the source poller and the reconciler");
-        rows.push(row(publish_fig, rt.block_on(fig_publish(&sz))));
-    } else {
-        rows.push(row(publish_fig, Err(anyhow!("{HAPROXY} not found"))));
+    if a.wants("burst") {
+        let burst_fig = format!(
+            "burst of {} reload-needing changes within {} s (target ≤ 3 reloads at 100 in 10 s)",
+            sz.burst,
+            sz.burst_window.as_secs()
+        );
+        step(
+            "burst",
+            format!("{} reload-needing changes through the Reconciler", sz.burst),
+        );
+        let r = if have_haproxy {
+            rt.block_on(fig_burst(&sz))
+        } else {
+            no_haproxy()
+        };
+        rows.push(row(burst_fig, r));
     }
-    let gs = gating::GateSizes::new(a.quick);
-    let gate_fig = format!(
-        "health gating of {} VIPs × 2 services at 1 s interval ({} checks/s) (target < 10% of one core)",
-        gs.vips,
-        2 * gs.vips
-    );
-    eprintln!(
-        "[5/6] health gating: lb-agent, then anycast-healthchecker {}",
-        ach::VERSION
-    );
-    let ach = ach::install(&a.ach_venv).map_err(|e| format!("{e:#}"));
-    rows.push(row(
-        gate_fig,
-        gating::fig_gating(&gs, &a.agent, ach.as_ref().map_err(Clone::clone)),
-    ));
-    eprintln!("done");
-    rows.push(row(
-        format!(
-            "resident memory at {servers} servers and {} VIPs (target < 40 MB)",
-            sz.pools
-        ),
-        mem,
-    ));
+    if a.wants("publish") {
+        let publish_fig =
+            "published change (long-poll API) → HAProxy runtime state changed (target p99 < 100 ms)"
+                .to_string();
+        step(
+            "publish",
+            "published changes through the source poller and the reconciler".into(),
+        );
+        let r = if have_haproxy {
+            rt.block_on(fig_publish(&sz))
+        } else {
+            no_haproxy()
+        };
+        rows.push(row(publish_fig, r));
+    }
     rt.shutdown_timeout(Duration::from_secs(5));
+
+    let wants_ach = a.wants("gating") || a.wants("tor");
+    let ach = if wants_ach {
+        step(
+            "ach",
+            format!(
+                "installing anycast-healthchecker {} from PyPI into {}",
+                ach::VERSION,
+                a.ach_venv.display()
+            ),
+        );
+        ach::install(&a.ach_venv).map_err(|e| format!("{e:#}"))
+    } else {
+        Err("not wanted".into())
+    };
+    let mut mem_agent: Option<String> = None;
+    if a.wants("gating") {
+        let gs = gating::GateSizes::new(a.quick);
+        let gate_fig = format!(
+            "health gating of {} VIPs × 2 services at 1 s interval ({} checks/s) (target < 10% of one core)",
+            gs.vips,
+            2 * gs.vips
+        );
+        step(
+            "gating",
+            format!("lb-agent on {} VIPs, then anycast-healthchecker", gs.vips),
+        );
+        let gated = gating::fig_gating(
+            &gs,
+            &a.agent,
+            ach.as_ref().map_err(Clone::clone),
+            a.profile.as_deref(),
+        );
+        mem_agent = Some(match &gated {
+            Ok(g) => g.agent_memory.clone(),
+            Err(e) => format!("whole agent: n/a ({e:#})"),
+        });
+        rows.push(row(gate_fig, gated.map(|g| g.row)));
+    }
+    if mem_bench.is_some() || mem_agent.is_some() {
+        let cell = match (mem_agent, mem_bench) {
+            (Some(m), Some(Ok(b))) => Ok(format!("{m}; {b}")),
+            (Some(m), _) => Ok(m),
+            (None, Some(b)) => b,
+            (None, None) => unreachable!("checked above"),
+        };
+        rows.push(row(
+            format!(
+                "resident memory at {servers} servers and {} VIPs (target < 40 MB)",
+                sz.pools
+            ),
+            cell.map(|c| (c, "—".to_string())),
+        ));
+    }
+    eprintln!("done");
 
     let mut out = String::new();
     out.push_str("# lb-agent benchmarks\n\n");
     out.push_str(
-        "Produced by `cargo run --release --bin lb-agent-bench -- --out docs/benchmarks.md` \
-(SPEC §8). Figures are printed, never asserted; each is measured next to the naive way \
+        "Produced by `./bench.sh --out docs/benchmarks.md` (builds and runs `lb-agent-bench`; \
+SPEC §8). Figures are printed, never asserted; each is measured next to the naive way \
 in the same run. Medians unless stated.\n\n",
     );
     out.push_str(HEADER);

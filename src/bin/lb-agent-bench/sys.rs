@@ -219,11 +219,11 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
     Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
 }
 
-/// Resident set size of a process, in kB (VmRSS).
-pub fn rss_kb(pid: u32) -> Option<u64> {
+/// A `kB` field of /proc/PID/status (`VmRSS:`, `VmHWM:`), in kB.
+pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
