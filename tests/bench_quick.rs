@@ -14,6 +14,7 @@ fn bench_quick_prints_every_figure() {
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_lb-agent-bench"))
         .arg("--quick")
+        .args(["--agent", env!("CARGO_BIN_EXE_lb-agent")])
         .output()
         .expect("running lb-agent-bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -35,6 +36,7 @@ fn bench_quick_prints_every_figure() {
         "| burst of ",
         "| published change (long-poll API) ",
         "| resident memory at ",
+        "| failed service → prefix gone from the ToR's kernel table",
     ] {
         let n = stdout.lines().filter(|l| l.starts_with(figure)).count();
         assert_eq!(n, 1, "expected one row starting with {figure:?}:\n{stdout}");

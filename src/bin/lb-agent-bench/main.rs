@@ -9,6 +9,7 @@
 mod ach;
 #[allow(dead_code)]
 mod sys;
+mod tor;
 
 use std::fmt::Write as _;
 use std::net::TcpListener;
@@ -38,7 +39,6 @@ const NOT_YET: &str = "
 Not yet measured (remaining SPEC §8 figures):
 
 - health gating of 1,000 VIPs × 2 services at 1 s interval: CPU vs anycast-healthchecker 0.9.10 from PyPI (target < 10% of one core);
-- failed service → prefix gone from the ToR's routing table in the netns lab, vs anycast-healthchecker (target ≤ fall × interval + 200 ms).
 ";
 const HEADER: &str = "| figure | lb-agent | baseline in the same run |";
 
@@ -1118,6 +1118,10 @@ fn main() -> Result<()> {
     } else {
         rows.push(row(publish_fig, Err(anyhow!("{HAPROXY} not found"))));
     }
+    eprintln!("[tor] failed service → prefix gone from the ToR's kernel table (netns lab)");
+    let ach = sys::can_netns().and_then(|()| ach::install(&a.ach_venv).map_err(|e| format!("{e:#}")));
+    let tor = tor::fig_tor(a.quick, &a.agent, ach.as_ref().map_err(Clone::clone));
+    rows.push(row(tor::FIGURE.into(), tor));
     eprintln!("done");
     rows.push(row(
         format!(
