@@ -43,7 +43,10 @@ pub fn install(venv: &Path) -> Result<Ach> {
     .context("pip install anycast-healthchecker from PyPI")?;
     match version_of(&exe) {
         Some(v) if v == VERSION => Ok(Ach { exe }),
-        other => bail!("{} reports version {other:?}, expected {VERSION}", exe.display()),
+        other => bail!(
+            "{} reports version {other:?}, expected {VERSION}",
+            exe.display()
+        ),
     }
 }
 
@@ -136,7 +139,13 @@ pub fn write_config(dir: &Path, s: &Settings, services: &[Service]) -> Result<(P
 
 /// Starts the checker (in `netns` when given), logging its stdout/stderr to
 /// `dir/ach.out`.
-pub fn spawn(ach: &Ach, dir: &Path, conf: &Path, confd: &Path, netns: Option<&str>) -> Result<Daemon> {
+pub fn spawn(
+    ach: &Ach,
+    dir: &Path,
+    conf: &Path,
+    confd: &Path,
+    netns: Option<&str>,
+) -> Result<Daemon> {
     let (conf, confd) = (conf.display().to_string(), confd.display().to_string());
     Daemon::spawn(
         "anycast-healthchecker",

@@ -1119,7 +1119,8 @@ fn main() -> Result<()> {
         rows.push(row(publish_fig, Err(anyhow!("{HAPROXY} not found"))));
     }
     eprintln!("[tor] failed service → prefix gone from the ToR's kernel table (netns lab)");
-    let ach = sys::can_netns().and_then(|()| ach::install(&a.ach_venv).map_err(|e| format!("{e:#}")));
+    let ach =
+        sys::can_netns().and_then(|()| ach::install(&a.ach_venv).map_err(|e| format!("{e:#}")));
     let tor = tor::fig_tor(a.quick, &a.agent, ach.as_ref().map_err(Clone::clone));
     rows.push(row(tor::FIGURE.into(), tor));
     eprintln!("done");

@@ -283,10 +283,7 @@ fn run_ach(lab: &Lab, a: &ach::Ach, t: &Timing) -> Result<Samples> {
     let svc = ach::Service {
         name: "www".into(),
         prefix: format!("{VIP}/32"),
-        check_cmd: ach::http_check_cmd(
-            &format!("http://{VIP}:80/"),
-            t.timeout.as_secs_f64(),
-        ),
+        check_cmd: ach::http_check_cmd(&format!("http://{VIP}:80/"), t.timeout.as_secs_f64()),
     };
     let (conf, confd) = ach::write_config(&dir, &settings, &[svc])?;
     let mut d = ach::spawn(a, &dir, &conf, &confd, Some(&lab.lb.0.name))?;
@@ -604,9 +601,8 @@ impl Lab {
             }
             if Instant::now() > deadline {
                 let what = if present { "appear" } else { "disappear" };
-                let mut msg = format!(
-                    "{VIP}/32 did not {what} in the ToR's kernel table within {limit:?}"
-                );
+                let mut msg =
+                    format!("{VIP}/32 did not {what} in the ToR's kernel table within {limit:?}");
                 if let Some(c) = checker.as_deref() {
                     let _ = write!(
                         msg,
@@ -699,16 +695,20 @@ fn start_bird(what: &str, ns: &str, dir: &Path) -> Result<Daemon> {
         &["-f", "-c", &c, "-s", &s, "-P", &p],
         &dir.join("bird.out"),
     )?;
-    sys::wait_for(&format!("{what} control socket"), Duration::from_secs(10), || {
-        d.check_running()?;
-        let Ok(stream) = UnixStream::connect(&sock) else {
-            return Ok(false);
-        };
-        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
-        let mut line = String::new();
-        let _ = BufReader::new(&stream).read_line(&mut line);
-        Ok(line.starts_with("0001 "))
-    })
+    sys::wait_for(
+        &format!("{what} control socket"),
+        Duration::from_secs(10),
+        || {
+            d.check_running()?;
+            let Ok(stream) = UnixStream::connect(&sock) else {
+                return Ok(false);
+            };
+            stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+            let mut line = String::new();
+            let _ = BufReader::new(&stream).read_line(&mut line);
+            Ok(line.starts_with("0001 "))
+        },
+    )
     .map_err(|e| anyhow!("{e}; log:\n{}", sys::tail(&dir.join("bird.log"), 20)))?;
     Ok(d)
 }
@@ -817,10 +817,8 @@ fn serve(mut conn: TcpStream, status: &AtomicU16) {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = nix::sys::socket::shutdown(
-            self.listener.as_raw_fd(),
-            nix::sys::socket::Shutdown::Both,
-        );
+        let _ =
+            nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -967,9 +965,9 @@ async fn vip_present(h: &rtnetlink::Handle) -> Result<bool> {
     while let Some(r) = routes.try_next().await? {
         if r.header.table == 254
             && r.header.destination_prefix_length == 32
-            && r.attributes
-                .iter()
-                .any(|a| matches!(a, RouteAttribute::Destination(RouteAddress::Inet(ip)) if *ip == VIP))
+            && r.attributes.iter().any(
+                |a| matches!(a, RouteAttribute::Destination(RouteAddress::Inet(ip)) if *ip == VIP),
+            )
         {
             found = true;
         }
