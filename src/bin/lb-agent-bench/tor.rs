@@ -6,15 +6,18 @@
 //! ```text
 //!  tor: BIRD AS65000, kernel4 `merge paths on`, eBGP lb1 ── veth 10.0.1.0/24 ── lb: BIRD AS65001
 //!  lb:  192.0.2.10/32 on lo; BIRD static blackhole + export `net ~ ACAST_PS_ADVERTISE`
-//!       (include written by the checker under test); HAProxy 2.6 master-worker;
-//!       backend 127.0.0.1:8080 = a thread of this process answering 200 or 503.
+//!       (include written by the checker under test); HAProxy 2.6 master-worker
+//!       (bootstrap config: VIP:80 → backend; lb-agent renders and reloads its own,
+//!       which stays for the baseline run); backend 127.0.0.1:8080 = a thread
+//!       of this process answering 200 or 503.
 //! ```
 //!
 //! The observer is a thread in the ToR namespace that dumps the kernel's
 //! routing table over rtnetlink every 2 ms and timestamps each appearance and
 //! disappearance of 192.0.2.10/32. A sample is: backend switched to 503 at t0
 //! → first poll that no longer sees the route. Each failure starts after a
-//! random 0–interval pause, so the checker's phase is sampled fairly.
+//! random 0–interval pause, so the checker's phase is sampled fairly; so
+//! does each recovery (backend 200 again → route back).
 //!
 //! Everything is stopped by PID and the namespaces deleted on drop, also on
 //! error; namespaces of an interrupted run (owner PID gone) are removed first.
@@ -47,8 +50,11 @@ const HAPROXY: &str = "/usr/sbin/haproxy";
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const BACKEND_PORT: u16 = 8080;
 const NS_PREFIX: &str = "lbbench-tor-";
-/// What BIRD reads when no checker has spoken (fail-closed, dummy only).
-const DUMMY_INCLUDE: &str = "define ACAST_PS_ADVERTISE = [ 10.189.200.255/32 ];\n";
+/// What BIRD reads when no checker has spoken (fail-closed, dummy only), in
+/// the layout anycast-healthchecker parses (one prefix a line); BIRD and
+/// lb-agent read it too.
+const DUMMY_INCLUDE: &str =
+    "define ACAST_PS_ADVERTISE =\n    [\n        10.189.200.255/32\n    ];\n";
 /// Pause between two route dumps of the observer.
 const POLL: Duration = Duration::from_millis(2);
 /// Lab BGP timers (tests/common/bird.rs): up in about a second, no reset on a busy machine.
@@ -118,7 +124,7 @@ fn median(v: &[Duration]) -> Duration {
 fn cell(s: &Samples, settings: &str, t: &Timing, extra: &str) -> String {
     let max = s.gone.iter().max().copied().unwrap_or_default();
     format!(
-        "failure → gone: median {} ms, max {} ms over {}; recovery (200 again → route back) median {} ms; {settings}; bound fall × interval + 200 ms = {} ms{extra}",
+        "failure → gone: median {} ms, max {} ms over {}; recovery (200 again → route back): median {} ms; {settings}; bound fall × interval + 200 ms = {} ms{extra}",
         ms(median(&s.gone)),
         ms(max),
         s.gone.len(),
@@ -183,11 +189,15 @@ pub fn fig_tor(
                 ms(t.fast_interval)
             ),
             &t,
-            &format!(
-                "; ToR route polled over rtnetlink every {} ms (longest gap seen {} ms)",
-                ms(POLL),
-                ms(lab.poller.max_gap())
-            ),
+            &{
+                let (mean, longest) = lab.poller.gaps();
+                format!(
+                    "; ToR kernel route read by an rtnetlink dump every {} ms (mean gap {:.1} ms, longest {} ms)",
+                    ms(POLL),
+                    mean.as_secs_f64() * 1000.0,
+                    ms(longest)
+                )
+            },
         ),
         Err(e) => {
             eprintln!("lb-agent run failed: {e:#}");
@@ -514,7 +524,9 @@ impl Lab {
             &cfg,
             format!(
                 "global\n    stats socket {}/admin.sock mode 600 level admin\n\n\
-                 defaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n",
+                 defaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n\n\
+                 frontend www\n    bind {VIP}:80\n    default_backend web\n\n\
+                 backend web\n    server be1 127.0.0.1:{BACKEND_PORT}\n",
                 ldir.display()
             ),
         )?;
@@ -652,6 +664,8 @@ impl Lab {
                 .wait_route(false, t0, fail_limit, Some(checker), logs)
                 .with_context(|| format!("failure {}", i + 1))?;
             s.gone.push(gone - t0);
+            // The recovery gets its own random phase too.
+            std::thread::sleep(t.interval.mul_f64(rand::random::<f64>()));
             let t1 = Instant::now();
             self.backend.set(200);
             let back = self
@@ -832,7 +846,9 @@ struct PollState {
     present: Option<bool>,
     /// Every change of presence, timestamped at the poll that saw it.
     events: Vec<(bool, Instant)>,
+    first: Option<Instant>,
     last: Option<Instant>,
+    polls: u32,
     max_gap: Duration,
     error: Option<String>,
 }
@@ -896,7 +912,9 @@ impl RoutePoller {
                                     if let Some(last) = s.last {
                                         s.max_gap = s.max_gap.max(now - last);
                                     }
+                                    s.first.get_or_insert(now);
                                     s.last = Some(now);
+                                    s.polls = s.polls.saturating_add(1);
                                 }
                                 Err(e) => {
                                     s.error = Some(format!("route dump in the ToR namespace: {e}"));
@@ -943,8 +961,14 @@ impl RoutePoller {
         Ok(None)
     }
 
-    fn max_gap(&self) -> Duration {
-        self.state.lock().unwrap().max_gap
+    /// (mean, longest) time between two polls so far.
+    fn gaps(&self) -> (Duration, Duration) {
+        let s = self.state.lock().unwrap();
+        let mean = match (s.first, s.last) {
+            (Some(f), Some(l)) if s.polls > 1 => (l - f) / (s.polls - 1),
+            _ => Duration::ZERO,
+        };
+        (mean, s.max_gap)
     }
 }
 
