@@ -14,6 +14,7 @@ fn bench_quick_prints_every_figure() {
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_lb-agent-bench"))
         .arg("--quick")
+        .args(["--agent", env!("CARGO_BIN_EXE_lb-agent")])
         .output()
         .expect("running lb-agent-bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -35,9 +36,25 @@ fn bench_quick_prints_every_figure() {
         "| burst of ",
         "| published change (long-poll API) ",
         "| resident memory at ",
+        "| health gating of ",
+        "| failed service → prefix gone from the ToR's kernel table",
     ] {
-        let n = stdout.lines().filter(|l| l.starts_with(figure)).count();
-        assert_eq!(n, 1, "expected one row starting with {figure:?}:\n{stdout}");
+        let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with(figure)).collect();
+        assert_eq!(
+            rows.len(),
+            1,
+            "expected one row starting with {figure:?}:\n{stdout}"
+        );
+        // As root with test.sh's packages every figure can run, so lb-agent's
+        // own column must hold a figure (a baseline may still be n/a, e.g.
+        // when PyPI is unreachable).
+        if nix::unistd::geteuid().is_root() {
+            let ours = rows[0].split(" | ").nth(1).unwrap_or("");
+            assert!(
+                !ours.starts_with("n/a"),
+                "{figure:?} was not measured: {ours}\nstderr:\n{stderr}"
+            );
+        }
     }
     for info in [
         "- date: ",

@@ -93,7 +93,6 @@ pub struct Service {
 /// The check command equivalent to lb-agent's HTTP check of `url`: a GET
 /// that fails on a refused connection, a timeout or a status ≥ 400
 /// (redirects count as healthy, as in lb-agent's default 2xx/3xx).
-#[allow(dead_code)] // the ToR figure's check
 pub fn http_check_cmd(url: &str, timeout: f64) -> String {
     format!("/usr/bin/curl --fail --silent --output /dev/null --max-time {timeout} {url}")
 }

@@ -3,11 +3,13 @@
 //! the same run. It never asserts timings; anything it cannot measure is
 //! printed as `n/a (reason)`.
 //!
-//! `cargo run --release --bin lb-agent-bench [-- --quick] [--out docs/benchmarks.md]`
+//! `./bench.sh [--quick] [--out docs/benchmarks.md] [--only LIST]` (installs what it
+//! needs, builds, runs this binary; `--help` lists the options)
 
 mod ach;
 mod gating;
 mod sys;
+mod tor;
 
 use std::fmt::Write as _;
 use std::net::TcpListener;
@@ -33,11 +35,6 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 const HAPROXY: &str = "/usr/sbin/haproxy";
-const NOT_YET: &str = "
-Not yet measured (remaining SPEC §8 figures):
-
-- failed service → prefix gone from the ToR's routing table in the netns lab, vs anycast-healthchecker (target ≤ fall × interval + 200 ms).
-";
 const HEADER: &str = "| figure | lb-agent | baseline in the same run |";
 
 /// Sizes of one run.
@@ -1168,7 +1165,7 @@ fn main() -> Result<()> {
                 a.ach_venv.display()
             ),
         );
-        ach::install(&a.ach_venv).map_err(|e| format!("{e:#}"))
+        sys::can_netns().and_then(|()| ach::install(&a.ach_venv).map_err(|e| format!("{e:#}")))
     } else {
         Err("not wanted".into())
     };
@@ -1195,6 +1192,14 @@ fn main() -> Result<()> {
             Err(e) => format!("whole agent: n/a ({e:#})"),
         });
         rows.push(row(gate_fig, gated.map(|g| g.row)));
+    }
+    if a.wants("tor") {
+        step(
+            "tor",
+            "failed service → prefix gone from the ToR's kernel table (netns lab)".into(),
+        );
+        let tor = tor::fig_tor(a.quick, &a.agent, ach.as_ref().map_err(Clone::clone));
+        rows.push(row(tor::FIGURE.into(), tor));
     }
     if mem_bench.is_some() || mem_agent.is_some() {
         let cell = match (mem_agent, mem_bench) {
@@ -1228,7 +1233,6 @@ in the same run. Medians unless stated.\n\n",
     }
     out.push('\n');
     out.push_str(&machine_info(a.quick));
-    out.push_str(NOT_YET);
     print!("{out}");
     if let Some(path) = &a.out {
         std::fs::write(path, &out).with_context(|| format!("writing {}", path.display()))?;
