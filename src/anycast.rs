@@ -520,6 +520,7 @@ fn monitor_caught_up(checks: &[ServiceCheck], h: &HealthSnapshot) -> bool {
 /// (frontends and local checks); a service the monitor has not judged yet is
 /// unhealthy (fail closed).
 fn views(d: &DesiredState, present: &BTreeSet<IpNet>, h: &HealthSnapshot) -> Vec<VipView> {
+    let frontends = d.services_by_vip();
     d.vips
         .iter()
         .map(|v| {
@@ -540,7 +541,7 @@ fn views(d: &DesiredState, present: &BTreeSet<IpNet>, h: &HealthSnapshot) -> Vec
                 })
                 .collect();
             // Frontends the monitor does not know yet (set just changed).
-            for f in d.services_of(v) {
+            for f in frontends.get(&v.address.trunc()).into_iter().flatten() {
                 if !services.iter().any(|s| s.name == f.name.as_str()) {
                     services.push(ServiceView::unhealthy(f.name.as_str(), "not checked yet"));
                 }

@@ -9,7 +9,7 @@ mod names;
 pub mod observed;
 pub mod validate;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -218,6 +218,44 @@ impl DesiredState {
         self.frontends
             .values()
             .filter(move |f| f.bind.iter().any(|b| vip.address.contains(&b.ip())))
+    }
+
+    /// Every VIP's services at once, keyed by the VIP's address: the same
+    /// frontends, in the same order, as [`services_of`](Self::services_of)
+    /// gives for each VIP, in O(binds × distinct prefix lengths) instead of
+    /// O(VIPs × binds) — the gate asks for all of them on every decision.
+    pub fn services_by_vip(&self) -> BTreeMap<IpNet, Vec<&Frontend>> {
+        let mut out: BTreeMap<IpNet, Vec<&Frontend>> = self
+            .vips
+            .iter()
+            .map(|v| (v.address.trunc(), Vec::new()))
+            .collect();
+        let lens: BTreeSet<(bool, u8)> = self
+            .vips
+            .iter()
+            .map(|v| (v.address.addr().is_ipv4(), v.address.prefix_len()))
+            .collect();
+        let mut keyed: BTreeMap<IpNet, Vec<&Frontend>> = BTreeMap::new();
+        for f in self.frontends.values() {
+            let mut inside: BTreeSet<IpNet> = BTreeSet::new();
+            for b in &f.bind {
+                for &(v4, len) in &lens {
+                    if b.ip().is_ipv4() != v4 {
+                        continue;
+                    }
+                    if let Ok(net) = IpNet::new(b.ip(), len) {
+                        let net = net.trunc();
+                        if out.contains_key(&net) && inside.insert(net) {
+                            keyed.entry(net).or_default().push(f);
+                        }
+                    }
+                }
+            }
+        }
+        for (net, fs) in keyed {
+            out.insert(net, fs);
+        }
+        out
     }
 
     /// Total number of servers over all pools.

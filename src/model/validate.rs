@@ -961,6 +961,43 @@ mod tests {
     }
 
     #[test]
+    fn services_by_vip_matches_services_of_for_every_vip() {
+        let body = doc(serde_json::json!({
+            "vips": [
+                {"address": "192.0.2.10/32"},
+                {"address": "198.51.100.0/24"},
+                {"address": "2001:db8::10/128"},
+                {"address": "192.0.2.99/32"}
+            ],
+            "frontends": [
+                {"name": "www", "bind": ["192.0.2.10:80", "198.51.100.7:80", "198.51.100.8:80"], "mode": "http", "default_pool": "web"},
+                {"name": "api", "bind": ["198.51.100.9:443"], "mode": "http", "default_pool": "web"},
+                {"name": "v6", "bind": ["[2001:db8::10]:80"], "mode": "http", "default_pool": "web"},
+                {"name": "alt", "bind": ["192.0.2.10:8080"], "mode": "http", "default_pool": "web"}
+            ]
+        }));
+        let d = parse_document(&body, &ctx()).unwrap();
+        let by_vip = d.services_by_vip();
+        assert_eq!(by_vip.len(), d.vips.len());
+        for v in &d.vips {
+            let want: Vec<&str> = d.services_of(v).map(|f| f.name.as_str()).collect();
+            let got: Vec<&str> = by_vip[&v.address].iter().map(|f| f.name.as_str()).collect();
+            assert_eq!(got, want, "services of {}", v.address);
+        }
+        let names = |vip: &str| -> Vec<&str> {
+            by_vip[&vip.parse().unwrap()]
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect()
+        };
+        assert_eq!(names("192.0.2.10/32"), ["alt", "www"]);
+        // Two binds of www inside the /24 count once.
+        assert_eq!(names("198.51.100.0/24"), ["api", "www"]);
+        assert_eq!(names("2001:db8::10/128"), ["v6"]);
+        assert!(names("192.0.2.99/32").is_empty());
+    }
+
+    #[test]
     fn missing_port_names_the_path() {
         let body = doc(
             serde_json::json!({"pools": [{"name": "web", "mode": "http", "servers": [

@@ -196,27 +196,29 @@ pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> Result<bool>
     }
 }
 
-/// CPU time of a process and of its waited-for children (utime + stime +
-/// cutime + cstime in /proc/PID/stat): a checker that forks a command per
-/// check pays for those commands here.
-pub fn cpu_time(pid: u32) -> Result<Duration> {
+/// User and system CPU time of a process and of its waited-for children
+/// (utime + cutime, stime + cstime in /proc/PID/stat): a checker that forks
+/// a command per check pays for those commands here.
+pub fn cpu_times(pid: u32) -> Result<(Duration, Duration)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces; fields after ')' are plain.
     let rest = stat.rsplit_once(')').context("malformed stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state): utime is field 14 → index 11.
-    let ticks: u64 = f
-        .get(11..15)
-        .context("short stat")?
-        .iter()
+    let f: Vec<u64> = rest
+        .split_whitespace()
         .map(|v| v.parse::<u64>().unwrap_or(0))
-        .sum();
+        .collect();
+    // rest starts at field 3 (state): utime, stime, cutime, cstime are
+    // fields 14-17 → indexes 11-14.
+    let [utime, stime, cutime, cstime] = f.get(11..15).context("short stat")? else {
+        bail!("short stat");
+    };
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
         .unwrap_or(100) as u64;
-    Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+    let d = |ticks: u64| Duration::from_nanos(ticks * 1_000_000_000 / hz);
+    Ok((d(utime + cutime), d(stime + cstime)))
 }
 
 /// A `kB` field of /proc/PID/status (`VmRSS:`, `VmHWM:`), in kB.
