@@ -25,6 +25,7 @@ pub mod fsutil;
 pub mod gate;
 pub mod haproxy;
 pub mod health;
+pub mod mem;
 pub mod metrics;
 pub mod model;
 pub mod plan;

@@ -237,6 +237,7 @@ impl Reconciler {
                 _ = cancel.cancelled() => break,
                 _ = sleep_until_opt(reload_at), if reload_at.is_some() => {
                     Box::pin(self.reload()).await;
+                    crate::mem::release_free_memory();
                 }
                 changed = desired.changed() => {
                     if changed.is_err() {
@@ -303,6 +304,7 @@ impl Reconciler {
             .map(|c| c.desired.revision);
         let span = info_span!("reconcile", reason, revision = revision.unwrap_or(0));
         Box::pin(self.pass_inner(offered, force_persist).instrument(span)).await;
+        crate::mem::release_free_memory();
         self.update(|st| st.passes += 1);
         if let Some(tx) = &self.applied_tx {
             let now = self.applied.as_ref().map(|c| c.desired.clone());
