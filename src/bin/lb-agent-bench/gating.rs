@@ -74,6 +74,10 @@ struct Sample {
     checks: u64,
     rss_kb: Option<u64>,
     hwm_kb: Option<u64>,
+    /// Resident anonymous memory (heap, stacks) and file-backed pages (the
+    /// binary's code, libraries: shared page cache).
+    anon_kb: Option<u64>,
+    file_kb: Option<u64>,
 }
 
 impl Sample {
@@ -134,6 +138,8 @@ fn sample(d: &mut Daemon, admin: &Path, warmup: Duration, window: Duration) -> R
         checks: r1.saturating_sub(r0),
         rss_kb: sys::status_kb(d.pid(), "VmRSS:"),
         hwm_kb: sys::status_kb(d.pid(), "VmHWM:"),
+        anon_kb: sys::status_kb(d.pid(), "RssAnon:"),
+        file_kb: sys::status_kb(d.pid(), "RssFile:"),
     })
 }
 
@@ -514,8 +520,10 @@ pub fn fig_gating(
     );
     let mb = |kb: Option<u64>| kb.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0));
     let agent_memory = format!(
-        "whole lb-agent process: VmRSS {} MB, VmHWM {} MB, holding {} servers in {} pools and {} VIPs with {} checked services (the gating run)",
+        "whole lb-agent process: VmRSS {} MB = {} MB anonymous (heap, stacks) + {} MB file-backed (its code and libraries, shared page cache); peak VmHWM {} MB while the first document was parsed; holding {} servers in {} pools and {} VIPs with {} checked services (the gating run)",
         mb(a.rss_kb),
+        mb(a.anon_kb),
+        mb(a.file_kb),
         mb(a.hwm_kb),
         sz.vips * sz.servers,
         sz.vips,
