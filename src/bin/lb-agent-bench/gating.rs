@@ -54,7 +54,7 @@ impl GateSizes {
                 vips: 1000,
                 servers: 20,
                 window: Duration::from_secs(30),
-                ach_scales: vec![25, 50, 100, 200],
+                ach_scales: vec![25, 50, 100, 200, 300, 400],
             }
         }
     }
