@@ -520,7 +520,7 @@ pub fn fig_gating(
     );
     let mb = |kb: Option<u64>| kb.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0));
     let agent_memory = format!(
-        "whole lb-agent process: VmRSS {} MB = {} MB anonymous (heap, stacks) + {} MB file-backed (its code and libraries, shared page cache); peak VmHWM {} MB while the first document was parsed; holding {} servers in {} pools and {} VIPs with {} checked services (the gating run)",
+        "whole lb-agent process: VmRSS {} MB = {} MB anonymous (heap, stacks) + {} MB file-backed (its code and libraries, shared page cache); peak VmHWM {} MB, transient, while the first document was applied (rendering haproxy.cfg; docs/performance.md); holding {} servers in {} pools and {} VIPs with {} checked services (the gating run)",
         mb(a.rss_kb),
         mb(a.anon_kb),
         mb(a.file_kb),
@@ -570,7 +570,7 @@ pub fn fig_gating(
     if let Some((n, s)) = &failed {
         let want = (2 * n) as f64 / INTERVAL_S;
         base.push_str(&format!(
-            "; at {n} VIPs only {:.0} of {want:.0} checks/s ({:.0}%) at {:.0}% of one core",
+            "; at {n} VIPs only {:.0} of {want:.0} checks/s ({:.1}%, below the 95% counted as sustained) at {:.0}% of one core",
             s.rate(),
             100.0 * s.rate() / want,
             s.core_pct()
