@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-scripts/ensure-packages.sh haproxy:haproxy bird:bird2 ip:iproute2 curl:curl python3:python3
+scripts/ensure-packages.sh haproxy:haproxy bird:bird2 ip:iproute2 socat:socat curl:curl python3:python3
 python3 -c 'import ensurepip, venv' 2>/dev/null || scripts/ensure-packages.sh python3-venv
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl stop haproxy.service bird.service 2>/dev/null || true

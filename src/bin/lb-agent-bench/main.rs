@@ -395,6 +395,36 @@ async fn one_connection_per_command(admin: &Path, lines: &[String]) -> Result<us
     Ok(refused)
 }
 
+/// The shell-script way: a `socat` process per command. `None` when socat
+/// is not installed.
+async fn socat_per_command(admin: &Path, lines: &[String]) -> Result<Option<Duration>> {
+    if Proc::new("socat").arg("-V").output().is_err() {
+        return Ok(None);
+    }
+    let target = format!("UNIX-CONNECT:{}", admin.display());
+    let t = Instant::now();
+    for l in lines {
+        let mut child = tokio::process::Command::new("socat")
+            .args(["-", &target])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting socat")?;
+        let mut stdin = child.stdin.take().context("socat stdin")?;
+        stdin.write_all(format!("{l}\n").as_bytes()).await?;
+        drop(stdin);
+        let out = child.wait_with_output().await?;
+        if !out.status.success() || !out.stdout.iter().all(u8::is_ascii_whitespace) {
+            bail!(
+                "socat {l:?}: {} {:?}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+    Ok(Some(t.elapsed()))
+}
+
 /// Planned commands from `observed` to `d2` (must need no reload).
 fn plan_runtime(d2: &DesiredState, loaded: &Structure, observed: &ObservedServers) -> Result<Plan> {
     let st = Structure::of(d2, "bench");
@@ -503,6 +533,31 @@ async fn fig_haproxy(sz: &Sizes) -> Result<HapFigures> {
                 verify(&mut session, target, &loaded).await?;
             }
         }
+        // Once each: one command at a time on one connection (waiting for
+        // each reply), then a socat process per command.
+        let obs = session.servers_state().await?;
+        let p = plan_runtime(&changed, &loaded, &obs)?;
+        let t = Instant::now();
+        for c in &p.commands {
+            let line = c.to_line();
+            let reply = session.command(&line).await?;
+            if !reply.trim().is_empty() {
+                bail!("one command at a time: {line:?} answered {reply:?}");
+            }
+        }
+        let one_at_a_time = t.elapsed();
+        verify(&mut session, &changed, &loaded).await?;
+        let obs = session.servers_state().await?;
+        let p = plan_runtime(&restored, &loaded, &obs)?;
+        let lines: Vec<String> = p.commands.iter().map(|c| c.to_line()).collect();
+        let socat = socat_per_command(&hap.admin, &lines).await?;
+        if socat.is_some() {
+            verify(&mut session, &restored, &loaded).await?;
+        }
+        let socat = match socat {
+            Some(d) => format!("{:.0} ms", ms(d)),
+            None => "n/a (socat not installed)".into(),
+        };
         session.quit().await;
 
         // Reload baseline: `haproxy -c` then reload to a new worker.
@@ -532,9 +587,10 @@ async fn fig_haproxy(sz: &Sizes) -> Result<HapFigures> {
                 sz.changes
             ),
             format!(
-                "one connection per command: {:.1} ms (median of {}, read back: in force); reload of the {servers}-server config: `haproxy -c` {:.0} ms + reload to new worker {:.0} ms (median of {})",
+                "one connection per command: {:.1} ms (median of {}, read back: in force); one command at a time on one connection: {:.1} ms; a socat process per command: {socat} (one run each, read back: in force); reload of the {servers}-server config: `haproxy -c` {:.0} ms + reload to new worker {:.0} ms (median of {})",
                 median(theirs),
                 sz.repeats,
+                ms(one_at_a_time),
                 median(checks),
                 median(reloads),
                 sz.reloads
