@@ -16,6 +16,12 @@ use crate::sys::Daemon;
 
 pub const VERSION: &str = "0.9.10";
 
+/// What BIRD reads when no checker has spoken (fail-closed, dummy only), in
+/// the layout anycast-healthchecker parses (one prefix a line); BIRD and
+/// lb-agent read it too.
+pub const DUMMY_INCLUDE: &str =
+    "define ACAST_PS_ADVERTISE =\n    [\n        10.189.200.255/32\n    ];\n";
+
 /// The installed checker.
 pub struct Ach {
     pub exe: PathBuf,

@@ -23,7 +23,6 @@ use crate::ach::{self, Ach};
 use crate::sys::{self, Daemon, Netns};
 
 const NETNS: &str = "lbbench-gate";
-const BIRD: &str = "/usr/sbin/bird";
 const INTERVAL_S: f64 = 1.0;
 const TIMEOUT_S: f64 = 0.5;
 
@@ -151,9 +150,6 @@ fn announced(include: &Path) -> usize {
         .count()
 }
 
-const DUMMY_INCLUDE: &str =
-    "define ACAST_PS_ADVERTISE =\n    [\n        10.189.200.255/32\n    ];\n";
-
 /// The namespace, HAProxy and BIRD both checkers run against.
 struct Lab {
     dir: tempfile::TempDir,
@@ -185,7 +181,7 @@ impl Lab {
         sys::ip_batch(Some(NETNS), &lines)?;
 
         // BIRD: every VIP as a static route, exported only when in the set.
-        std::fs::write(lab.p("prefixes.conf"), DUMMY_INCLUDE)?;
+        std::fs::write(lab.p("prefixes.conf"), ach::DUMMY_INCLUDE)?;
         let mut bird = format!(
             "router id 10.0.0.1;\nlog \"{}\" all;\ninclude \"{}\";\nprotocol device {{ }}\n\
              protocol static vips {{\n    ipv4;\n",
@@ -197,23 +193,7 @@ impl Lab {
         }
         bird.push_str("}\n");
         std::fs::write(lab.p("bird.conf"), bird)?;
-        let (conf, ctl) = (lab.p("bird.conf"), lab.p("bird.ctl"));
-        lab.bird = Some(Daemon::spawn(
-            "bird",
-            Some(NETNS),
-            Path::new(BIRD),
-            &[
-                "-f",
-                "-c",
-                &conf.display().to_string(),
-                "-s",
-                &ctl.display().to_string(),
-            ],
-            &lab.p("bird.out"),
-        )?);
-        sys::wait_for("BIRD control socket", Duration::from_secs(20), || {
-            Ok(UnixStream::connect(&ctl).is_ok())
-        })?;
+        lab.bird = Some(sys::start_bird("bird", Some(NETNS), lab.dir.path())?);
 
         // HAProxy: a bootstrap config with the admin socket; lb-agent
         // renders the real one and reloads through the master socket.
@@ -225,24 +205,12 @@ impl Lab {
                 lab.p("admin.sock").display()
             ),
         )?;
-        let (cfg, master) = (lab.p("haproxy.cfg"), lab.p("master.sock"));
-        lab.haproxy = Some(Daemon::spawn(
+        lab.haproxy = Some(sys::start_haproxy(
             "haproxy",
             Some(NETNS),
-            Path::new(crate::HAPROXY),
-            &[
-                "-W",
-                "-S",
-                &master.display().to_string(),
-                "-f",
-                &cfg.display().to_string(),
-            ],
-            &lab.p("haproxy.log"),
+            lab.dir.path(),
+            Duration::from_secs(20),
         )?);
-        let admin = lab.p("admin.sock");
-        sys::wait_for("HAProxy sockets", Duration::from_secs(20), || {
-            Ok(UnixStream::connect(&master).is_ok() && UnixStream::connect(&admin).is_ok())
-        })?;
         Ok(lab)
     }
 
@@ -431,7 +399,7 @@ fn run_agent(lab: &Lab, agent: &Path, sz: &GateSizes, profile: Option<&str>) -> 
 
 /// anycast-healthchecker on the first `n` VIPs (2 `n` services).
 fn run_ach(lab: &Lab, ach: &Ach, n: usize, window: Duration) -> Result<Sample> {
-    std::fs::write(lab.p("prefixes.conf"), DUMMY_INCLUDE)?;
+    std::fs::write(lab.p("prefixes.conf"), ach::DUMMY_INCLUDE)?;
     let dir = lab.p(&format!("ach-{n}"));
     std::fs::create_dir_all(&dir)?;
     let settings = ach::Settings {
@@ -492,8 +460,8 @@ pub fn fig_gating(
     if let Err(why) = sys::can_netns() {
         bail!("{why}");
     }
-    if !Path::new(BIRD).exists() {
-        bail!("{BIRD} not found (apt-get install -y bird2)");
+    if !Path::new(sys::BIRD).exists() {
+        bail!("{} not found (apt-get install -y bird2)", sys::BIRD);
     }
     if !agent.exists() {
         bail!(

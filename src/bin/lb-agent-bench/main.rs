@@ -14,7 +14,7 @@ mod tor;
 use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Proc, Stdio};
+use std::process::{Command as Proc, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -272,22 +272,18 @@ fn fig_plan(sz: &Sizes) -> Result<(String, String, DesiredState, Plan)> {
     ))
 }
 
+/// A `kB` field of this process's /proc status.
 fn proc_status_kb(field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    s.lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    sys::status_kb(std::process::id(), field)
 }
 
 // ---------------------------------------------------------------- HAProxy
 
-/// A HAProxy master started for the bench; killed by PID on drop.
+/// A HAProxy master started for the bench; stopped by PID on drop.
 struct Hap {
-    child: Child,
-    dir: tempfile::TempDir,
+    // Before `_dir`: HAProxy stops before its directory is removed.
+    _daemon: sys::Daemon,
+    _dir: tempfile::TempDir,
     config: PathBuf,
     admin: PathBuf,
     master: PathBuf,
@@ -305,61 +301,14 @@ impl Hap {
         let p = |n: &str| dir.path().join(n);
         let (config, admin, master) = (p("haproxy.cfg"), p("admin.sock"), p("master.sock"));
         std::fs::write(&config, config_text)?;
-        let log = std::fs::File::create(p("haproxy.log"))?;
-        let child = Proc::new(HAPROXY)
-            .arg("-W")
-            .arg("-S")
-            .arg(&master)
-            .arg("-f")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning haproxy")?;
-        let h = Hap {
-            child,
-            dir,
+        let daemon = sys::start_haproxy("haproxy", None, dir.path(), Duration::from_secs(60))?;
+        Ok(Hap {
+            _daemon: daemon,
+            _dir: dir,
             config,
             admin,
             master,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::os::unix::net::UnixStream::connect(&h.master).is_err()
-            || std::os::unix::net::UnixStream::connect(&h.admin).is_err()
-        {
-            if Instant::now() > deadline {
-                bail!(
-                    "haproxy did not come up: {}",
-                    std::fs::read_to_string(h.path("haproxy.log")).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(h)
-    }
-
-    fn path(&self, n: &str) -> PathBuf {
-        self.dir.path().join(n)
-    }
-}
-
-impl Drop for Hap {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     }
 }
 

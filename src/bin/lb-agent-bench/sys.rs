@@ -5,14 +5,17 @@
 //! namespace is deleted on drop, so an error half way leaves nothing behind.
 
 use std::fs::File;
-use std::io::Write as _;
+use std::io::{BufRead, BufReader, Write as _};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+
+pub const BIRD: &str = "/usr/sbin/bird";
 
 /// Runs `ip ARGS`; an error carries ip's stderr.
 pub fn ip(args: &[&str]) -> Result<()> {
@@ -230,4 +233,75 @@ pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// BIRD on `dir/bird.conf` with its control socket at `dir/bird.ctl` (in
+/// `netns` when given); waits for the socket's greeting. Its log is expected
+/// at `dir/bird.log` (the config's `log` line).
+pub fn start_bird(what: &str, netns: Option<&str>, dir: &Path) -> Result<Daemon> {
+    let sock = dir.join("bird.ctl");
+    let (c, s, p) = (
+        dir.join("bird.conf").display().to_string(),
+        sock.display().to_string(),
+        dir.join("bird.pid").display().to_string(),
+    );
+    let mut d = Daemon::spawn(
+        what,
+        netns,
+        Path::new(BIRD),
+        &["-f", "-c", &c, "-s", &s, "-P", &p],
+        &dir.join("bird.out"),
+    )?;
+    wait_for(
+        &format!("{what} control socket"),
+        Duration::from_secs(10),
+        || {
+            d.check_running()?;
+            let Ok(stream) = UnixStream::connect(&sock) else {
+                return Ok(false);
+            };
+            stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+            let mut line = String::new();
+            let _ = BufReader::new(&stream).read_line(&mut line);
+            Ok(line.starts_with("0001 "))
+        },
+    )
+    .map_err(|e| anyhow!("{e}; log:\n{}", tail(&dir.join("bird.log"), 20)))?;
+    Ok(d)
+}
+
+/// `haproxy -W -S dir/master.sock -f dir/haproxy.cfg` (in `netns` when
+/// given), logging to `dir/haproxy.log`; waits until the master socket and
+/// the admin socket the config declares at `dir/admin.sock` both answer.
+pub fn start_haproxy(
+    what: &str,
+    netns: Option<&str>,
+    dir: &Path,
+    limit: Duration,
+) -> Result<Daemon> {
+    let (cfg, master, admin) = (
+        dir.join("haproxy.cfg"),
+        dir.join("master.sock"),
+        dir.join("admin.sock"),
+    );
+    let log = dir.join("haproxy.log");
+    let mut d = Daemon::spawn(
+        what,
+        netns,
+        Path::new(crate::HAPROXY),
+        &[
+            "-W",
+            "-S",
+            &master.display().to_string(),
+            "-f",
+            &cfg.display().to_string(),
+        ],
+        &log,
+    )?;
+    wait_for(&format!("{what} master and admin sockets"), limit, || {
+        d.check_running()?;
+        Ok(UnixStream::connect(&master).is_ok() && UnixStream::connect(&admin).is_ok())
+    })
+    .map_err(|e| anyhow!("{e}; log:\n{}", tail(&log, 20)))?;
+    Ok(d)
 }

@@ -23,7 +23,7 @@
 //! error; namespaces of an interrupted run (owner PID gone) are removed first.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -39,22 +39,16 @@ use futures::TryStreamExt;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 
 use crate::ach;
-use crate::sys::{self, Daemon, Netns};
+use crate::sys::{self, Daemon, Netns, BIRD};
+use crate::HAPROXY;
 
 /// The row's figure text.
 pub const FIGURE: &str = "failed service → prefix gone from the ToR's kernel table, netns lab (target ≤ fall × interval + 200 ms)";
 
-const BIRD: &str = "/usr/sbin/bird";
 const BIRDC: &str = "/usr/sbin/birdc";
-const HAPROXY: &str = "/usr/sbin/haproxy";
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const BACKEND_PORT: u16 = 8080;
 const NS_PREFIX: &str = "lbbench-tor-";
-/// What BIRD reads when no checker has spoken (fail-closed, dummy only), in
-/// the layout anycast-healthchecker parses (one prefix a line); BIRD and
-/// lb-agent read it too.
-const DUMMY_INCLUDE: &str =
-    "define ACAST_PS_ADVERTISE =\n    [\n        10.189.200.255/32\n    ];\n";
 /// Pause between two route dumps of the observer.
 const POLL: Duration = Duration::from_millis(2);
 /// Lab BGP timers (tests/common/bird.rs): up in about a second, no reset on a busy machine.
@@ -110,25 +104,15 @@ struct Samples {
     back: Vec<Duration>,
 }
 
-fn median(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    match v.len() {
-        0 => Duration::ZERO,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2,
-    }
-}
-
 /// One table cell for a run.
 fn cell(s: &Samples, settings: &str, t: &Timing, extra: &str) -> String {
     let max = s.gone.iter().max().copied().unwrap_or_default();
     format!(
-        "failure → gone: median {} ms, max {} ms over {}; recovery (200 again → route back): median {} ms; {settings}; bound fall × interval + 200 ms = {} ms{extra}",
-        ms(median(&s.gone)),
+        "failure → gone: median {:.0} ms, max {} ms over {}; recovery (200 again → route back): median {:.0} ms; {settings}; bound fall × interval + 200 ms = {} ms{extra}",
+        crate::median(s.gone.clone()),
         ms(max),
         s.gone.len(),
-        ms(median(&s.back)),
+        crate::median(s.back.clone()),
         ms(t.bound()),
     )
 }
@@ -493,7 +477,7 @@ impl Lab {
         std::fs::create_dir_all(&tdir)?;
         std::fs::create_dir_all(&ldir)?;
         let include = ldir.join("acast-prefixes.conf");
-        std::fs::write(&include, DUMMY_INCLUDE)?;
+        std::fs::write(&include, ach::DUMMY_INCLUDE)?;
         std::fs::write(
             tdir.join("bird.conf"),
             format!(
@@ -516,8 +500,8 @@ impl Lab {
                 include.display()
             ),
         )?;
-        let tor_bird = start_bird("ToR BIRD", &tn, &tdir)?;
-        let lb_bird = start_bird("LB BIRD", &ln, &ldir)?;
+        let tor_bird = sys::start_bird("ToR BIRD", Some(&tn), &tdir)?;
+        let lb_bird = sys::start_bird("LB BIRD", Some(&ln), &ldir)?;
 
         let cfg = ldir.join("haproxy.cfg");
         std::fs::write(
@@ -530,22 +514,8 @@ impl Lab {
                 ldir.display()
             ),
         )?;
-        let (master, cfg_s) = (
-            ldir.join("master.sock").display().to_string(),
-            cfg.display().to_string(),
-        );
-        let mut haproxy = Daemon::spawn(
-            "HAProxy master",
-            Some(&ln),
-            Path::new(HAPROXY),
-            &["-W", "-S", &master, "-f", &cfg_s],
-            &ldir.join("haproxy.log"),
-        )?;
-        let admin = ldir.join("admin.sock");
-        sys::wait_for("HAProxy admin socket", Duration::from_secs(10), || {
-            haproxy.check_running()?;
-            Ok(UnixStream::connect(&admin).is_ok())
-        })?;
+        let haproxy =
+            sys::start_haproxy("HAProxy master", Some(&ln), &ldir, Duration::from_secs(10))?;
 
         let tor_sock = tdir.join("bird.ctl");
         sys::wait_for(
@@ -582,7 +552,7 @@ impl Lab {
     /// Dummy-only include, applied (what a stopped checker leaves behind at best).
     fn reset_include(&self) -> Result<()> {
         let tmp = self.include.with_extension("tmp");
-        std::fs::write(&tmp, DUMMY_INCLUDE)?;
+        std::fs::write(&tmp, ach::DUMMY_INCLUDE)?;
         std::fs::rename(&tmp, &self.include)?;
         let reply = birdc(&self.lb_sock, "configure")?;
         if !reply.contains("Reconfigured") && !reply.contains("Reconfiguration in progress") {
@@ -693,38 +663,6 @@ impl Lab {
             )
         })
     }
-}
-
-fn start_bird(what: &str, ns: &str, dir: &Path) -> Result<Daemon> {
-    let sock = dir.join("bird.ctl");
-    let (c, s, p) = (
-        dir.join("bird.conf").display().to_string(),
-        sock.display().to_string(),
-        dir.join("bird.pid").display().to_string(),
-    );
-    let mut d = Daemon::spawn(
-        what,
-        Some(ns),
-        Path::new(BIRD),
-        &["-f", "-c", &c, "-s", &s, "-P", &p],
-        &dir.join("bird.out"),
-    )?;
-    sys::wait_for(
-        &format!("{what} control socket"),
-        Duration::from_secs(10),
-        || {
-            d.check_running()?;
-            let Ok(stream) = UnixStream::connect(&sock) else {
-                return Ok(false);
-            };
-            stream.set_read_timeout(Some(Duration::from_secs(1)))?;
-            let mut line = String::new();
-            let _ = BufReader::new(&stream).read_line(&mut line);
-            Ok(line.starts_with("0001 "))
-        },
-    )
-    .map_err(|e| anyhow!("{e}; log:\n{}", sys::tail(&dir.join("bird.log"), 20)))?;
-    Ok(d)
 }
 
 /// `birdc -s SOCK CMD`; its output.
