@@ -265,14 +265,17 @@ pub fn vip_views(
     present: &BTreeSet<IpNet>,
     mut service: impl FnMut(&str) -> ServiceView,
 ) -> Vec<VipView> {
+    let frontends = desired.services_by_vip();
     desired
         .vips
         .iter()
         .map(|vip| VipView {
             vip: vip.address,
             address_present: present.contains(&vip.address),
-            services: desired
-                .services_of(vip)
+            services: frontends
+                .get(&vip.address.trunc())
+                .into_iter()
+                .flatten()
                 .map(|f| service(f.name.as_str()))
                 .collect(),
         })
