@@ -631,14 +631,7 @@ mod tests {
         for c in checks {
             h.services.insert(
                 c.key.clone(),
-                ServiceStatus {
-                    vip: c.key.vip,
-                    name: c.key.name.clone(),
-                    origin: c.key.origin,
-                    kind: c.probe.kind(),
-                    health: ServiceHealth::adopted(),
-                    definition: 1,
-                },
+                ServiceStatus::of(c, ServiceHealth::adopted(), 1),
             );
         }
         h

@@ -97,6 +97,20 @@ pub struct ServiceStatus {
     pub definition: u64,
 }
 
+impl ServiceStatus {
+    /// The published state of `check` with `health`, under `definition`.
+    pub fn of(check: &ServiceCheck, health: ServiceHealth, definition: u64) -> ServiceStatus {
+        ServiceStatus {
+            vip: check.key.vip,
+            name: check.key.name.clone(),
+            origin: check.key.origin,
+            kind: check.probe.kind(),
+            health,
+            definition,
+        }
+    }
+}
+
 /// All services' health, by key (ordered by VIP, then origin, then name).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HealthSnapshot {
@@ -307,14 +321,7 @@ impl<R: CheckRunner> Monitor<R> {
             for (c, definition, health) in &started {
                 snap.services.insert(
                     c.key.clone(),
-                    ServiceStatus {
-                        vip: c.key.vip,
-                        name: c.key.name.clone(),
-                        origin: c.key.origin,
-                        kind: c.probe.kind(),
-                        health: health.clone(),
-                        definition: *definition,
-                    },
+                    ServiceStatus::of(c, health.clone(), *definition),
                 );
             }
             for (c, definition) in &redefined {
