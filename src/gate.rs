@@ -31,20 +31,30 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 
 use crate::bird::DesiredAnnouncements;
-use crate::model::DesiredState;
 
-/// Health of one service (frontend) behind a VIP, as the gate needs it.
+/// Where a service behind a VIP stands, as the gate needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceState {
+    /// Healthy after hysteresis (rise/fall applied), and HAProxy runs it.
+    Healthy,
+    /// New behind an announced VIP and still having its chance (not
+    /// installed yet, or not yet `rise` passes nor `fall` failures): it
+    /// does not withdraw the VIP. The text says what it waits for.
+    Pending(String),
+    /// Failing: the check's error, or why it cannot be checked ("not installed").
+    Unhealthy(Option<String>),
+}
+
+/// One service (frontend or local check) behind a VIP, as the gate needs it.
 ///
-/// Deliberately independent of the health module's types: the daemon maps
-/// whatever the checker reports (rise/fall already applied) onto this.
+/// Deliberately independent of the health module's types: the anycast
+/// policy maps health, installation and admission onto this.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceView {
     /// Frontend name, used in the reason text.
     pub name: String,
-    /// Healthy after hysteresis (rise/fall applied).
-    pub healthy: bool,
-    /// The check's error text when unhealthy; only its first line is shown.
-    pub error: Option<String>,
+    /// Healthy, pending or unhealthy.
+    pub state: ServiceState,
 }
 
 impl ServiceView {
@@ -52,8 +62,7 @@ impl ServiceView {
     pub fn healthy(name: impl Into<String>) -> Self {
         ServiceView {
             name: name.into(),
-            healthy: true,
-            error: None,
+            state: ServiceState::Healthy,
         }
     }
 
@@ -61,9 +70,21 @@ impl ServiceView {
     pub fn unhealthy(name: impl Into<String>, error: impl Into<String>) -> Self {
         ServiceView {
             name: name.into(),
-            healthy: false,
-            error: Some(error.into()),
+            state: ServiceState::Unhealthy(Some(error.into())),
         }
+    }
+
+    /// A pending service, waiting for `what`.
+    pub fn pending(name: impl Into<String>, what: impl Into<String>) -> Self {
+        ServiceView {
+            name: name.into(),
+            state: ServiceState::Pending(what.into()),
+        }
+    }
+
+    /// True while it counts as serving (healthy or pending).
+    pub fn serves(&self) -> bool {
+        !matches!(self.state, ServiceState::Unhealthy(_))
     }
 }
 
@@ -102,6 +123,9 @@ pub struct GateInput<'a> {
     pub vips: &'a [VipView],
     /// HAProxy's master and admin socket are alive.
     pub haproxy_up: bool,
+    /// A host-local fault that makes every announcement unsafe (a corrupt
+    /// state file the gate depends on); withdraws every VIP with this text.
+    pub host_fault: Option<&'a str>,
     /// The drain state.
     pub drain: &'a DrainState,
     /// A drain variable is configured (`[bird] drain_variable`), so drains are graceful.
@@ -162,6 +186,9 @@ fn decide_one(input: &GateInput, view: &VipView) -> VipDecision {
     // Conditions that are about the VIP itself (not the drain), in the order
     // an operator would check them.
     let mut problems: Vec<String> = Vec::new();
+    if let Some(f) = input.host_fault {
+        problems.push(f.to_string());
+    }
     if !input.haproxy_up {
         problems.push("HAProxy is down or not answering".to_string());
     }
@@ -171,9 +198,11 @@ fn decide_one(input: &GateInput, view: &VipView) -> VipDecision {
     if view.services.is_empty() {
         problems.push("no service binds this VIP".to_string());
     }
-    for s in view.services.iter().filter(|s| !s.healthy) {
-        let first_line = s
-            .error
+    for s in view.services.iter() {
+        let ServiceState::Unhealthy(error) = &s.state else {
+            continue;
+        };
+        let first_line = error
             .as_deref()
             .and_then(|e| e.lines().map(str::trim).find(|l| !l.is_empty()));
         problems.push(match first_line {
@@ -254,34 +283,6 @@ pub fn next_deadline(input: &GateInput) -> Option<Instant> {
     (draining && end > input.now).then_some(end)
 }
 
-/// Builds the gate's per-VIP views from the desired state.
-///
-/// `present` is what [`crate::vip::VipManager::present`] observed on the
-/// interface; a VIP counts as present when exactly its prefix is there.
-/// `service` maps a frontend name to its health; a service the health
-/// module has not judged yet should come back unhealthy (fail closed).
-pub fn vip_views(
-    desired: &DesiredState,
-    present: &BTreeSet<IpNet>,
-    mut service: impl FnMut(&str) -> ServiceView,
-) -> Vec<VipView> {
-    let frontends = desired.services_by_vip();
-    desired
-        .vips
-        .iter()
-        .map(|vip| VipView {
-            vip: vip.address,
-            address_present: present.contains(&vip.address),
-            services: frontends
-                .get(&vip.address.trunc())
-                .into_iter()
-                .flatten()
-                .map(|f| service(f.name.as_str()))
-                .collect(),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +323,7 @@ mod tests {
         name: &'static str,
         vips: Vec<VipView>,
         haproxy_up: bool,
+        host_fault: Option<&'static str>,
         /// `Some((since_secs, reason))` = drained since that offset.
         drained: Option<(u64, &'static str)>,
         graceful: bool,
@@ -341,6 +343,7 @@ mod tests {
         let input = GateInput {
             vips: &case.vips,
             haproxy_up: case.haproxy_up,
+            host_fault: case.host_fault,
             drain: &drain,
             graceful: case.graceful,
             drain_grace: Duration::from_secs(30),
@@ -359,15 +362,61 @@ mod tests {
                 name: "all conditions hold",
                 vips: vec![view(V4, true, vec![ok("www"), ok("git_ssh")])],
                 haproxy_up: true,
+                host_fault: None,
                 drained: None,
                 graceful: false,
                 now: 0,
                 want: vec![(Advertise, None)],
             },
             Case {
+                name: "a pending service does not withdraw the VIP",
+                vips: vec![view(
+                    V4,
+                    true,
+                    vec![ok("www"), ServiceView::pending("api", "not risen yet")],
+                )],
+                haproxy_up: true,
+                host_fault: None,
+                drained: None,
+                graceful: false,
+                now: 0,
+                want: vec![(Advertise, None)],
+            },
+            Case {
+                name: "pending does not excuse another failure",
+                vips: vec![view(
+                    V4,
+                    true,
+                    vec![bad("www", "refused"), ServiceView::pending("api", "x")],
+                )],
+                haproxy_up: true,
+                host_fault: None,
+                drained: None,
+                graceful: false,
+                now: 0,
+                want: vec![(Withdrawn, Some("service www unhealthy: refused"))],
+            },
+            Case {
+                name: "a host fault withdraws every VIP, first in the reason",
+                vips: vec![view(V4, true, vec![ok("www")]), view(V6, false, vec![])],
+                haproxy_up: true,
+                host_fault: Some("VIP ownership file corrupt"),
+                drained: None,
+                graceful: true,
+                now: 0,
+                want: vec![
+                    (Withdrawn, Some("VIP ownership file corrupt")),
+                    (
+                        Withdrawn,
+                        Some("VIP ownership file corrupt; address missing on lo; no service binds this VIP"),
+                    ),
+                ],
+            },
+            Case {
                 name: "address missing",
                 vips: vec![view(V4, false, vec![ok("www")])],
                 haproxy_up: true,
+                host_fault: None,
                 drained: None,
                 graceful: false,
                 now: 0,
@@ -377,6 +426,7 @@ mod tests {
                 name: "haproxy down",
                 vips: vec![view(V4, true, vec![ok("www")])],
                 haproxy_up: false,
+                host_fault: None,
                 drained: None,
                 graceful: false,
                 now: 0,
@@ -386,6 +436,7 @@ mod tests {
                 name: "no service",
                 vips: vec![view(V4, true, vec![])],
                 haproxy_up: true,
+                host_fault: None,
                 drained: None,
                 graceful: false,
                 now: 0,
@@ -399,6 +450,7 @@ mod tests {
                     vec![ok("www"), bad("git_ssh", "connection refused")],
                 )],
                 haproxy_up: true,
+                host_fault: None,
                 drained: None,
                 graceful: false,
                 now: 0,
@@ -419,6 +471,7 @@ mod tests {
                     ],
                 )],
                 haproxy_up: true,
+                host_fault: None,
                 drained: None,
                 graceful: false,
                 now: 0,
@@ -434,11 +487,11 @@ mod tests {
                     true,
                     vec![ServiceView {
                         name: "www".into(),
-                        healthy: false,
-                        error: None,
+                        state: ServiceState::Unhealthy(None),
                     }],
                 )],
                 haproxy_up: true,
+                host_fault: None,
                 drained: None,
                 graceful: false,
                 now: 0,
@@ -448,6 +501,7 @@ mod tests {
                 name: "every failing condition listed in a fixed order",
                 vips: vec![view(V4, false, vec![bad("www", "refused")])],
                 haproxy_up: false,
+                host_fault: None,
                 drained: Some((0, "kernel upgrade")),
                 graceful: true,
                 now: 1,
@@ -463,6 +517,7 @@ mod tests {
                 name: "no service and address missing",
                 vips: vec![view(V6, false, vec![])],
                 haproxy_up: true,
+                host_fault: None,
                 drained: None,
                 graceful: false,
                 now: 0,
@@ -475,6 +530,7 @@ mod tests {
                 name: "drained, not graceful: withdrawn at once",
                 vips: vec![view(V4, true, vec![ok("www")])],
                 haproxy_up: true,
+                host_fault: None,
                 drained: Some((0, "maintenance")),
                 graceful: false,
                 now: 0,
@@ -484,6 +540,7 @@ mod tests {
                 name: "drained with empty reason",
                 vips: vec![view(V4, true, vec![ok("www")])],
                 haproxy_up: true,
+                host_fault: None,
                 drained: Some((0, "  ")),
                 graceful: false,
                 now: 0,
@@ -493,6 +550,7 @@ mod tests {
                 name: "graceful drain: healthy VIP in the drain set during grace",
                 vips: vec![view(V4, true, vec![ok("www")])],
                 haproxy_up: true,
+                host_fault: None,
                 drained: Some((10, "maintenance")),
                 graceful: true,
                 now: 39,
@@ -505,6 +563,7 @@ mod tests {
                 name: "graceful drain: at since + grace exactly, withdrawn",
                 vips: vec![view(V4, true, vec![ok("www")])],
                 haproxy_up: true,
+                host_fault: None,
                 drained: Some((10, "maintenance")),
                 graceful: true,
                 now: 40,
@@ -517,6 +576,7 @@ mod tests {
                     view(V6, true, vec![bad("www6", "refused")]),
                 ],
                 haproxy_up: true,
+                host_fault: None,
                 drained: Some((0, "m")),
                 graceful: true,
                 now: 5,
@@ -532,6 +592,7 @@ mod tests {
                 name: "graceful drain: missing address is withdrawn",
                 vips: vec![view(V4, false, vec![ok("www")])],
                 haproxy_up: true,
+                host_fault: None,
                 drained: Some((0, "m")),
                 graceful: true,
                 now: 5,
@@ -541,6 +602,7 @@ mod tests {
                 name: "graceful drain but HAProxy down: no drain set",
                 vips: vec![view(V4, true, vec![ok("www")])],
                 haproxy_up: false,
+                host_fault: None,
                 drained: Some((0, "m")),
                 graceful: true,
                 now: 5,
@@ -556,6 +618,7 @@ mod tests {
                     view(V6, true, vec![ok("www6")]),
                 ],
                 haproxy_up: false,
+                host_fault: None,
                 drained: None,
                 graceful: true,
                 now: 0,
@@ -572,6 +635,7 @@ mod tests {
                     view("198.51.100.0/24", false, vec![ok("big")]),
                 ],
                 haproxy_up: true,
+                host_fault: None,
                 drained: None,
                 graceful: false,
                 now: 0,
@@ -633,6 +697,7 @@ mod tests {
             let input = GateInput {
                 vips: &vips,
                 haproxy_up,
+                host_fault: None,
                 drain: &drain,
                 graceful,
                 drain_grace: Duration::from_secs(30),
@@ -694,6 +759,7 @@ mod tests {
         let mut input = GateInput {
             vips: &vips,
             haproxy_up: true,
+            host_fault: None,
             drain: &drain,
             graceful: true,
             drain_grace: Duration::from_secs(30),
@@ -726,6 +792,7 @@ mod tests {
         let input = GateInput {
             vips: &vips,
             haproxy_up: true,
+            host_fault: None,
             drain: &drain,
             graceful: true,
             drain_grace: Duration::ZERO,
@@ -745,43 +812,5 @@ mod tests {
             [Advertise, Drain, Withdrawn].map(Announcement::as_str),
             ["advertise", "drain", "withdrawn"]
         );
-    }
-
-    #[test]
-    fn views_from_desired_state() {
-        let body = serde_json::json!({
-            "schema": 1, "revision": 1, "group": "blue",
-            "vips": [{"address": V4}, {"address": V6}, {"address": "198.51.100.10/32"}],
-            "frontends": [
-                {"name": "www", "bind": ["192.0.2.10:443", "[2001:db8:10::10]:443"], "mode": "tcp", "default_pool": "p"},
-                {"name": "git_ssh", "bind": ["192.0.2.10:22"], "mode": "tcp", "default_pool": "p"}
-            ],
-            "pools": [{"name": "p", "mode": "tcp", "servers": []}]
-        });
-        let desired = crate::model::validate::parse_document(
-            &serde_json::to_vec(&body).unwrap(),
-            &crate::model::validate::ValidateContext {
-                group: "blue".into(),
-            },
-        )
-        .unwrap();
-        let present = BTreeSet::from([net(V4), net("127.0.0.1/8")]);
-        let views = vip_views(&desired, &present, |name| {
-            if name == "git_ssh" {
-                bad(name, "connection refused")
-            } else {
-                ok(name)
-            }
-        });
-        let by_vip = |v: &str| views.iter().find(|x| x.vip == net(v)).unwrap();
-        let v4 = by_vip(V4);
-        assert!(v4.address_present);
-        let mut names: Vec<_> = v4.services.iter().map(|s| s.name.as_str()).collect();
-        names.sort();
-        assert_eq!(names, ["git_ssh", "www"]);
-        let v6 = by_vip(V6);
-        assert!(!v6.address_present);
-        assert_eq!(v6.services, vec![ok("www")]);
-        assert!(by_vip("198.51.100.10/32").services.is_empty());
     }
 }
