@@ -24,7 +24,7 @@ use lb_agent::bird::{
     BirdControl, BirdStatus, ConfigureOutcome, ControlError, ControlOptions, DesiredAnnouncements,
     Publisher, PublisherOptions, ResetBird,
 };
-use lb_agent::config::{BirdConfig, OnStop};
+use lb_agent::config::{BirdConfig, OnStop, OnUnhealthy};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -80,6 +80,8 @@ fn lb_config(dir: &Path, drain: bool) -> BirdConfig {
         dummy_ipv6: net("2001:db8:ffff::1/128"),
         drain_variable: drain.then(|| "ACAST_PS_DRAIN".to_string()),
         drain_grace: Duration::from_secs(30),
+        demote_variable: None,
+        on_unhealthy: OnUnhealthy::Withdraw,
         on_stop: OnStop::Withdraw,
         export_protocols: vec!["tor".into()],
     }
@@ -750,8 +752,8 @@ async fn drain_set_prepends_and_moves_traffic_to_the_other_lb() {
     let vip = net(VIP);
     let one = adv(&[vip]);
     let drained = DesiredAnnouncements {
-        advertise: BTreeSet::new(),
         drain: [vip].into(),
+        ..DesiredAnnouncements::default()
     };
     let mut d1 = Driver::start(&lab.lbs[0].cfg, PublisherOptions::default(), one.clone());
     let mut d2 = Driver::start(&lab.lbs[1].cfg, PublisherOptions::default(), one.clone());

@@ -15,7 +15,8 @@
 //!    desired sets (then there is nothing to do); otherwise `configure` over
 //!    the persistent control connection;
 //! 4. confirm the effect: `eval <VARIABLE>` shows the prefix set the running
-//!    configuration holds (membership queries when the set is too large for
+//!    configuration holds for every variable of the layout (advertise, drain
+//!    and demote alike; membership queries when the set is too large for
 //!    one output line), and with `export_protocols` configured,
 //!    `show route export <protocol>` must not list a prefix that was
 //!    withdrawn.
@@ -285,6 +286,7 @@ impl Publisher {
                     %include,
                     advertised = a.announcements.advertise.len(),
                     drained = a.announcements.drain.len(),
+                    demoted = a.announcements.demote.len(),
                     missing = ?a.missing,
                     unknown = ?a.unknown,
                     "include found at start"
@@ -374,6 +376,7 @@ impl Publisher {
             wrote,
             advertised = clean.advertise.len(),
             drained = clean.drain.len(),
+            demoted = clean.demote.len(),
             write_us = write.map(|d| d.as_micros() as u64),
             configure_us = configure.as_micros() as u64,
             confirm_us = timing.confirm.as_micros() as u64,

@@ -41,7 +41,7 @@ use crate::netns::{veth, Netns};
 use lb_agent::bird::control::ProtocolRow;
 use lb_agent::bird::include::{self, IncludeLayout};
 use lb_agent::bird::{BirdControl, ControlOptions, DesiredAnnouncements};
-use lb_agent::config::{BirdConfig, OnStop};
+use lb_agent::config::{BirdConfig, OnStop, OnUnhealthy};
 
 /// The VIP every LB serves.
 pub const VIP: &str = "192.0.2.10";
@@ -681,6 +681,8 @@ fn lb_bird_config(dir: &Path) -> BirdConfig {
         dummy_ipv6: "2001:db8:ffff::1/128".parse().unwrap(),
         drain_variable: None,
         drain_grace: Duration::from_secs(30),
+        demote_variable: None,
+        on_unhealthy: OnUnhealthy::Withdraw,
         on_stop: OnStop::Withdraw,
         export_protocols: vec!["tor".into()],
     }
