@@ -171,6 +171,23 @@ impl Lb {
         set.iter().map(|n| n.to_string()).collect()
     }
 
+    /// The routes BIRD's `protocol direct` made from the VIP interface.
+    async fn direct_routes(&self) -> BTreeSet<String> {
+        let reply = self
+            .ctl()
+            .request("show route protocol acast_direct")
+            .await
+            .unwrap();
+        assert!(!reply.is_error(), "{reply}");
+        reply
+            .lines
+            .iter()
+            .filter_map(|l| l.text.split_whitespace().next())
+            .filter(|w| w.parse::<IpNet>().is_ok())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Adds an address to `lo`, as the agent does for a VIP.
     fn add_lo(&self, prefix: &str) {
         self.ns.ip(&["addr", "add", prefix, "dev", "lo"]);
@@ -453,18 +470,7 @@ async fn packaged_bird_conf_announces_only_vip_addresses_in_the_agents_sets() {
 
     // What protocol direct picked up from lo: every global address, never
     // the host-scope 127.0.0.1/8.
-    let reply = lb
-        .ctl()
-        .request("show route protocol acast_direct")
-        .await
-        .unwrap();
-    let direct: BTreeSet<String> = reply
-        .lines
-        .iter()
-        .filter_map(|l| l.text.split_whitespace().next())
-        .filter(|w| w.parse::<IpNet>().is_ok())
-        .map(str::to_string)
-        .collect();
+    let direct = lb.direct_routes().await;
     eprintln!("protocol direct on lo holds {direct:?}");
     for a in [
         VIP_NET,
@@ -506,44 +512,23 @@ async fn packaged_bird_conf_announces_only_vip_addresses_in_the_agents_sets() {
     assert_eq!(s.failures, 0, "{s:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demoted_hosts_carry_the_vip_only_when_no_host_advertises_it() {
-    if skip_without_netns("demoted_hosts_carry_the_vip_only_when_no_host_advertises_it") {
-        return;
-    }
-    let lab = Lab::start(LabOptions {
-        lbs: 2,
-        wire: false,
-        lb2_bfd: true,
-    })
-    .await;
-    for lb in &lab.lbs {
-        lb.add_lo(VIP_NET);
-    }
+/// One step of [`demoted_hosts_carry_the_vip_only_when_no_host_advertises_it`]:
+/// what it shows, lb1's and lb2's announcements, the ToR's nexthops after it,
+/// and the AS paths the ToR then holds.
+type Step = (
+    &'static str,
+    DesiredAnnouncements,
+    DesiredAnnouncements,
+    Vec<&'static str>,
+    Vec<String>,
+);
+
+/// The steps, in order; each starts from the one before.
+fn demote_steps() -> Vec<Step> {
     let (lb1, lb2) = ("via 10.0.1.2 dev tor-lb1", "via 10.0.2.2 dev tor-lb2");
     let one = adv(&[VIP_NET]);
-    let mut d1 = Driver::start(&lab.lbs[0].cfg, PublisherOptions::default(), one.clone());
-    let mut d2 = Driver::start(&lab.lbs[1].cfg, PublisherOptions::default(), one.clone());
-    d1.wait_announced(&one).await;
-    d2.wait_announced(&one).await;
-    lab.wait_nexthops(VIP, &[lb1, lb2], Duration::from_secs(5))
-        .await;
-    let tor_before = lab.tor_sessions().await;
-    let mut lb_before = Vec::new();
-    for lb in &lab.lbs {
-        lb_before.push(lb.ctl().show_protocols().await.unwrap());
-    }
-    let mon = RouteMonitor::start(&lab.tor);
-
-    // (lb1's set, lb2's set, the ToR's nexthops, the AS paths it holds)
     let none = DesiredAnnouncements::default();
-    let steps: [(
-        &str,
-        DesiredAnnouncements,
-        DesiredAnnouncements,
-        Vec<&str>,
-        Vec<String>,
-    ); 6] = [
+    vec![
         (
             "lb1 demoted, lb2 healthy: only lb2",
             demote(&[VIP_NET]),
@@ -586,8 +571,40 @@ async fn demoted_hosts_carry_the_vip_only_when_no_host_advertises_it() {
             vec![lb1, lb2],
             vec![path(65001, 7), path(65002, 7)],
         ),
-    ];
-    for (what, want1, want2, hops, paths) in steps {
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demoted_hosts_carry_the_vip_only_when_no_host_advertises_it() {
+    if skip_without_netns("demoted_hosts_carry_the_vip_only_when_no_host_advertises_it") {
+        return;
+    }
+    let lab = Lab::start(LabOptions {
+        lbs: 2,
+        wire: false,
+        lb2_bfd: true,
+    })
+    .await;
+    for lb in &lab.lbs {
+        lb.add_lo(VIP_NET);
+    }
+    let (lb1, lb2) = ("via 10.0.1.2 dev tor-lb1", "via 10.0.2.2 dev tor-lb2");
+    let one = adv(&[VIP_NET]);
+    let mut d1 = Driver::start(&lab.lbs[0].cfg, PublisherOptions::default(), one.clone());
+    let mut d2 = Driver::start(&lab.lbs[1].cfg, PublisherOptions::default(), one.clone());
+    d1.wait_announced(&one).await;
+    d2.wait_announced(&one).await;
+    lab.wait_nexthops(VIP, &[lb1, lb2], Duration::from_secs(5))
+        .await;
+    let tor_before = lab.tor_sessions().await;
+    let mut lb_before = Vec::new();
+    for lb in &lab.lbs {
+        lb_before.push(lb.ctl().show_protocols().await.unwrap());
+    }
+    let mon = RouteMonitor::start(&lab.tor);
+
+    let none = DesiredAnnouncements::default();
+    for (what, want1, want2, hops, paths) in demote_steps() {
         let t0 = Instant::now();
         d1.tx.send(want1.clone()).unwrap();
         d2.tx.send(want2.clone()).unwrap();
