@@ -100,8 +100,9 @@ pub struct BirdStatus {
     pub last_outcome: Option<ConfigureOutcome>,
     /// Desired prefixes dropped by [`include::normalize`], and other non-fatal notes.
     pub warnings: Vec<String>,
-    /// Desired prefixes that no `export_protocols` protocol exports (no
-    /// static route for them in bird.conf, or the session is down).
+    /// Desired prefixes that no `export_protocols` protocol exports (BIRD has
+    /// no route for them: with the packaged bird.conf, no address on the VIP
+    /// interface, or outside its VIP ranges; or the session is down).
     pub not_exported: BTreeSet<IpNet>,
     /// Where the time of the last successful pass went.
     pub last_pass: Option<PassTiming>,
