@@ -265,6 +265,7 @@ pub fn announcements(decisions: &[VipDecision]) -> DesiredAnnouncements {
     DesiredAnnouncements {
         advertise: pick(Announcement::Advertise),
         drain: pick(Announcement::Drain),
+        demote: BTreeSet::new(),
     }
 }
 
