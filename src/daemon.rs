@@ -594,6 +594,7 @@ fn build_snapshot(cfg: &Config, f: &mut Feeds, started: SystemTime) -> Snapshot 
                 since: any.announced_since.get(&d.vip).copied().map(Timestamp),
                 adopted: any.adopted.contains(&d.vip),
                 draining: d.announcement == Announcement::Drain,
+                demoted: d.announcement == Announcement::Demote,
             }
         })
         .collect();

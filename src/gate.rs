@@ -14,7 +14,11 @@
 //!
 //! The rule: a VIP is advertised ⇔ not drained ∧ its address is present on
 //! `vip.interface` ∧ HAProxy is running ∧ the VIP has at least one service ∧
-//! every one of those services is healthy. When drained with a graceful
+//! every one of those services is healthy (or pending: new behind an
+//! announced VIP and still having its chance). With `[bird] on_unhealthy =
+//! "demote"`, a VIP whose only problems are unhealthy services goes to the
+//! demote set instead of being withdrawn; host-local problems (HAProxy
+//! down, address missing, no service, a host fault, drained) always withdraw. When drained with a graceful
 //! drain variable configured, VIPs that would otherwise be advertised sit in
 //! the drain set until `since + drain_grace`, then are withdrawn. HAProxy not
 //! running withdraws everything at once, drain set included: the drain set is
@@ -31,6 +35,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 
 use crate::bird::DesiredAnnouncements;
+use crate::config::OnUnhealthy;
 
 /// Where a service behind a VIP stands, as the gate needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +137,9 @@ pub struct GateInput<'a> {
     pub graceful: bool,
     /// How long a graceful drain keeps VIPs in the drain set (`[bird] drain_grace`).
     pub drain_grace: Duration,
+    /// `[bird] on_unhealthy`: what a VIP whose only problems are unhealthy
+    /// services becomes (withdrawn, or demoted).
+    pub on_unhealthy: OnUnhealthy,
     /// `[vip] interface`, named in the reason text.
     pub interface: &'a str,
     /// The current time; the only clock the gate sees.
@@ -146,6 +154,11 @@ pub enum Announcement {
     /// In the graceful drain set: still announced, with the operator's
     /// drain treatment (AS-path prepend, GRACEFUL_SHUTDOWN), until the grace ends.
     Drain,
+    /// In the demote set (`on_unhealthy = "demote"`): a service is
+    /// unhealthy, but nothing host-local is wrong; announced with a longer
+    /// AS path, so the ToR prefers healthy hosts and falls back to this one
+    /// only when no host of the group is healthy.
+    Demote,
     /// Not announced.
     Withdrawn,
 }
@@ -161,6 +174,7 @@ impl Announcement {
         match self {
             Announcement::Advertise => "advertise",
             Announcement::Drain => "drain",
+            Announcement::Demote => "demote",
             Announcement::Withdrawn => "withdrawn",
         }
     }
@@ -185,6 +199,7 @@ pub fn decide(input: &GateInput) -> Vec<VipDecision> {
 fn decide_one(input: &GateInput, view: &VipView) -> VipDecision {
     // Conditions that are about the VIP itself (not the drain), in the order
     // an operator would check them.
+    // Host-local problems: nothing here can serve, whatever the policy.
     let mut problems: Vec<String> = Vec::new();
     if let Some(f) = input.host_fault {
         problems.push(f.to_string());
@@ -198,6 +213,7 @@ fn decide_one(input: &GateInput, view: &VipView) -> VipDecision {
     if view.services.is_empty() {
         problems.push("no service binds this VIP".to_string());
     }
+    let hard = problems.len();
     for s in view.services.iter() {
         let ServiceState::Unhealthy(error) = &s.state else {
             continue;
@@ -211,9 +227,14 @@ fn decide_one(input: &GateInput, view: &VipView) -> VipDecision {
         });
     }
     let serviceable = problems.is_empty();
+    let demotable = hard == 0 && input.on_unhealthy == OnUnhealthy::Demote;
 
     let (announcement, reason) = match input.drain {
         DrainState::Undrained if serviceable => (Announcement::Advertise, None),
+        DrainState::Undrained if demotable => (
+            Announcement::Demote,
+            Some(format!("demoted: {}", problems.join("; "))),
+        ),
         DrainState::Undrained => (Announcement::Withdrawn, Some(problems.join("; "))),
         DrainState::Drained { since, reason } => {
             let drained = if reason.trim().is_empty() {
@@ -265,7 +286,7 @@ pub fn announcements(decisions: &[VipDecision]) -> DesiredAnnouncements {
     DesiredAnnouncements {
         advertise: pick(Announcement::Advertise),
         drain: pick(Announcement::Drain),
-        demote: BTreeSet::new(),
+        demote: pick(Announcement::Demote),
     }
 }
 
@@ -328,6 +349,7 @@ mod tests {
         /// `Some((since_secs, reason))` = drained since that offset.
         drained: Option<(u64, &'static str)>,
         graceful: bool,
+        on_unhealthy: OnUnhealthy,
         now: u64,
         want: Vec<(Announcement, Option<&'static str>)>,
     }
@@ -348,13 +370,14 @@ mod tests {
             drain: &drain,
             graceful: case.graceful,
             drain_grace: Duration::from_secs(30),
+            on_unhealthy: case.on_unhealthy,
             interface: "lo",
             now: clock.at(case.now),
         };
         decide(&input)
     }
 
-    use Announcement::{Advertise, Drain, Withdrawn};
+    use Announcement::{Advertise, Demote, Drain, Withdrawn};
 
     #[test]
     fn rule_table() {
@@ -366,6 +389,7 @@ mod tests {
                 host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(Advertise, None)],
             },
@@ -380,6 +404,7 @@ mod tests {
                 host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(Advertise, None)],
             },
@@ -394,6 +419,7 @@ mod tests {
                 host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(Withdrawn, Some("service www unhealthy: refused"))],
             },
@@ -404,6 +430,7 @@ mod tests {
                 host_fault: Some("VIP ownership file corrupt"),
                 drained: None,
                 graceful: true,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![
                     (Withdrawn, Some("VIP ownership file corrupt")),
@@ -414,12 +441,80 @@ mod tests {
                 ],
             },
             Case {
+                name: "demote: unhealthy services demote, with the reason",
+                vips: vec![view(V4, true, vec![ok("www"), bad("api", "HTTP 503")])],
+                haproxy_up: true,
+                host_fault: None,
+                drained: None,
+                graceful: false,
+                on_unhealthy: OnUnhealthy::Demote,
+                now: 0,
+                want: vec![(Demote, Some("demoted: service api unhealthy: HTTP 503"))],
+            },
+            Case {
+                name: "demote: host-local failures still withdraw",
+                vips: vec![
+                    view(V4, false, vec![bad("www", "refused")]),
+                    view(V6, true, vec![]),
+                ],
+                haproxy_up: true,
+                host_fault: None,
+                drained: None,
+                graceful: false,
+                on_unhealthy: OnUnhealthy::Demote,
+                now: 0,
+                want: vec![
+                    (
+                        Withdrawn,
+                        Some("address missing on lo; service www unhealthy: refused"),
+                    ),
+                    (Withdrawn, Some("no service binds this VIP")),
+                ],
+            },
+            Case {
+                name: "demote: HAProxy down withdraws",
+                vips: vec![view(V4, true, vec![bad("www", "refused")])],
+                haproxy_up: false,
+                host_fault: None,
+                drained: None,
+                graceful: false,
+                on_unhealthy: OnUnhealthy::Demote,
+                now: 0,
+                want: vec![(
+                    Withdrawn,
+                    Some("HAProxy is down or not answering; service www unhealthy: refused"),
+                )],
+            },
+            Case {
+                name: "demote: drained withdraws, the operator's word wins",
+                vips: vec![view(V4, true, vec![bad("www", "refused")])],
+                haproxy_up: true,
+                host_fault: None,
+                drained: Some((0, "m")),
+                graceful: true,
+                on_unhealthy: OnUnhealthy::Demote,
+                now: 1,
+                want: vec![(Withdrawn, Some("drained: m; service www unhealthy: refused"))],
+            },
+            Case {
+                name: "demote: a healthy VIP is advertised",
+                vips: vec![view(V4, true, vec![ok("www")])],
+                haproxy_up: true,
+                host_fault: None,
+                drained: None,
+                graceful: false,
+                on_unhealthy: OnUnhealthy::Demote,
+                now: 0,
+                want: vec![(Advertise, None)],
+            },
+            Case {
                 name: "address missing",
                 vips: vec![view(V4, false, vec![ok("www")])],
                 haproxy_up: true,
                 host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(Withdrawn, Some("address missing on lo"))],
             },
@@ -430,6 +525,7 @@ mod tests {
                 host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(Withdrawn, Some("HAProxy is down or not answering"))],
             },
@@ -440,6 +536,7 @@ mod tests {
                 host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(Withdrawn, Some("no service binds this VIP"))],
             },
@@ -454,6 +551,7 @@ mod tests {
                 host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(
                     Withdrawn,
@@ -475,6 +573,7 @@ mod tests {
                 host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(
                     Withdrawn,
@@ -495,6 +594,7 @@ mod tests {
                 host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(Withdrawn, Some("service www unhealthy"))],
             },
@@ -505,6 +605,7 @@ mod tests {
                 host_fault: None,
                 drained: Some((0, "kernel upgrade")),
                 graceful: true,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 1,
                 want: vec![(
                     Withdrawn,
@@ -521,6 +622,7 @@ mod tests {
                 host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(
                     Withdrawn,
@@ -534,6 +636,7 @@ mod tests {
                 host_fault: None,
                 drained: Some((0, "maintenance")),
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(Withdrawn, Some("drained: maintenance"))],
             },
@@ -544,6 +647,7 @@ mod tests {
                 host_fault: None,
                 drained: Some((0, "  ")),
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(Withdrawn, Some("drained"))],
             },
@@ -554,6 +658,7 @@ mod tests {
                 host_fault: None,
                 drained: Some((10, "maintenance")),
                 graceful: true,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 39,
                 want: vec![(
                     Drain,
@@ -567,6 +672,7 @@ mod tests {
                 host_fault: None,
                 drained: Some((10, "maintenance")),
                 graceful: true,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 40,
                 want: vec![(Withdrawn, Some("drained: maintenance"))],
             },
@@ -580,6 +686,7 @@ mod tests {
                 host_fault: None,
                 drained: Some((0, "m")),
                 graceful: true,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 5,
                 want: vec![
                     (Drain, Some("drained: m (graceful: in the drain set)")),
@@ -596,6 +703,7 @@ mod tests {
                 host_fault: None,
                 drained: Some((0, "m")),
                 graceful: true,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 5,
                 want: vec![(Withdrawn, Some("drained: m; address missing on lo"))],
             },
@@ -606,6 +714,7 @@ mod tests {
                 host_fault: None,
                 drained: Some((0, "m")),
                 graceful: true,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 5,
                 want: vec![(
                     Withdrawn,
@@ -622,6 +731,7 @@ mod tests {
                 host_fault: None,
                 drained: None,
                 graceful: true,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![
                     (Withdrawn, Some("HAProxy is down or not answering")),
@@ -639,6 +749,7 @@ mod tests {
                 host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![
                     (Advertise, None),
@@ -702,6 +813,7 @@ mod tests {
                 drain: &drain,
                 graceful,
                 drain_grace: Duration::from_secs(30),
+                on_unhealthy: OnUnhealthy::Withdraw,
                 interface: "lo",
                 now: clock.at(if in_grace { 110 } else { 200 }),
             };
@@ -742,10 +854,16 @@ mod tests {
                 announcement: Withdrawn,
                 reason: Some("x".into()),
             },
+            VipDecision {
+                vip: net("198.51.100.11/32"),
+                announcement: Demote,
+                reason: Some("demoted: y".into()),
+            },
         ];
         let a = announcements(&d);
         assert_eq!(a.advertise, BTreeSet::from([net(V4)]));
         assert_eq!(a.drain, BTreeSet::from([net(V6)]));
+        assert_eq!(a.demote, BTreeSet::from([net("198.51.100.11/32")]));
         assert!(announcements(&[]).is_empty());
     }
 
@@ -764,6 +882,7 @@ mod tests {
             drain: &drain,
             graceful: true,
             drain_grace: Duration::from_secs(30),
+            on_unhealthy: OnUnhealthy::Withdraw,
             interface: "lo",
             now: clock.at(12),
         };
@@ -797,6 +916,7 @@ mod tests {
             drain: &drain,
             graceful: true,
             drain_grace: Duration::ZERO,
+            on_unhealthy: OnUnhealthy::Withdraw,
             interface: "lo",
             now: clock.at(10),
         };
@@ -808,10 +928,11 @@ mod tests {
     fn announcement_names() {
         assert!(Advertise.is_announced());
         assert!(Drain.is_announced());
+        assert!(Demote.is_announced());
         assert!(!Withdrawn.is_announced());
         assert_eq!(
-            [Advertise, Drain, Withdrawn].map(Announcement::as_str),
-            ["advertise", "drain", "withdrawn"]
+            [Advertise, Drain, Demote, Withdrawn].map(Announcement::as_str),
+            ["advertise", "drain", "demote", "withdrawn"]
         );
     }
 }

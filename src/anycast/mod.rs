@@ -202,7 +202,7 @@ impl Announcer for BirdAnnouncer {
                 });
             }
             None => {
-                info!(advertise = ?want.advertise, drain = ?want.drain, "first announcement");
+                info!(advertise = ?want.advertise, drain = ?want.drain, demote = ?want.demote, "first announcement");
                 let (tx, rx) = watch::channel(want);
                 let token = CancellationToken::new();
                 let p = Publisher::new(&self.cfg, self.opts)?;
@@ -245,8 +245,11 @@ fn log_change(cur: &DesiredAnnouncements, want: &DesiredAnnouncements) {
         withdraw = ?new(&cur.advertise, &want.advertise),
         drain = ?new(&want.drain, &cur.drain),
         undrain = ?new(&cur.drain, &want.drain),
+        demote = ?new(&want.demote, &cur.demote),
+        undemote = ?new(&cur.demote, &want.demote),
         advertised = want.advertise.len(),
         draining = want.drain.len(),
+        demoted = want.demote.len(),
         "announcements changed"
     );
 }
@@ -441,6 +444,7 @@ impl Turn<'_> {
             drain: &drain_state,
             graceful: self.graceful,
             drain_grace: s.bird.drain_grace,
+            on_unhealthy: s.bird.on_unhealthy,
             interface: &s.vip.interface,
             now: now.into_std(),
         };

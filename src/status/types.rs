@@ -345,6 +345,10 @@ pub struct VipStatus {
     /// Extra: true while in the graceful drain set.
     #[serde(default)]
     pub draining: bool,
+    /// Extra: true while in the demote set (`on_unhealthy = "demote"`):
+    /// announced with a longer AS path because a service is unhealthy.
+    #[serde(default)]
+    pub demoted: bool,
 }
 
 /// One service (frontend) behind a VIP, with its rise/fall state.

@@ -147,6 +147,7 @@ fn step(st: &mut AnycastState, w: &World, now: Instant) -> (Vec<VipView>, Vec<Vi
         drain: &DrainState::Undrained,
         graceful: false,
         drain_grace: Duration::from_secs(30),
+        on_unhealthy: crate::config::OnUnhealthy::Withdraw,
         interface: "lo",
         now: now.into_std(),
     });
