@@ -343,21 +343,22 @@ impl Renderer {
         // Rendered, bounded and checked by the logic sandbox: only
         // `CheckedSnippet`s reach the config, so no candidate that `haproxy -c`
         // sees carries a snippet that left its section.
-        let mut logic_by_frontend = crate::logic::render_frontend_logic(d, &host).map_err(|errs| {
-            let first = &errs[0];
-            RenderError::Logic {
-                logic: first.logic.to_string(),
-                frontend: first
-                    .frontend
-                    .as_ref()
-                    .map(|f| f.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                message: match &first.problem {
-                    crate::logic::Problem::Template(e) => e.to_string(),
-                    crate::logic::Problem::Violation(v) => v.to_string(),
-                },
-            }
-        })?;
+        let mut logic_by_frontend =
+            crate::logic::render_frontend_logic(d, &host).map_err(|errs| {
+                let first = &errs[0];
+                RenderError::Logic {
+                    logic: first.logic.to_string(),
+                    frontend: first
+                        .frontend
+                        .as_ref()
+                        .map(|f| f.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    message: match &first.problem {
+                        crate::logic::Problem::Template(e) => e.to_string(),
+                        crate::logic::Problem::Violation(v) => v.to_string(),
+                    },
+                }
+            })?;
         let mut frontends = Vec::new();
         for f in d.frontends.values() {
             let logic = logic_by_frontend

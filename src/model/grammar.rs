@@ -48,7 +48,10 @@ pub fn check_key(s: &str, what: &str) -> Result<(), String> {
         return Err(format!("empty {what}"));
     }
     if s.len() > MAX_KEY {
-        return Err(format!("{what} is {} bytes, the limit is {MAX_KEY}", s.len()));
+        return Err(format!(
+            "{what} is {} bytes, the limit is {MAX_KEY}",
+            s.len()
+        ));
     }
     if let Some(c) = s
         .chars()
@@ -74,7 +77,10 @@ pub fn check_value(s: &str) -> Result<(), String> {
             s.len()
         ));
     }
-    if let Some(c) = s.chars().find(|c| c.is_control() || matches!(c, '\\' | ';')) {
+    if let Some(c) = s
+        .chars()
+        .find(|c| c.is_control() || matches!(c, '\\' | ';'))
+    {
         return Err(format!(
             "invalid value {}: {} (no control characters, '\\' or ';')",
             shorten(s),
@@ -143,7 +149,16 @@ mod tests {
     fn keys_and_values() {
         assert!(check_key("a.example.com", "key").is_ok());
         assert!(check_key("10.0.0.0/8", "pattern").is_ok());
-        for bad in ["", "a b", "a;b", "#x", "a\"b", "a\\b", "ä", &"k".repeat(MAX_KEY + 1)] {
+        for bad in [
+            "",
+            "a b",
+            "a;b",
+            "#x",
+            "a\"b",
+            "a\\b",
+            "ä",
+            &"k".repeat(MAX_KEY + 1),
+        ] {
             assert!(check_key(bad, "key").is_err(), "{bad:?}");
         }
         assert!(check_value("www").is_ok());
@@ -177,7 +192,9 @@ mod tests {
 
     #[test]
     fn pem_bundles() {
-        assert!(check_pem("-----BEGIN CERTIFICATE-----\r\nAAAA\n-----END CERTIFICATE-----\n").is_ok());
+        assert!(
+            check_pem("-----BEGIN CERTIFICATE-----\r\nAAAA\n-----END CERTIFICATE-----\n").is_ok()
+        );
         assert!(check_pem("nothing").is_err());
         assert!(check_pem("-----BEGIN X-----\u{0}").is_err());
         assert!(check_pem(&format!("-----BEGIN X-----{}", "A".repeat(MAX_PEM))).is_err());

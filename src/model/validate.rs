@@ -866,7 +866,11 @@ fn validate(
 /// renderer will, and refuses the document if one exceeds its bounds or
 /// leaves its section (`logic::check`). The error names the logic's JSON
 /// path and the frontend it was rendered for.
-fn check_logic(d: &DesiredState, w: &WireDocument, host: &LogicHost) -> Result<(), ValidationErrors> {
+fn check_logic(
+    d: &DesiredState,
+    w: &WireDocument,
+    host: &LogicHost,
+) -> Result<(), ValidationErrors> {
     let Err(problems) = crate::logic::render_frontend_logic(d, host) else {
         return Ok(());
     };
@@ -883,7 +887,10 @@ fn check_logic(d: &DesiredState, w: &WireDocument, host: &LogicHost) -> Result<(
         .map(|p| {
             let path = format!("logic[{}].template", index(logic_names.clone(), &p.logic));
             let mut message = match &p.frontend {
-                Some(f) => format!("rendered for frontends[{}] ({f}): ", index(fe_names.clone(), f)),
+                Some(f) => format!(
+                    "rendered for frontends[{}] ({f}): ",
+                    index(fe_names.clone(), f)
+                ),
                 None => String::new(),
             };
             match &p.problem {
