@@ -197,10 +197,16 @@ async fn a_refused_data_command_does_not_block_the_others() {
         },
         add("c.example", "text/html charset=utf-8"),
     ];
-    let r = s.apply(&cmds).await.expect("the session survives refused commands");
+    let r = s
+        .apply(&cmds)
+        .await
+        .expect("the session survives refused commands");
     assert_eq!(r.ok, 4, "{r:#?}");
     assert_eq!(r.failed.len(), 3, "{r:#?}");
-    assert!(r.failed.iter().all(|f| f.starts_with("not sent:")), "{r:#?}");
+    assert!(
+        r.failed.iter().all(|f| f.starts_with("not sent:")),
+        "{r:#?}"
+    );
     let st = s.servers_state().await.unwrap();
     let be = &st.backends["be"];
     assert_eq!(be.servers[0].uweight, 7);
@@ -211,7 +217,10 @@ async fn a_refused_data_command_does_not_block_the_others() {
         entries,
         vec![
             ("a.example".to_string(), "a b  c".to_string()),
-            ("c.example".to_string(), "text/html charset=utf-8".to_string()),
+            (
+                "c.example".to_string(),
+                "text/html charset=utf-8".to_string()
+            ),
         ],
         "{shown}"
     );

@@ -33,9 +33,9 @@ use super::parse;
 
 /// Commands written before their replies are read.
 const WINDOW: usize = 200;
+use crate::model::grammar::MAX_COMMAND_LINE;
 /// Largest payload HAProxy 2.6 accepts (tune.bufsize 16 KiB minus headroom).
 pub use crate::model::grammar::MAX_PAYLOAD;
-use crate::model::grammar::MAX_COMMAND_LINE;
 /// Largest reply we are willing to buffer (show servers state of 20k servers ≈ 1.4 MB).
 const MAX_REPLY: usize = 256 * 1024 * 1024;
 const PROMPT: &[u8] = b"\n> ";
@@ -111,17 +111,34 @@ fn refusal(c: &Command) -> Option<String> {
             .iter()
             .map(|(k, v)| format!("{k} {v}"))
             .find(|l| l.len() + 1 > MAX_PAYLOAD || l.contains('\n'))
-            .and_then(|l| not_sent(format!("an entry of {} bytes does not fit a payload", l.len()))),
+            .and_then(|l| {
+                not_sent(format!(
+                    "an entry of {} bytes does not fit a payload",
+                    l.len()
+                ))
+            }),
         Command::ReplaceAcl { patterns, .. } => patterns
             .iter()
             .find(|l| l.len() + 1 > MAX_PAYLOAD || l.contains('\n') || l.trim().is_empty())
-            .and_then(|l| not_sent(format!("a pattern of {} bytes does not fit a payload", l.len()))),
+            .and_then(|l| {
+                not_sent(format!(
+                    "a pattern of {} bytes does not fit a payload",
+                    l.len()
+                ))
+            }),
         Command::SetCert { pem, .. } => {
-            let body: usize = pem.lines().filter(|l| !l.trim().is_empty()).map(|l| l.len() + 1).sum();
-            (body > MAX_PAYLOAD)
-                .then(|| format!("not sent: {c}: {body} bytes exceed the {MAX_PAYLOAD}-byte payload limit"))
+            let body: usize = pem
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| l.len() + 1)
+                .sum();
+            (body > MAX_PAYLOAD).then(|| {
+                format!("not sent: {c}: {body} bytes exceed the {MAX_PAYLOAD}-byte payload limit")
+            })
         }
-        _ => check_line(&c.to_line()).err().map(|e| format!("not sent: {e}")),
+        _ => check_line(&c.to_line())
+            .err()
+            .map(|e| format!("not sent: {e}")),
     }
 }
 
