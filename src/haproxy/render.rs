@@ -92,7 +92,7 @@ impl RenderSettings {
 
 /// A rendered configuration and the files it refers to.
 ///
-/// Only [`Renderer::render`] makes one (the private field), so everything
+/// Only [`Renderer::render`] makes one (a private field), so everything
 /// that validates or installs a config (`reload::Installer`) gets text whose
 /// logic snippets passed the sandbox's checker.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,7 +100,15 @@ pub struct Rendered {
     pub config: String,
     /// Data files: path relative to `data_dir` → content.
     pub files: BTreeMap<PathBuf, Vec<u8>>,
-    _checked: (),
+    /// Logic snippets inserted, every one checked (`crate::logic`).
+    checked_snippets: usize,
+}
+
+impl Rendered {
+    /// How many logic snippets the config holds (each passed the checker).
+    pub fn checked_snippets(&self) -> usize {
+        self.checked_snippets
+    }
 }
 
 /// The template set plus host settings.
@@ -359,6 +367,7 @@ impl Renderer {
                     },
                 }
             })?;
+        let checked_snippets = logic_by_frontend.values().map(Vec::len).sum();
         let mut frontends = Vec::new();
         for f in d.frontends.values() {
             let logic = logic_by_frontend
@@ -424,7 +433,7 @@ impl Renderer {
         Ok(Rendered {
             config: tidy(&config),
             files,
-            _checked: (),
+            checked_snippets,
         })
     }
 }

@@ -320,12 +320,11 @@ mod tests {
             "{% import \"/etc/passwd\" as x %}",
             "{{ range(3e9) }}",
         ] {
-            match render(src, serde_json::json!({})) {
-                Ok(out) => assert!(
+            if let Ok(out) = render(src, serde_json::json!({})) {
+                assert!(
                     !out.contains("s3cr3t") && !out.contains("root:"),
                     "{src}: {out}"
-                ),
-                Err(_) => {}
+                );
             }
         }
         assert!(render("{{ get_env(name=\"HOME\") }}", serde_json::json!({})).is_err());

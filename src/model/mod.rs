@@ -169,7 +169,8 @@ pub struct Server {
     pub az: Option<String>,
 }
 
-/// A business-logic snippet: a tera template rendered per attached object.
+/// A business-logic snippet: a document template (minijinja, bounded; see
+/// `crate::logic`) rendered per attached object and checked before use.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Logic {
     pub name: Name,
