@@ -210,12 +210,7 @@ pub fn render(desired: &Path, config_path: Option<&Path>) -> Result<(), Failure>
             (c, g)
         }
     };
-    let host = crate::logic::LogicHost {
-        node_name: cfg.node.name.clone(),
-        node_group: cfg.node.group.clone(),
-        node_az: cfg.node.az.clone(),
-        data_dir: cfg.haproxy.data_dir.clone(),
-    };
+    let host = crate::logic::LogicHost::from_config(&cfg);
     let d = parse_document_for(&body, &ValidateContext { group }, &host).map_err(|e| {
         Failure::runtime(format!(
             "{} is invalid:\n{}",

@@ -886,6 +886,36 @@ mod tests {
         assert!(fe(text).is_ok());
     }
 
+    proptest::proptest! {
+        /// Whatever the text, the checker answers (no panic), and what it
+        /// accepts never has a line HAProxy would read as a section keyword.
+        #[test]
+        fn accepted_text_never_opens_a_section(parts in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "global", "program", "frontend", "http-request", "del-header", "set-header",
+                "acl", "use_backend", "option", "httplog", "no", " ", "  ", "\t", "\n", "#",
+                "\"", "'", "\\", "\\x67", "\\x00", "lobal", "$", "${X}", "{", "}", "lua.",
+                "env(", "-f", "/d/maps/hosts.map", "map(", ")", ",", "x", ".if", "[", "\r",
+            ]),
+            0..24,
+        )) {
+            let text: String = parts.concat();
+            if fe(&text).is_ok() {
+                for line in text.split('\n') {
+                    let words = lexer::words(line).unwrap();
+                    let first = words.iter().map(|w| w.as_str().into_owned())
+                        .find(|w| w != "no" && w != "default");
+                    if let Some(first) = first {
+                        proptest::prop_assert!(
+                            !SECTION_KEYWORDS.contains(&first.as_str()),
+                            "{text:?} accepted with section keyword {first:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn backend_section_has_its_own_list() {
         let be = |t: &str| check_snippet(t, Section::Backend);

@@ -49,6 +49,17 @@ pub struct LogicHost {
 }
 
 impl LogicHost {
+    /// This host's facts, from agent.toml (what the daemon's document parser
+    /// should validate with).
+    pub fn from_config(cfg: &crate::config::Config) -> LogicHost {
+        LogicHost {
+            node_name: cfg.node.name.clone(),
+            node_group: cfg.node.group.clone(),
+            node_az: cfg.node.az.clone(),
+            data_dir: cfg.haproxy.data_dir.clone(),
+        }
+    }
+
     /// Placeholder host facts, for validating a document without knowing
     /// the host (the renderer checks again with the real ones).
     pub fn unknown(group: &str) -> LogicHost {
