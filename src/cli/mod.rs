@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, DEFAULT_PATH};
-use crate::model::validate::{parse_document, ValidateContext};
+use crate::model::validate::{parse_document_for, ValidateContext};
 
 // --- status-socket client (h/status-cli) ---
 pub mod client;
@@ -210,7 +210,8 @@ pub fn render(desired: &Path, config_path: Option<&Path>) -> Result<(), Failure>
             (c, g)
         }
     };
-    let d = parse_document(&body, &ValidateContext { group }).map_err(|e| {
+    let host = crate::logic::LogicHost::from_config(&cfg);
+    let d = parse_document_for(&body, &ValidateContext { group }, &host).map_err(|e| {
         Failure::runtime(format!(
             "{} is invalid:\n{}",
             desired.display(),
