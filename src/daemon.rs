@@ -36,7 +36,7 @@ use crate::health::monitor::HealthSnapshot;
 use crate::health::{CheckResult, Checker};
 use crate::metrics::CheckOutcome;
 use crate::metrics::Metrics;
-use crate::model::validate::{parse_document, ValidateContext};
+use crate::model::validate::ValidateContext;
 use crate::model::DesiredState;
 use crate::reconcile::{
     Candidate, FrontendInstall, HaproxyStatus, Reconciler, ReconcilerSettings, Trigger,
@@ -69,12 +69,15 @@ pub fn renderer(cfg: &Config) -> anyhow::Result<Renderer> {
     .context("loading templates")
 }
 
-/// The document parser the source uses: JSON → validated [`DesiredState`].
-pub fn parser(group: &str) -> Parser<DesiredState> {
+/// The document parser the source uses: JSON → validated [`DesiredState`],
+/// with logic snippets rendered and checked for this host (`host`).
+pub fn parser(group: &str, host: crate::logic::LogicHost) -> Parser<DesiredState> {
     let ctx = ValidateContext {
         group: group.to_string(),
     };
-    Arc::new(move |body: &[u8]| parse_document(body, &ctx).map_err(|e| e.to_string()))
+    Arc::new(move |body: &[u8]| {
+        crate::model::validate::parse_document_for(body, &ctx, &host).map_err(|e| e.to_string())
+    })
 }
 
 /// Offers every document the source accepted to the reconciler, with its raw
@@ -224,7 +227,7 @@ async fn run_generation(
     tracker.spawn(source::run(
         cfg.source.clone(),
         cfg.node.name.clone(),
-        parser(&cfg.node.group),
+        parser(&cfg.node.group, crate::logic::LogicHost::from_config(cfg)),
         doc_tx,
         source_status_tx,
         cancel.clone(),

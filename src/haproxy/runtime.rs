@@ -88,6 +88,9 @@ pub struct ApplyReport {
     pub soft: Vec<String>,
     /// Refused or answered unexpectedly: the state did not converge.
     pub failed: Vec<String>,
+    /// Of `failed`, the commands the client would not send at all (`not
+    /// sent:`): repairing them at runtime is pointless, only a reload helps.
+    pub unsent: usize,
 }
 
 fn check_line(line: &str) -> Result<(), RuntimeError> {
@@ -278,7 +281,10 @@ impl Session {
         let mut sendable: Vec<&Command> = Vec::with_capacity(cmds.len());
         for c in cmds {
             match refusal(c) {
-                Some(why) => report.failed.push(why),
+                Some(why) => {
+                    report.failed.push(why);
+                    report.unsent += 1;
+                }
                 None => sendable.push(c),
             }
         }

@@ -38,6 +38,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use crate::config::HaproxyConfig;
 use crate::haproxy::reload::{ReloadError, ReloadOutcome};
 use crate::haproxy::render::Renderer;
+use crate::haproxy::runtime::ApplyReport;
 use crate::haproxy::watch::HaproxyView;
 use crate::model::{DesiredState, Revision};
 use crate::plan::{plan_with_data, Plan, PlanOptions, ReloadReason, Structure};
@@ -537,13 +538,14 @@ impl<H: HaproxyOps> Reconciler<H> {
         let mut changed = false;
         let mut rounds = 0;
         let mut first_failure: Option<String> = None;
+        let mut unsent = false;
         loop {
             let first = first_failure
                 .clone()
                 .or_else(|| p.commands.first().map(|c| c.to_string()))
                 .unwrap_or_default();
             let reloaded = self.convergence_reloaded == Some(d.revision);
-            match after_apply(p.commands.len(), rounds, &first, reloaded) {
+            match after_apply(p.commands.len(), rounds, &first, reloaded, unsent) {
                 AfterApply::Converged => return Some(changed),
                 AfterApply::Repair => {}
                 AfterApply::Reload(r) => {
@@ -568,8 +570,9 @@ impl<H: HaproxyOps> Reconciler<H> {
             }
             rounds += 1;
             changed = true;
-            let failed = self.apply(p).await?;
-            first_failure = failed.into_iter().next();
+            let report = self.apply(p).await?;
+            unsent = report.unsent > 0;
+            first_failure = report.failed.into_iter().next();
             let o = match self.ops.observe(d).await {
                 Ok(o) => o,
                 Err(e) => {
@@ -588,8 +591,8 @@ impl<H: HaproxyOps> Reconciler<H> {
         });
     }
 
-    /// Sends the plan's commands; returns the failures, `None` on socket trouble.
-    async fn apply(&mut self, p: &Plan) -> Option<Vec<String>> {
+    /// Sends the plan's commands; returns the report, `None` on socket trouble.
+    async fn apply(&mut self, p: &Plan) -> Option<ApplyReport> {
         let report = match self.ops.apply(&p.commands).await {
             Ok(r) => r,
             Err(e) => {
@@ -598,7 +601,11 @@ impl<H: HaproxyOps> Reconciler<H> {
             }
         };
         for f in &report.failed {
-            warn!(failure = %f, "runtime command rejected");
+            if f.starts_with("not sent:") {
+                error!(failure = %f, "runtime command cannot be sent; a reload will apply it from the files");
+            } else {
+                warn!(failure = %f, "runtime command rejected");
+            }
         }
         let ok = report.ok as u64;
         let failed = report.failed.len() as u64;
@@ -610,7 +617,7 @@ impl<H: HaproxyOps> Reconciler<H> {
             commands = p.commands.len(),
             ok, failed, "runtime commands applied"
         );
-        Some(report.failed)
+        Some(report)
     }
 
     /// A pass with nothing left to do.

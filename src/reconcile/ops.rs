@@ -305,6 +305,9 @@ impl HaproxyOps for RealHaproxy {
         match self.installer.reload_and_confirm().await {
             Ok(o) => {
                 self.persisted = Some(rendered_digest(&rendered));
+                // The new worker loaded only what this render names: files
+                // that left the document are nobody's now.
+                self.installer.remove_stale(&rendered);
                 Ok(o)
             }
             Err(e) => {

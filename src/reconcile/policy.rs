@@ -150,16 +150,19 @@ pub enum AfterApply {
 
 /// Decides after `rounds` rounds of runtime commands with `remaining`
 /// commands still planned. `reloaded_for_convergence` is true when a reload
-/// was already done for this revision because runtime changes did not take.
+/// was already done for this revision because runtime changes did not take;
+/// `unsent` when the last round had commands the client will not send at
+/// all (they cannot be repaired at runtime, only by a reload).
 pub fn after_apply(
     remaining: usize,
     rounds: u32,
     first: &str,
     reloaded_for_convergence: bool,
+    unsent: bool,
 ) -> AfterApply {
     if remaining == 0 {
         AfterApply::Converged
-    } else if rounds < APPLY_ROUNDS {
+    } else if rounds < APPLY_ROUNDS && !unsent {
         AfterApply::Repair
     } else if reloaded_for_convergence {
         AfterApply::GiveUp {

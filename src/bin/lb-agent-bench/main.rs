@@ -823,7 +823,7 @@ async fn publish_latencies(
     tokio::spawn(lb_agent::source::run(
         source_cfg,
         "bench".into(),
-        lb_agent::daemon::parser("blue"),
+        lb_agent::daemon::parser("blue", lb_agent::logic::LogicHost::unknown("blue")),
         acc_tx,
         src_status,
         cancel.clone(),

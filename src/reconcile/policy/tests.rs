@@ -101,33 +101,54 @@ fn acceptance_table() {
 
 #[test]
 fn repair_or_reload_table() {
+    let reload = AfterApply::Reload(ReloadReason::Convergence {
+        remaining: 2,
+        first: "x".into(),
+    });
+    let give_up = AfterApply::GiveUp {
+        remaining: 2,
+        first: "x".into(),
+    };
     let cases = [
-        ("nothing left", 0, 1, false, AfterApply::Converged),
-        ("first round left some", 2, 1, false, AfterApply::Repair),
+        ("nothing left", 0, 1, false, false, AfterApply::Converged),
         (
-            "repair did not take",
+            "first round left some",
             2,
-            2,
+            1,
             false,
-            AfterApply::Reload(ReloadReason::Convergence {
-                remaining: 2,
-                first: "x".into(),
-            }),
+            false,
+            AfterApply::Repair,
         ),
+        ("repair did not take", 2, 2, false, false, reload.clone()),
         (
             "a convergence reload did not fix it either",
             2,
             2,
             true,
-            AfterApply::GiveUp {
-                remaining: 2,
-                first: "x".into(),
-            },
+            false,
+            give_up.clone(),
+        ),
+        (
+            "a command the client will not send: no repair, reload at once",
+            2,
+            1,
+            false,
+            true,
+            reload,
+        ),
+        ("unsendable even after a reload", 2, 1, true, true, give_up),
+        (
+            "nothing left, some unsent earlier",
+            0,
+            1,
+            false,
+            true,
+            AfterApply::Converged,
         ),
     ];
-    for (name, remaining, rounds, reloaded, want) in cases {
+    for (name, remaining, rounds, reloaded, unsent, want) in cases {
         assert_eq!(
-            after_apply(remaining, rounds, "x", reloaded),
+            after_apply(remaining, rounds, "x", reloaded, unsent),
             want,
             "{name}"
         );
