@@ -61,6 +61,11 @@ pub struct PublisherOptions {
     pub backoff_max: Duration,
     /// Period of the drift check (confirm only; reconfigure on mismatch).
     pub resync_interval: Duration,
+    /// Period of the probe that notices a restarted BIRD (one `show status`
+    /// on the open connection): a BIRD started again reads the include the
+    /// packages reset to the dummies, so it must be published again at once,
+    /// not at the next resync.
+    pub probe_interval: Duration,
     /// Control-socket timeouts.
     pub control: ControlOptions,
 }
@@ -72,6 +77,7 @@ impl Default for PublisherOptions {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             resync_interval: Duration::from_secs(30),
+            probe_interval: Duration::from_secs(1),
             control: ControlOptions::default(),
         }
     }
@@ -176,6 +182,8 @@ enum Reason {
     Change,
     Retry,
     Resync,
+    /// The control connection had to be opened again: BIRD was restarted.
+    BirdRestarted,
 }
 
 impl Publisher {
@@ -217,6 +225,7 @@ impl Publisher {
         let mut reason = Reason::Start;
         let mut retry_at: Option<Instant> = None;
         let mut resync_at = Instant::now() + self.opts.resync_interval;
+        let mut probe_at = Instant::now() + self.opts.probe_interval;
         let mut first = true;
         loop {
             if !std::mem::take(&mut first) {
@@ -237,6 +246,14 @@ impl Publisher {
                     }
                     _ = sleep_until_opt(retry_at) => reason = Reason::Retry,
                     _ = tokio::time::sleep_until(resync_at) => reason = Reason::Resync,
+                    _ = tokio::time::sleep_until(probe_at), if retry_at.is_none() => {
+                        probe_at = Instant::now() + self.opts.probe_interval;
+                        if !self.bird_restarted().await {
+                            continue;
+                        }
+                        info!("BIRD was restarted (its control socket is a new one); publishing again");
+                        reason = Reason::BirdRestarted;
+                    }
                 }
             }
             let target = desired.borrow_and_update().clone();
@@ -262,6 +279,20 @@ impl Publisher {
             );
             status.send_replace(self.status.clone());
             resync_at = Instant::now() + self.opts.resync_interval;
+        }
+    }
+
+    /// True when BIRD answers on a connection opened anew since the last
+    /// exchange: the BIRD the last pass confirmed is gone. BIRD down (no
+    /// answer) is not a restart yet; the probe after it comes back is.
+    async fn bird_restarted(&mut self) -> bool {
+        let before = self.ctl.connects();
+        match self.ctl.request("show status").await {
+            Ok(_) => before > 0 && self.ctl.connects() != before,
+            Err(e) => {
+                debug!(error = %e, "BIRD probe failed");
+                false
+            }
         }
     }
 

@@ -203,54 +203,92 @@ impl NsHaproxy {
         );
         let config = dir.join("haproxy.cfg");
         let admin = dir.join("admin.sock");
-        let master = dir.join("master.sock");
+        std::fs::write(&config, bootstrap_haproxy_cfg(&admin)).unwrap();
         let log = dir.join("haproxy.log");
-        std::fs::write(
-            &config,
-            format!(
-                "global\n    stats socket {} mode 600 level admin\n\ndefaults\n    mode http\n    \
-                 timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n",
-                admin.display()
-            ),
-        )
-        .unwrap();
-        let out = std::fs::File::create(&log).unwrap();
-        let child = ns
-            .command(HAPROXY)
-            .arg("-W")
-            .arg("-S")
-            .arg(&master)
-            .arg("-f")
-            .arg(&config)
-            .arg("-p")
-            .arg(dir.join("haproxy.pid"))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawning haproxy");
-        let pid = child.id();
+        let (child, pid) = spawn_haproxy(ns, dir, &config, &dir.join("master.sock"), &log);
         let h = NsHaproxy {
             child,
             pid,
             config,
             admin,
-            master,
+            master: dir.join("master.sock"),
             log,
         };
+        h.wait_up();
+        h
+    }
+
+    fn wait_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !(std::os::unix::net::UnixStream::connect(&h.master).is_ok()
-            && std::os::unix::net::UnixStream::connect(&h.admin).is_ok())
+        while !(std::os::unix::net::UnixStream::connect(&self.master).is_ok()
+            && std::os::unix::net::UnixStream::connect(&self.admin).is_ok())
         {
             assert!(
                 Instant::now() < deadline,
                 "haproxy did not come up: {}",
-                std::fs::read_to_string(&h.log).unwrap_or_default()
+                std::fs::read_to_string(&self.log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        h
     }
+
+    /// SIGKILLs the master (its workers follow it out); returns once the
+    /// admin socket refuses connections (bounded).
+    pub fn kill9(&mut self) {
+        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&self.admin).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "HAProxy workers outlived their master"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts HAProxy again on the config file as it is now (what systemd's
+    /// restart does), in the same namespace and with the same sockets.
+    pub fn respawn(&mut self, ns: &Netns) {
+        let dir = self.config.parent().unwrap().to_path_buf();
+        let (child, pid) = spawn_haproxy(ns, &dir, &self.config, &self.master, &self.log);
+        self.child = child;
+        self.pid = pid;
+        self.wait_up();
+    }
+}
+
+/// A minimal config with just the admin socket, as a distro would ship.
+pub fn bootstrap_haproxy_cfg(admin: &Path) -> String {
+    format!(
+        "global\n    stats socket {} mode 600 level admin\n\ndefaults\n    mode http\n    \
+         timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n",
+        admin.display()
+    )
+}
+
+fn spawn_haproxy(ns: &Netns, dir: &Path, config: &Path, master: &Path, log: &Path) -> (Child, u32) {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = ns
+        .command(HAPROXY)
+        .arg("-W")
+        .arg("-S")
+        .arg(master)
+        .arg("-f")
+        .arg(config)
+        .arg("-p")
+        .arg(dir.join("haproxy.pid"))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("spawning haproxy");
+    let pid = child.id();
+    (child, pid)
 }
 
 impl Drop for NsHaproxy {
@@ -418,6 +456,7 @@ pub struct LbHost {
     pub desired: PathBuf,
     starts: u32,
     revision: u64,
+    web_weight: u16,
     pub ns: Netns,
 }
 
@@ -492,17 +531,33 @@ group = "root"
     /// Writes the desired state (a new revision each time): VIP 192.0.2.10
     /// with `web` on :80 and `api` on :8080, each with its own backend.
     pub fn write_desired(&mut self) {
+        self.write_desired_with(&[]);
+    }
+
+    /// [`LbHost::write_desired`] plus `extra` HTTP frontends (name, port on
+    /// the VIP), each served by the `web` backend's pool.
+    pub fn write_desired_with(&mut self, extra: &[(&str, u16)]) {
+        self.write_desired_doc(extra, self.web_weight);
+    }
+
+    /// The desired state with `extra` frontends and the `web1` server at `weight`.
+    pub fn write_desired_doc(&mut self, extra: &[(&str, u16)], weight: u16) {
         self.revision += 1;
+        self.web_weight = weight;
+        let mut frontends = vec![
+            json!({"name": "web", "bind": [format!("{VIP}:80")], "mode": "http", "default_pool": "web_pool"}),
+            json!({"name": "api", "bind": [format!("{VIP}:8080")], "mode": "http", "default_pool": "api_pool"}),
+        ];
+        for (name, port) in extra {
+            frontends.push(json!({"name": name, "bind": [format!("{VIP}:{port}")], "mode": "http", "default_pool": "web_pool"}));
+        }
         let doc = json!({
             "schema": 1, "revision": self.revision, "group": "blue",
             "vips": [{"address": VIP_NET}],
-            "frontends": [
-                {"name": "web", "bind": [format!("{VIP}:80")], "mode": "http", "default_pool": "web_pool"},
-                {"name": "api", "bind": [format!("{VIP}:8080")], "mode": "http", "default_pool": "api_pool"}
-            ],
+            "frontends": frontends,
             "pools": [
                 {"name": "web_pool", "mode": "http", "servers": [
-                    {"name": "web1", "address": "127.0.0.1", "port": self.web.port}]},
+                    {"name": "web1", "address": "127.0.0.1", "port": self.web.port, "weight": weight}]},
                 {"name": "api_pool", "mode": "http", "servers": [
                     {"name": "api1", "address": "127.0.0.1", "port": self.api.port}]}
             ]
@@ -568,6 +623,29 @@ group = "root"
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// `lb-agent <args> --config <agent.toml>` with extra environment (the
+    /// commands that work without the running agent: `reset`, `check-config`).
+    pub fn cli_config_env(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_lb-agent"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.agent_toml)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running lb-agent CLI");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// [`LbHost::cli_config_env`] without extra environment.
+    pub fn cli_config(&self, args: &[&str]) -> (i32, String, String) {
+        self.cli_config_env(args, &[])
     }
 
     /// `lb-agent vips --json`: the entry of the lab VIP.
@@ -775,6 +853,7 @@ impl Lab {
                 bird_cfg,
                 starts: 0,
                 revision: 0,
+                web_weight: 1,
                 ns,
             };
             lb.write_agent_toml(OnStop::Withdraw, "");
@@ -914,6 +993,37 @@ impl Lab {
         })
     }
 
+    /// Starts a client load on `addr`: one GET after another on new
+    /// connections from the client namespace, until [`Load::finish`] (or at
+    /// most `max` requests).
+    pub fn client_load(&self, addr: &str, max: usize) -> Load {
+        let client = self.client.as_ref().expect("lab built with a client");
+        let path = format!("/run/netns/{}", client.name());
+        let addr: SocketAddr = addr.parse().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let mut r = LoadReport::default();
+            while !s.load(Ordering::Relaxed) && r.ok + r.failed.len() < max {
+                match http_get(addr) {
+                    Ok(body) => {
+                        r.ok += 1;
+                        *r.served_by.entry(body).or_default() += 1;
+                    }
+                    Err(e) => r.failed.push((Instant::now(), e)),
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            r
+        });
+        Load {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
     /// Stops every include watcher; panics if any saw a file that does not parse.
     pub fn assert_includes_always_parsed(&mut self) -> Vec<WatchReport> {
         let reports: Vec<WatchReport> = self.lbs.iter_mut().map(|l| l.finish_watcher()).collect();
@@ -929,8 +1039,41 @@ impl Lab {
     }
 }
 
+/// A client load running on a thread (see [`Lab::client_load`]).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<LoadReport>>,
+}
+
+/// What a client load saw.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub ok: usize,
+    /// Failed requests: when, and the error.
+    pub failed: Vec<(Instant, String)>,
+    /// Answers by body (the backend's name).
+    pub served_by: std::collections::BTreeMap<String, usize>,
+}
+
+impl Load {
+    /// Stops the load and returns what it saw.
+    pub fn finish(mut self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// A blocking HTTP/1.1 GET with short timeouts; the body or an error text.
-fn http_get(addr: SocketAddr) -> Result<String, String> {
+pub fn http_get(addr: SocketAddr) -> Result<String, String> {
     let mut s =
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();

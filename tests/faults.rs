@@ -1,0 +1,411 @@
+//! The fault suite: the real `lb-agent` binary, HAProxy 2.6 and BIRD 2 in
+//! the netns lab of `tests/common/lab.rs` (a ToR with `merge paths on`,
+//! two LBs, a client), one fault per test, each claim read where it
+//! matters (the ToR's kernel route, the client's answers, the agent's
+//! status). Every test prints its figures — time to recover, requests
+//! failed — beside the bound it asserts (run with `--nocapture`); the
+//! table in docs/reliability.md comes from these lines.
+//!
+//! - a service pushed onto a live VIP, under client load: the VIP is never
+//!   withdrawn on any host, 0 requests fail;
+//! - a reload that fails (a foreign process holds the new port, and
+//!   answers HTTP there): the foreign listener never passes for HAProxy,
+//!   the host withdraws, and once the port is free the backoff's retry
+//!   installs it with no operator;
+//! - HAProxy killed with SIGKILL, then restarted by "systemd" (on the
+//!   agent's file, then on a stale distro file): withdrawn at once,
+//!   converged and announced again with no operator;
+//! - BIRD killed with SIGKILL, then restarted from a reset include;
+//! - the agent killed with SIGKILL: with `on_stop = "keep"` a restart never
+//!   flaps the route; the unit's `ExecStopPost` reset fails closed.
+
+#[path = "common/bird.rs"]
+mod bird;
+#[path = "common/lab.rs"]
+mod lab;
+#[path = "common/netns.rs"]
+mod netns;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lb_agent::config::OnStop;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use lab::{ms, Lab, LabOptions, LbHost, RouteMonitor, INTERVAL, RISE, VIP};
+use netns::{skip_without_netns_loudly, Netns};
+
+const LB1: &str = "via 10.0.1.2 dev tor-lb1";
+const LB2: &str = "via 10.0.2.2 dev tor-lb2";
+
+/// Allowance for BIRD, BGP and the ToR's kernel on top of a health bound
+/// (see tests/anycast_lab.rs: the include's fsync stalls under parallel builds).
+const BIRD_SLACK: Duration = Duration::from_millis(750);
+
+/// The service named `name` in a `lb-agent vips --json` entry.
+fn service<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    v["services"].as_array()?.iter().find(|s| s["name"] == name)
+}
+
+fn healthy(v: &Value, name: &str) -> bool {
+    service(v, name).is_some_and(|s| s["healthy"] == true)
+}
+
+/// A process that is not HAProxy listening on the VIP port `port` in `ns`
+/// and answering every request with HTTP 200 — what a health check through
+/// the VIP would happily accept.
+struct Squatter {
+    hits: Arc<AtomicU64>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Squatter {
+    fn start(ns: &Netns, port: u16) -> Squatter {
+        let listener = ns
+            .run_inside(|| std::net::TcpListener::bind((VIP, port)))
+            .unwrap_or_else(|e| panic!("squatter bind {VIP}:{port}: {e}"));
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let h = hits.clone();
+        let task = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = listener.accept().await {
+                h.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nsquatter\n")
+                        .await;
+                });
+            }
+        });
+        Squatter {
+            hits,
+            task: Some(task),
+        }
+    }
+
+    /// Closes the listener; returns once the port is free.
+    async fn stop(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Squatter {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Route messages for the VIP that left the ToR with fewer than `n`
+/// nexthops (a deletion, or a multipath route that lost one).
+fn losses(mon: &RouteMonitor, n: usize) -> Vec<String> {
+    mon.events(VIP)
+        .into_iter()
+        .filter(|e| e.is_delete() || e.nexthops() < n)
+        .map(|e| e.text)
+        .collect()
+}
+
+fn push_all(lab: &mut Lab, extra: &[(&str, u16)]) {
+    for lb in &mut lab.lbs {
+        lb.write_desired_with(extra);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_pushed_onto_a_live_vip_under_load_never_withdraws_it() {
+    if skip_without_netns_loudly("a_service_pushed_onto_a_live_vip_under_load_never_withdraws_it") {
+        return;
+    }
+    let mut lab = Lab::start(LabOptions {
+        client: true,
+        ..Default::default()
+    })
+    .await;
+    let mon = RouteMonitor::start(&lab.tor);
+    let load = lab.client_load(&format!("{VIP}:80"), 100_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The routine push: a new frontend on the announced VIP, to every host
+    // of the group at the same moment. It needs a reload, then rise checks.
+    let t0 = Instant::now();
+    push_all(&mut lab, &[("extra", 8081)]);
+    for lb in &lab.lbs {
+        lb.wait_vip_status("extra healthy", Duration::from_secs(30), |v| {
+            healthy(v, "extra")
+        });
+    }
+    let settled = t0.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = load.finish();
+    let lost = losses(&mon, 2);
+    let bodies = lab.client_gets(&format!("{VIP}:8081"), 8);
+    eprintln!(
+        "service pushed onto the live VIP of 2 LBs under load: healthy everywhere after {:.0} ms; \
+         ToR route changes below 2 nexthops: {}; client requests {} ok, {} failed",
+        ms(settled),
+        lost.len(),
+        report.ok,
+        report.failed.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "the VIP lost a nexthop: {lost:?}\n{}",
+        lab.logs()
+    );
+    assert!(report.ok > 50, "the load ran: {report:?}");
+    assert!(
+        report.failed.is_empty(),
+        "requests failed during the push: {:?}",
+        report.failed
+    );
+    assert!(
+        bodies
+            .iter()
+            .all(|b| b.as_deref().is_ok_and(|b| b.ends_with("-web"))),
+        "the new service serves through the VIP: {bodies:?}"
+    );
+    assert_eq!(lab.tor_nexthops(VIP).await, [LB1, LB2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reload_is_retried_once_the_port_is_free_and_a_foreign_listener_never_passes() {
+    if skip_without_netns_loudly(
+        "a_failed_reload_is_retried_once_the_port_is_free_and_a_foreign_listener_never_passes",
+    ) {
+        return;
+    }
+    let mut lab = Lab::start(LabOptions {
+        client: true,
+        ..Default::default()
+    })
+    .await;
+    // Another process holds VIP:8081 on lb1 and answers HTTP 200 there.
+    let squatter = Squatter::start(&lab.lbs[0].ns, 8081);
+    let load = lab.client_load(&format!("{VIP}:80"), 100_000);
+    push_all(&mut lab, &[("extra", 8081)]);
+    // lb2 installs it; lb1's reload cannot bind and is rolled back.
+    lab.lbs[1].wait_vip_status("extra healthy on lb2", Duration::from_secs(30), |v| {
+        healthy(v, "extra")
+    });
+    let v =
+        lab.lbs[0].wait_vip_status("extra not installed on lb1", Duration::from_secs(30), |v| {
+            service(v, "extra").is_some_and(|s| {
+                s["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("not installed: reload failed"))
+            })
+        });
+    let failed_at = Instant::now();
+    assert!(!healthy(&v, "extra"), "the squatter never passes: {v:#}");
+    assert_eq!(v["announced"], false, "{v:#}");
+    lab.wait_nexthops(VIP, 1, Duration::from_secs(5)).await;
+    assert_eq!(lab.tor_nexthops(VIP).await, [LB2]);
+    let (_, status, _) = lab.lbs[0].cli(&["status", "--json"]);
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert!(
+        status["haproxy"]["reload_attempts"].as_u64() >= Some(1),
+        "{status:#}"
+    );
+    assert!(!status["haproxy"]["next_reload_at"].is_null(), "{status:#}");
+    // The port is freed: the backoff's retry (5 s, then 10 s ...) installs
+    // the frontend with no operator and no new revision.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let squatter_hits = squatter.hits.load(Ordering::Relaxed);
+    squatter.stop().await;
+    let freed = Instant::now();
+    lab.lbs[0].wait_vip_status("extra healthy on lb1", Duration::from_secs(40), |v| {
+        healthy(v, "extra") && v["announced"] == true
+    });
+    let recovered = freed.elapsed();
+    lab.wait_nexthops(VIP, 2, Duration::from_secs(5)).await;
+    let report = load.finish();
+    eprintln!(
+        "failed reload (port held by a foreign listener that answered {squatter_hits} requests): \
+         lb1 withdrawn, lb2 kept serving; port freed {:.0} ms after the failure, lb1 retried, \
+         installed and announced {:.0} ms later (backoff 5 s doubling); client requests {} ok, {} failed",
+        ms(freed - failed_at),
+        ms(recovered),
+        report.ok,
+        report.failed.len()
+    );
+    for (at, e) in &report.failed {
+        eprintln!(
+            "  failed {:.0} ms after the port was freed: {e}",
+            ms(at.saturating_duration_since(freed))
+        );
+    }
+    assert!(recovered < Duration::from_secs(40));
+}
+
+/// SIGKILL the LB's HAProxy, check the withdrawal, restart it, check the recovery.
+async fn kill_and_restart_haproxy(lab: &mut Lab, what: &str) -> (Duration, Duration) {
+    let t0 = Instant::now();
+    lab.lbs[0].haproxy.kill9();
+    lab.wait_nexthops(VIP, 1, Duration::from_secs(5)).await;
+    let withdrawn = t0.elapsed();
+    assert_eq!(lab.tor_nexthops(VIP).await, [LB2], "{what}");
+    let lb: &mut LbHost = &mut lab.lbs[0];
+    let t1 = Instant::now();
+    lb.haproxy.respawn(&lb.ns);
+    lab.wait_nexthops(VIP, 2, Duration::from_secs(30)).await;
+    (withdrawn, t1.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_killed_and_restarted_is_converged_and_announced_with_no_operator() {
+    if skip_without_netns_loudly(
+        "haproxy_killed_and_restarted_is_converged_and_announced_with_no_operator",
+    ) {
+        return;
+    }
+    let mut lab = Lab::start(LabOptions::default()).await;
+    let reloads = |lb: &LbHost| -> u64 {
+        let (_, out, _) = lb.cli(&["status", "--json"]);
+        let v: Value = serde_json::from_str(&out).unwrap_or_default();
+        v["haproxy"]["reloads"].as_u64().unwrap_or(0)
+    };
+    let before = reloads(&lab.lbs[0]);
+    // 1. systemd restarts it on the agent's own file: nothing to reload.
+    let (down, up) = kill_and_restart_haproxy(&mut lab, "restart on the agent's file").await;
+    eprintln!(
+        "HAProxy SIGKILLed: ToR down to lb2 after {:.0} ms; restarted on the agent's file: \
+         announced again {:.0} ms later (rise {RISE} × {:.0} ms)",
+        ms(down),
+        ms(up),
+        ms(INTERVAL)
+    );
+    assert!(down < Duration::from_secs(2) + BIRD_SLACK, "{down:?}");
+    lab.lbs[0].wait_vip_status("converged", Duration::from_secs(10), |v| {
+        v["announced"] == true
+    });
+    assert_eq!(
+        reloads(&lab.lbs[0]),
+        before,
+        "it loaded the desired file itself"
+    );
+
+    // 2. Killed again, and restarted on a stale distro config (a package
+    //    reinstall): the agent finds a running config it did not write and
+    //    reloads it to the desired one, with no operator.
+    let lb = &lab.lbs[0];
+    let stale = lab::bootstrap_haproxy_cfg(&lb.haproxy.admin);
+    lab.lbs[0].haproxy.kill9();
+    lab.wait_nexthops(VIP, 1, Duration::from_secs(5)).await;
+    std::fs::write(&lab.lbs[0].haproxy.config, stale).unwrap();
+    let t0 = Instant::now();
+    let lb = &mut lab.lbs[0];
+    lb.haproxy.respawn(&lb.ns);
+    lab.wait_nexthops(VIP, 2, Duration::from_secs(30)).await;
+    let recovered = t0.elapsed();
+    eprintln!(
+        "HAProxy restarted on a stale config: reloaded by the agent and announced again {:.0} ms after the restart",
+        ms(recovered)
+    );
+    assert!(reloads(&lab.lbs[0]) > before, "the agent reloaded it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bird_killed_and_restarted_from_a_reset_include_is_published_again() {
+    if skip_without_netns_loudly(
+        "bird_killed_and_restarted_from_a_reset_include_is_published_again",
+    ) {
+        return;
+    }
+    let mut lab = Lab::start(LabOptions::default()).await;
+    let t0 = Instant::now();
+    lab.lbs[0].bird.signal(Signal::SIGKILL);
+    lab.wait_nexthops(VIP, 1, Duration::from_secs(5)).await;
+    let down = t0.elapsed();
+    // What the packaged bird.service drop-in does before BIRD starts.
+    let (code, _, err) = lab.lbs[0].cli_config(&["reset"]);
+    assert_eq!(code, 0, "lb-agent reset: {err}");
+    let include = std::fs::read_to_string(&lab.lbs[0].bird_cfg.include_file).unwrap();
+    assert!(
+        !include.contains("192.0.2.10/32"),
+        "reset to dummies: {include}"
+    );
+    let t1 = Instant::now();
+    lab.lbs[0].bird.restart();
+    lab.wait_nexthops(VIP, 2, Duration::from_secs(30)).await;
+    let up = t1.elapsed();
+    eprintln!(
+        "BIRD SIGKILLed: ToR down to lb2 after {:.0} ms; restarted from a reset include: \
+         the agent published again and the ToR has both LBs {:.0} ms later",
+        ms(down),
+        ms(up)
+    );
+    lab.lbs[0].wait_vip_status("announced", Duration::from_secs(5), |v| {
+        v["announced"] == true
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_with_sigkill_keeps_or_fails_closed_as_configured() {
+    if skip_without_netns_loudly("an_agent_killed_with_sigkill_keeps_or_fails_closed_as_configured")
+    {
+        return;
+    }
+    let mut lab = Lab::start(LabOptions {
+        start_agents: false,
+        ..Default::default()
+    })
+    .await;
+    for lb in &mut lab.lbs {
+        lb.write_agent_toml(OnStop::Keep, "");
+        lb.start_agent();
+    }
+    lab.wait_nexthops(VIP, 2, Duration::from_secs(30)).await;
+    let mon = RouteMonitor::start(&lab.tor);
+    // 1. SIGKILL, no ExecStopPost (on_stop = keep, a crash loop's restart):
+    //    BIRD keeps announcing; the restarted agent adopts; no flap.
+    let t0 = Instant::now();
+    let mut agent = lab.lbs[0].agent.take().unwrap();
+    agent.signal(Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while agent.try_exit().is_none() {
+        assert!(Instant::now() < deadline, "agent survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(agent);
+    lab.lbs[0].start_agent();
+    lab.lbs[0].wait_vip_status("adopted and checked", Duration::from_secs(20), |v| {
+        v["announced"] == true && healthy(v, "web") && healthy(v, "api")
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lost = losses(&mon, 2);
+    eprintln!(
+        "agent SIGKILLed and restarted with on_stop = keep: announced and checked again {:.0} ms later; \
+         ToR route changes below 2 nexthops: {}",
+        ms(t0.elapsed()),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "{lost:?}\n{}", lab.logs());
+    // 2. SIGKILL, then the unit's ExecStopPost: fail closed.
+    let mut agent = lab.lbs[0].agent.take().unwrap();
+    agent.signal(Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while agent.try_exit().is_none() {
+        assert!(Instant::now() < deadline, "agent survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let t1 = Instant::now();
+    let (code, _, err) =
+        lab.lbs[0].cli_config_env(&["reset", "--if-failed"], &[("SERVICE_RESULT", "signal")]);
+    assert_eq!(code, 0, "lb-agent reset --if-failed: {err}");
+    lab.wait_nexthops(VIP, 1, Duration::from_secs(5)).await;
+    eprintln!(
+        "agent SIGKILLed, then ExecStopPost's `lb-agent reset --if-failed`: ToR down to lb2 {:.0} ms after the reset started",
+        ms(t1.elapsed())
+    );
+    assert_eq!(lab.tor_nexthops(VIP).await, [LB2]);
+}
