@@ -595,15 +595,23 @@ fn build_snapshot(cfg: &Config, f: &mut Feeds, started: SystemTime) -> Snapshot 
         .decisions
         .iter()
         .map(|d| {
+            // `announced` is what BIRD was confirmed to run, not what the
+            // agent wants: a withdrawal that could not be written (full disk,
+            // BIRD refusing) leaves the prefix announced, and says so.
             let in_bird = confirmed.advertise.contains(&d.vip);
+            let bird_error = bird
+                .error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
             let reason = match (&d.announcement, in_bird) {
                 (Announcement::Advertise, true) => None,
-                (Announcement::Advertise, false) => Some(format!(
-                    "waiting for BIRD to confirm{}",
-                    bird.error
-                        .as_ref()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
+                (Announcement::Advertise, false) => {
+                    Some(format!("waiting for BIRD to confirm{bird_error}"))
+                }
+                (_, true) => Some(format!(
+                    "{}; BIRD still announces it (the change is not confirmed{bird_error})",
+                    d.reason.as_deref().unwrap_or("withdrawn")
                 )),
                 _ => d.reason.clone(),
             };
@@ -611,7 +619,7 @@ fn build_snapshot(cfg: &Config, f: &mut Feeds, started: SystemTime) -> Snapshot 
             let services = service_statuses(&health, &d.vip, view);
             VipStatus {
                 address: d.vip.to_string(),
-                announced: in_bird && d.announcement == Announcement::Advertise,
+                announced: in_bird,
                 reason,
                 services,
                 since: any.announced_since.get(&d.vip).copied().map(Timestamp),

@@ -364,6 +364,23 @@ impl Collector for SnapshotCollector {
             None,
             Some(flag(!h.pending_reload.is_empty())),
         )?;
+        gauge(
+            &mut enc,
+            "lb_agent_haproxy_reload_attempts",
+            "Failed reload attempts in a row (0 after a confirmed reload); retried with backoff",
+            None,
+            Some(i64::from(h.reload_attempts)),
+        )?;
+        gauge(
+            &mut enc,
+            "lb_agent_haproxy_next_reload_timestamp_seconds",
+            "When the wanted reload is attempted next (Unix time); absent when none is wanted",
+            None,
+            h.next_reload_at.map(|t| {
+                t.0.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64)
+            }),
+        )?;
 
         // BIRD.
         {
@@ -462,7 +479,7 @@ impl Collector for SnapshotCollector {
 
 /// Names of every metric family, as they appear on `# TYPE` lines (for
 /// documentation and tests).
-pub const FAMILIES: [(&str, &str); 23] = [
+pub const FAMILIES: [(&str, &str); 25] = [
     ("lb_agent_apply_duration_seconds", "histogram"),
     ("lb_agent_build", "info"),
     ("lb_agent_applied_revision", "gauge"),
@@ -480,6 +497,8 @@ pub const FAMILIES: [(&str, &str); 23] = [
     ("lb_agent_convergence_failures", "counter"),
     ("lb_agent_haproxy_old_workers", "gauge"),
     ("lb_agent_haproxy_reload_pending", "gauge"),
+    ("lb_agent_haproxy_reload_attempts", "gauge"),
+    ("lb_agent_haproxy_next_reload_timestamp_seconds", "gauge"),
     ("lb_agent_bird_reconfigures", "counter"),
     ("lb_agent_bird_ok", "gauge"),
     ("lb_agent_vip_announced", "gauge"),

@@ -609,16 +609,25 @@ fn sanitize(s: &str) -> String {
     out
 }
 
-/// `3m 12s ago`, `in 20s` (a time still to come), or `never`.
+/// `3m 12s ago`, or `never`; a time ahead of `now` (clock skew) reads `0s ago`.
 fn when(t: Option<&Timestamp>, now: SystemTime) -> String {
-    let secs = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs()));
     match t {
         None => "never".to_string(),
-        Some(t) => match t.0.duration_since(now) {
-            Ok(ahead) if ahead >= Duration::from_secs(1) => format!("in {}", secs(ahead)),
-            _ => format!("{} ago", secs(t.age(now))),
-        },
+        Some(t) => format!("{} ago", whole_secs(t.age(now))),
     }
+}
+
+/// `in 20s` for a time still to come (a scheduled retry), `now` once due.
+fn until(t: Option<&Timestamp>, now: SystemTime) -> String {
+    match t.map(|t| t.0.duration_since(now)) {
+        None => "never".to_string(),
+        Some(Ok(ahead)) if ahead >= Duration::from_secs(1) => format!("in {}", whole_secs(ahead)),
+        Some(_) => "now".to_string(),
+    }
+}
+
+fn whole_secs(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_secs(d.as_secs()))
 }
 
 /// The human view of `lb-agent status`: a summary block, then the VIP table.
@@ -714,7 +723,7 @@ pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
             haproxy,
             ", retrying (attempt {} failed, next {})",
             h.reload_attempts,
-            when(h.next_reload_at.as_ref(), now)
+            until(h.next_reload_at.as_ref(), now)
         );
     }
     if h.old_workers > 0 {
