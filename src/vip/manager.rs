@@ -300,10 +300,14 @@ mod tests {
     }
 
     fn cfg(manage: bool) -> VipConfig {
-        VipConfig {
-            interface: "lo".into(),
-            manage,
-        }
+        iface_cfg("lo", manage)
+    }
+
+    fn iface_cfg(interface: &str, manage: bool) -> VipConfig {
+        let mut c = crate::config::parse_str("", "agent.toml").unwrap().vip;
+        c.interface = interface.into();
+        c.manage = manage;
+        c
     }
 
     const A: &str = "192.0.2.10/32";
@@ -508,10 +512,7 @@ mod tests {
     #[test]
     fn missing_interface_fails_ensure_clearly() {
         let dir = tempfile::tempdir().unwrap();
-        let c = VipConfig {
-            interface: "vip0".into(),
-            manage: true,
-        };
+        let c = iface_cfg("vip0", true);
         let mut m = VipManager::open(lo(), &c, dir.path()).unwrap();
         let err = block_on(m.ensure(&set(&[A]))).unwrap_err();
         assert_eq!(err.to_string(), "interface vip0 not found");
@@ -522,10 +523,7 @@ mod tests {
     fn ownership_of_other_interfaces_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let ops = MemoryAddressOps::with_interfaces(&["lo", "vip0"]);
-        let c0 = VipConfig {
-            interface: "vip0".into(),
-            manage: true,
-        };
+        let c0 = iface_cfg("vip0", true);
         let mut m = VipManager::open(ops, &c0, dir.path()).unwrap();
         block_on(m.ensure(&set(&[A]))).unwrap();
         let VipManager { ops, .. } = m;
