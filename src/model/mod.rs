@@ -5,6 +5,7 @@
 //! other module may rely on its invariants: names are safe to put in a config
 //! file or on the runtime socket, references resolve, binds sit inside a VIP.
 
+pub mod hostnet;
 mod names;
 pub mod observed;
 pub mod validate;

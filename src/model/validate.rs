@@ -19,6 +19,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use super::hostnet::VipPolicy;
 use super::*;
 
 /// One problem in a document, with the JSON path of the offending value.
@@ -66,10 +67,54 @@ pub struct ValidateContext {
     pub group: String,
 }
 
-/// Parses and validates a document body (JSON bytes).
+/// Parses and validates a document body (JSON bytes) on its own: the VIPs
+/// are not checked against any host. The agent validates with
+/// [`parse_document_on_host`]; this is for tools and tests that only care
+/// about the document's own consistency.
 pub fn parse_document(
     body: &[u8],
     ctx: &ValidateContext,
+) -> Result<DesiredState, ValidationErrors> {
+    parse_with(body, ctx, None)
+}
+
+/// Parses and validates a document body for this host: on top of
+/// [`parse_document`], every VIP must pass `policy` (allow-list, length
+/// cap, the host's own addresses and routes; see `model::hostnet`), each
+/// problem reported at the VIP's path (`vips[3].address`).
+pub fn parse_document_on_host(
+    body: &[u8],
+    ctx: &ValidateContext,
+    policy: &VipPolicy,
+) -> Result<DesiredState, ValidationErrors> {
+    parse_with(body, ctx, Some(policy))
+}
+
+/// The VIP prefixes a body names, without validating anything else: what
+/// the host observation needs to know before validation (it keeps only the
+/// host's addresses and routes that could collide with them). Unparsable
+/// bodies and entries give an empty or partial list; validation reports them.
+pub fn document_vips(body: &[u8]) -> Vec<IpNet> {
+    #[derive(Deserialize)]
+    struct OnlyVips {
+        #[serde(default)]
+        vips: Vec<WireVip>,
+    }
+    serde_json::from_slice::<OnlyVips>(body)
+        .map(|d| {
+            d.vips
+                .iter()
+                .filter_map(|v| v.address.as_deref()?.parse::<IpNet>().ok())
+                .map(|n| n.trunc())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn parse_with(
+    body: &[u8],
+    ctx: &ValidateContext,
+    policy: Option<&VipPolicy>,
 ) -> Result<DesiredState, ValidationErrors> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     let wire: WireDocument = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -84,7 +129,7 @@ pub fn parse_document(
             message: e.into_inner().to_string(),
         }])
     })?;
-    validate(wire, ctx)
+    validate(wire, ctx, policy)
 }
 
 // ---------------------------------------------------------------------------
@@ -333,7 +378,11 @@ fn check_port(errs: &mut Errs, p: i64, path: String) -> Option<u16> {
 }
 
 /// Validates a parsed wire document.
-fn validate(w: WireDocument, ctx: &ValidateContext) -> Result<DesiredState, ValidationErrors> {
+fn validate(
+    w: WireDocument,
+    ctx: &ValidateContext,
+    policy: Option<&VipPolicy>,
+) -> Result<DesiredState, ValidationErrors> {
     let mut errs = Errs(Vec::new());
 
     match w.schema {
@@ -374,6 +423,11 @@ fn validate(w: WireDocument, ctx: &ValidateContext) -> Result<DesiredState, Vali
     };
 
     // VIPs.
+    let document_vips: BTreeSet<IpNet> = w
+        .vips
+        .iter()
+        .filter_map(|v| v.address.as_deref()?.parse::<IpNet>().ok())
+        .collect();
     let mut vips: Vec<Vip> = Vec::new();
     for (i, v) in w.vips.iter().enumerate() {
         let path = format!("vips[{i}].address");
@@ -386,6 +440,12 @@ fn validate(w: WireDocument, ctx: &ValidateContext) -> Result<DesiredState, Vali
                 format!("{a} has host bits set (did you mean {}?)", net.trunc()),
             ),
             Ok(net) => {
+                for problem in policy
+                    .map(|p| p.check(net, &document_vips))
+                    .unwrap_or_default()
+                {
+                    errs.push(path.clone(), problem);
+                }
                 if vips.iter().any(|x| x.address == net) {
                     errs.push(path, format!("duplicate VIP {net}"));
                 } else if let Some(o) = vips
