@@ -33,7 +33,6 @@ use crate::gate::Announcement;
 use crate::haproxy::render::{RenderSettings, Renderer};
 use crate::health::monitor::HealthSnapshot;
 use crate::metrics::Metrics;
-use crate::model::validate::{parse_document, ValidateContext};
 use crate::model::DesiredState;
 use crate::reconcile::{Candidate, HaproxyStatus, Reconciler, ReconcilerSettings, Trigger};
 use crate::source::{self, Accepted, Parser, SourceStatus};
@@ -64,12 +63,11 @@ pub fn renderer(cfg: &Config) -> anyhow::Result<Renderer> {
     .context("loading templates")
 }
 
-/// The document parser the source uses: JSON → validated [`DesiredState`].
-pub fn parser(group: &str) -> Parser<DesiredState> {
-    let ctx = ValidateContext {
-        group: group.to_string(),
-    };
-    Arc::new(move |body: &[u8]| parse_document(body, &ctx).map_err(|e| e.to_string()))
+/// The document parser the source uses: JSON → validated [`DesiredState`],
+/// VIPs checked against `[vip]` and this host (`vip::HostValidator`).
+pub fn parser(cfg: &Config) -> Parser<DesiredState> {
+    let validator = crate::vip::HostValidator::new(cfg);
+    Arc::new(move |body: &[u8]| validator.parse(body).map_err(|e| e.to_string()))
 }
 
 /// Offers every document the source accepted to the reconciler, with its raw
@@ -188,7 +186,7 @@ async fn run_generation(
     tracker.spawn(source::run(
         cfg.source.clone(),
         cfg.node.name.clone(),
-        parser(&cfg.node.group),
+        parser(cfg),
         doc_tx,
         source_status_tx,
         cancel.clone(),

@@ -8,7 +8,11 @@ fn main() {
     let result = match cli.command {
         Cmd::Run { config } => run(&config),
         Cmd::CheckConfig { config } => cli::check_config(&config),
-        Cmd::Render { desired, config } => cli::render(&desired, config.as_deref()),
+        Cmd::Render {
+            desired,
+            config,
+            skip_host_check,
+        } => cli::render(&desired, config.as_deref(), skip_host_check),
         Cmd::Reset { config, if_failed } => cli::reset(&config, if_failed),
         Cmd::Handover { config } => cli::handover(&config),
         Cmd::Client(c) => cli::client::run(c),

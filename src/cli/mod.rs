@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, DEFAULT_PATH};
-use crate::model::validate::{parse_document, ValidateContext};
 
 // --- status-socket client (h/status-cli) ---
 pub mod client;
@@ -78,6 +77,10 @@ pub enum Cmd {
         /// agent.toml for paths and templates; built-in defaults when absent.
         #[arg(long, short, env = "LB_AGENT_CONFIG")]
         config: Option<PathBuf>,
+        /// Check the VIPs against agent.toml's [vip] rules only, not against
+        /// this host's addresses and routes (to render a document for another host).
+        #[arg(long)]
+        skip_host_check: bool,
     },
     // --- status-socket client (h/status-cli): status, vips, drain, undrain,
     // reconcile, completions, man; see `client::ClientCmd` ---
@@ -190,27 +193,43 @@ pub fn handover(config_path: &Path) -> Result<(), Failure> {
 }
 
 /// `lb-agent render --desired FILE`.
-pub fn render(desired: &Path, config_path: Option<&Path>) -> Result<(), Failure> {
+/// VIPs are checked as the agent on this host would, unless `skip_host_check`.
+pub fn render(
+    desired: &Path,
+    config_path: Option<&Path>,
+    skip_host_check: bool,
+) -> Result<(), Failure> {
     let body = std::fs::read(desired)
         .map_err(|e| Failure::usage(format!("reading {}: {e}", desired.display())))?;
-    let (cfg, group) = match config_path {
-        Some(p) => {
-            let c = load_config(p)?;
-            let g = c.node.group.clone();
-            (c, g)
-        }
+    let cfg = match config_path {
+        Some(p) => load_config(p)?,
         None => {
-            let c =
+            let mut c =
                 config::parse_str("", "<defaults>").map_err(|e| Failure::usage(e.to_string()))?;
             // Without an agent.toml, accept the document's own group.
-            let g = serde_json::from_slice::<serde_json::Value>(&body)
+            if let Some(g) = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("group").and_then(|g| g.as_str()).map(str::to_string))
-                .unwrap_or_else(|| c.node.group.clone());
-            (c, g)
+            {
+                c.node.group = g;
+            }
+            c
         }
     };
-    let d = parse_document(&body, &ValidateContext { group }).map_err(|e| {
+    // Validated exactly as the agent would on this host: [vip] rules and
+    // this host's addresses and routes included (unless asked not to).
+    let parsed = if skip_host_check {
+        crate::model::validate::parse_document_on_host(
+            &body,
+            &crate::model::validate::ValidateContext {
+                group: cfg.node.group.clone(),
+            },
+            &crate::model::hostnet::VipPolicy::from_config(&cfg.vip, &cfg.bird),
+        )
+    } else {
+        crate::vip::HostValidator::new(&cfg).parse(&body)
+    };
+    let d = parsed.map_err(|e| {
         Failure::runtime(format!(
             "{} is invalid:\n{}",
             desired.display(),

@@ -247,6 +247,9 @@ fn host_conflicts(vip: IpNet, host: &HostView, document: &BTreeSet<IpNet>) -> Ve
             out.push(s);
         }
     };
+    // Subnets already reported through an address: their connected route
+    // says the same thing again.
+    let mut subnets: BTreeSet<(IpNet, &str)> = BTreeSet::new();
     for a in &host.networks.addresses {
         if is_ours(host, Some(&a.interface), a.address, document) {
             continue;
@@ -264,6 +267,7 @@ fn host_conflicts(vip: IpNet, host: &HostView, document: &BTreeSet<IpNet>) -> Ve
         let subnet = a.address.trunc();
         let host_route = subnet.prefix_len() == subnet.max_prefix_len();
         if !a.loopback && !host_route && overlaps(subnet, vip) {
+            subnets.insert((subnet, a.interface.as_str()));
             push(format!(
                 "overlaps {subnet}, the subnet of {} (its neighbours would become local addresses)",
                 a.interface
@@ -298,7 +302,11 @@ fn host_conflicts(vip: IpNet, host: &HostView, document: &BTreeSet<IpNet>) -> Ve
             ));
         }
         let connected = r.gateway.is_none() && r.interface.is_some() && !r.loopback;
-        if connected && r.destination.contains(&vip) && r.destination != vip {
+        let reported = r
+            .interface
+            .as_deref()
+            .is_some_and(|i| subnets.contains(&(r.destination, i)));
+        if connected && !reported && r.destination.contains(&vip) && r.destination != vip {
             push(format!(
                 "lies in {}, reached directly{via}{table} (a neighbour's address would become local)",
                 r.destination
@@ -426,6 +434,7 @@ mod tests {
                     route("0.0.0.0/0", Some("10.0.1.1"), "eth0"),
                     route("10.0.1.0/24", None, "eth0"),
                     route("10.0.11.0/24", Some("10.0.1.1"), "eth0"),
+                    route("10.0.12.0/24", None, "eth0"),
                     route("2001:db8:1::/64", None, "eth0"),
                 ],
             },
@@ -468,6 +477,8 @@ mod tests {
             ("10.0.1.2/32", &["VIP 10.0.1.2/32 overlaps this host's own networks: it contains 10.0.1.2, an address of eth0"]),
             ("10.0.11.0/24", &["VIP 10.0.11.0/24 overlaps this host's own networks: it contains the route to 10.0.11.0/24 via 10.0.1.1 dev eth0"]),
             ("10.0.11.7/32", &[]), // inside a routed (not connected) prefix: more specific, fine
+            // A connected route without an address (`ip route add ... dev eth0`).
+            ("10.0.12.9/32", &["VIP 10.0.12.9/32 overlaps this host's own networks: it lies in 10.0.12.0/24, reached directly dev eth0"]),
             ("2001:db8:1::99/128", &["VIP 2001:db8:1::99/128 overlaps this host's own networks: it overlaps 2001:db8:1::/64, the subnet of eth0"]),
             // Loopback: only with an explicit entry, never 127.0.0.1 itself.
             ("127.0.0.31/32", &[]),

@@ -37,10 +37,15 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use super::manager::read_owned;
 use super::{VipError, OWNED_FILE_NAME};
-use crate::config::VipConfig;
+use crate::config::{Config, VipConfig};
 use crate::model::hostnet::{
     address_matters, route_matters, HostAddress, HostNetworks, HostRoute, HostView, PrefixIndex,
+    VipPolicy,
 };
+use crate::model::validate::{
+    document_vips, parse_document_on_host, ValidateContext, ValidationError, ValidationErrors,
+};
+use crate::model::DesiredState;
 
 /// Longest a single `recv` may block (the kernel answers dumps at once).
 const RECV_TIMEOUT: Duration = Duration::from_secs(2);
@@ -85,6 +90,47 @@ impl HostObserver {
             vip_interface: self.interface.clone(),
             owned,
         })
+    }
+}
+
+/// Validates documents the way the agent applies them: group, the whole
+/// schema, and every VIP against `[vip]`, `[bird]` and a fresh view of this
+/// host (see `model::hostnet`). Used by the daemon's parser and by
+/// `lb-agent render`, so a dry run refuses what the agent would refuse.
+#[derive(Debug, Clone)]
+pub struct HostValidator {
+    ctx: ValidateContext,
+    policy: VipPolicy,
+    observer: HostObserver,
+}
+
+impl HostValidator {
+    /// The validator for this agent.toml (group, `[vip]`, `[bird]`, state dir).
+    pub fn new(cfg: &Config) -> HostValidator {
+        HostValidator {
+            ctx: ValidateContext {
+                group: cfg.node.group.clone(),
+            },
+            policy: VipPolicy::from_config(&cfg.vip, &cfg.bird),
+            observer: HostObserver::new(&cfg.vip, &cfg.node.state_dir),
+        }
+    }
+
+    /// Parses and validates `body`, observing the host first. A host that
+    /// cannot be observed refuses the document (the previous state keeps
+    /// running) rather than accepting VIPs unchecked.
+    pub fn parse(&self, body: &[u8]) -> Result<DesiredState, ValidationErrors> {
+        let host = self.observer.observe(&document_vips(body)).map_err(|e| {
+            ValidationErrors(vec![ValidationError {
+                path: "vips".into(),
+                message: format!("cannot check the VIPs against this host: {e}"),
+            }])
+        })?;
+        let policy = VipPolicy {
+            host: Some(host),
+            ..self.policy.clone()
+        };
+        parse_document_on_host(body, &self.ctx, &policy)
     }
 }
 

@@ -39,7 +39,7 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 
-pub use host::HostObserver;
+pub use host::{HostObserver, HostValidator};
 pub use manager::{EnsureReport, ReleaseOutcome, VipManager, VipOpenError, OWNED_FILE_NAME};
 pub use memory::{Call, MemoryAddressOps};
 pub use netlink::NetlinkAddressOps;
