@@ -469,6 +469,7 @@ on_stop = "{on_stop}"
 [vip]
 interface = "lo"
 manage = true
+allowed_prefixes = ["192.0.2.0/24"]
 
 [status]
 socket = "{status}"
