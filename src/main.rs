@@ -26,6 +26,7 @@ fn main() {
 fn run(config: &std::path::Path) -> Result<(), Failure> {
     lb_agent::telemetry::init("info");
     let cfg = cli::load_config(config)?;
+    cli::startup_checks(&cfg);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("lb-agent")

@@ -126,9 +126,41 @@ pub fn print(text: &str) -> Result<(), Failure> {
     }
 }
 
-/// `lb-agent check-config`.
+/// What `lb-agent run` does before anything else: raise the descriptor
+/// limit (see [`crate::fdbudget`]) and log the warnings of
+/// [`config::warnings`]. Nothing here stops the start.
+pub fn startup_checks(cfg: &Config) {
+    match crate::fdbudget::raise_nofile_limit() {
+        Ok(l) => {
+            tracing::info!(
+                soft = l.soft,
+                hard = l.hard,
+                before = l.before,
+                "descriptor limit"
+            );
+            let metrics = cfg
+                .status
+                .metrics_listen
+                .map(|_| cfg.status.metrics_max_connections);
+            if let Err(problem) =
+                crate::fdbudget::budget(l.soft, cfg.status.max_connections, metrics)
+            {
+                tracing::warn!("{problem}");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot raise the descriptor limit"),
+    }
+    for w in config::warnings(cfg) {
+        tracing::warn!("{w}");
+    }
+}
+
+/// `lb-agent check-config`: errors fail it; warnings are printed, and do not.
 pub fn check_config(path: &Path) -> Result<(), Failure> {
     let cfg = load_config(path)?;
+    for w in config::warnings(&cfg) {
+        eprintln!("warning: {}: {w}", path.display());
+    }
     print(&format!(
         "{}: OK (node {}, group {}, source {})\n",
         path.display(),

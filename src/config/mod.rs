@@ -7,6 +7,7 @@
 //! operator fixes a broken file in one round trip.
 
 mod parse;
+mod warnings;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 pub use parse::{load, parse_str, ConfigError, ConfigErrors};
+pub use warnings::{warnings, warnings_for};
 
 /// Default location of the agent configuration.
 pub const DEFAULT_PATH: &str = "/etc/lb-agent/agent.toml";
