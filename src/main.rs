@@ -7,7 +7,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run { config } => run(&config),
-        Cmd::CheckConfig { config } => cli::check_config(&config),
+        Cmd::CheckConfig { config, cache } => cli::check_config(&config, cache),
         Cmd::Render {
             desired,
             config,

@@ -47,6 +47,11 @@ pub enum Cmd {
         /// agent.toml to check.
         #[arg(long, short, env = "LB_AGENT_CONFIG", default_value = DEFAULT_PATH)]
         config: PathBuf,
+        /// Also validate the cached last-known-good document ([source] cache)
+        /// the way this version would at start, VIP rules and this host
+        /// included (the packages run it before an upgrade's restart).
+        #[arg(long)]
+        cache: bool,
     },
     /// Withdraw everything: write the dummy-only BIRD include and reconfigure BIRD.
     ///
@@ -155,11 +160,16 @@ pub fn startup_checks(cfg: &Config) {
     }
 }
 
-/// `lb-agent check-config`: errors fail it; warnings are printed, and do not.
-pub fn check_config(path: &Path) -> Result<(), Failure> {
+/// `lb-agent check-config [--cache]`: errors fail it; warnings are printed,
+/// and do not. With `cache`, a cached document this version would refuse
+/// fails it, naming every problem.
+pub fn check_config(path: &Path, cache: bool) -> Result<(), Failure> {
     let cfg = load_config(path)?;
     for w in config::warnings(&cfg) {
         eprintln!("warning: {}: {w}", path.display());
+    }
+    if cache {
+        check_cache(&cfg)?;
     }
     print(&format!(
         "{}: OK (node {}, group {}, source {})\n",
@@ -171,6 +181,34 @@ pub fn check_config(path: &Path) -> Result<(), Failure> {
             config::SourceUrl::File(p) => format!("file://{}", p.display()),
         }
     ))
+}
+
+/// Validates `[source] cache` as the agent would at start; a missing cache
+/// is fine (nothing to keep serving).
+fn check_cache(cfg: &Config) -> Result<(), Failure> {
+    let path = &cfg.source.cache;
+    let body = match crate::fsutil::read_optional(path) {
+        Ok(Some(b)) => b,
+        Ok(None) => return print(&format!("{}: no cached document\n", path.display())),
+        Err(e) => return Err(Failure::runtime(format!("reading {}: {e}", path.display()))),
+    };
+    match crate::vip::HostValidator::new(cfg).parse(&body) {
+        Ok(d) => print(&format!(
+            "{}: revision {} is valid for this host ({} VIPs)\n",
+            path.display(),
+            d.revision,
+            d.vips.len()
+        )),
+        Err(e) => Err(Failure::runtime(format!(
+            "{} (the cached document) would be REFUSED by this version: at start the agent would have \
+             no desired state and withdraw every VIP until the API serves a document that passes:\n{}",
+            path.display(),
+            e.0.iter()
+                .map(|x| format!("  {x}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ))),
+    }
 }
 
 /// `lb-agent reset [--if-failed]`.

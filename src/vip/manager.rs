@@ -123,8 +123,9 @@ pub struct VipOpenError<A: std::fmt::Debug> {
     /// What was wrong with the file.
     #[source]
     pub error: VipError,
-    /// The fail-closed manager to continue with.
-    pub manager: VipManager<A>,
+    /// The fail-closed manager to continue with (boxed: it is large next to
+    /// the error).
+    pub manager: Box<VipManager<A>>,
 }
 
 /// Reads an ownership file: addresses the agent added, per interface. A
@@ -182,7 +183,10 @@ impl<A: AddressOps + std::fmt::Debug> VipManager<A> {
         };
         match untrusted {
             None => Ok(manager),
-            Some(error) => Err(VipOpenError { error, manager }),
+            Some(error) => Err(VipOpenError {
+                error,
+                manager: Box::new(manager),
+            }),
         }
     }
 }
@@ -671,7 +675,7 @@ mod tests {
         std::fs::write(&path, "{ garbage").unwrap();
         let ops = lo();
         ops.insert("lo", net(A)); // added by an earlier run, ownership unknown now
-        let mut m = VipManager::open(ops, &cfg(true), dir.path())
+        let mut m = *VipManager::open(ops, &cfg(true), dir.path())
             .unwrap_err()
             .manager;
         let reason = m.fail_closed().unwrap().to_string();
