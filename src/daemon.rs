@@ -31,10 +31,15 @@ use crate::bird::publisher::{BirdStatus, PublisherOptions};
 use crate::config::{self, Config};
 use crate::gate::Announcement;
 use crate::haproxy::render::{RenderSettings, Renderer};
+use crate::haproxy::watch::HaproxyView;
 use crate::health::monitor::HealthSnapshot;
+use crate::health::{CheckResult, Checker};
+use crate::metrics::CheckOutcome;
 use crate::metrics::Metrics;
 use crate::model::DesiredState;
-use crate::reconcile::{Candidate, HaproxyStatus, Reconciler, ReconcilerSettings, Trigger};
+use crate::reconcile::{
+    Candidate, FrontendInstall, HaproxyStatus, Reconciler, ReconcilerSettings, Trigger,
+};
 use crate::source::{self, Accepted, Parser, SourceStatus};
 use crate::status::types::{DrainInfo, ServiceStatus, Timestamp, VipStatus};
 use crate::status::{Action, Request, ServerOptions, Snapshot, StatusServer};
@@ -64,7 +69,8 @@ pub fn renderer(cfg: &Config) -> anyhow::Result<Renderer> {
 }
 
 /// The document parser the source uses: JSON → validated [`DesiredState`],
-/// VIPs checked against `[vip]` and this host (`vip::HostValidator`).
+/// with logic snippets rendered and checked for this host and the VIPs
+/// checked against `[vip]` and this host's networks (`vip::HostValidator`).
 pub fn parser(cfg: &Config) -> Parser<DesiredState> {
     let validator = crate::vip::HostValidator::new(cfg);
     Arc::new(move |body: &[u8]| validator.parse(body).map_err(|e| e.to_string()))
@@ -89,6 +95,37 @@ pub async fn forward_candidates(
                     out.send_replace(Some(Candidate { desired: a.doc.clone(), raw: Some(a.raw.clone()), from_cache: a.from_cache }));
                 }
             }
+        }
+    }
+}
+
+/// Runs the checks through [`Checker`] and feeds every result to the metrics.
+struct MeteredChecker {
+    checker: Checker,
+    metrics: Arc<Metrics>,
+}
+
+impl crate::health::monitor::CheckRunner for MeteredChecker {
+    fn run(
+        &self,
+        check: Arc<crate::health::spec::ServiceCheck>,
+    ) -> impl std::future::Future<Output = CheckResult> + Send + 'static {
+        let checker = self.checker.clone();
+        let metrics = self.metrics.clone();
+        async move {
+            let r = checker.check(&check.probe, check.timeout).await;
+            let outcome = match (&r.ok, &r.error) {
+                (true, _) => CheckOutcome::Ok,
+                (false, Some(e)) if e.starts_with("timeout") => CheckOutcome::Timeout,
+                _ => CheckOutcome::Fail,
+            };
+            metrics.observe_check(
+                &check.key.vip.to_string(),
+                &check.key.name,
+                outcome,
+                r.latency,
+            );
+            r
         }
     }
 }
@@ -197,6 +234,13 @@ async fn run_generation(
     let (haproxy_tx, haproxy_status) = watch::channel(HaproxyStatus::default());
     let (trigger_tx, trigger_rx) = mpsc::channel(8);
     let (applied_tx, applied_rx) = watch::channel::<Option<Arc<DesiredState>>>(None);
+    let (install_tx, install_rx) = watch::channel(FrontendInstall::default());
+    let (view_tx, view_rx) = watch::channel(HaproxyView::default());
+    tracker.spawn(crate::haproxy::watch::run(
+        cfg.haproxy.runtime_socket.clone(),
+        view_tx,
+        cancel.clone(),
+    ));
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     let reconciler = Reconciler::new(
         ReconcilerSettings {
@@ -210,17 +254,44 @@ async fn run_generation(
         haproxy_tx,
     )
     .with_applied(applied_tx)
+    .with_install(install_tx)
+    .with_haproxy_view(view_rx.clone())
     .with_watchdog(watchdog);
     tracker.spawn(reconciler.run(cand_rx, trigger_rx, cancel.clone()));
 
-    // Anycast: health → gate → BIRD, VIP addresses. It runs past `cancel` to
-    // carry out the stop policy, so it has its own token.
+    // Anycast: watcher, monitor, health → gate → BIRD, VIP addresses. The
+    // anycast task runs past `cancel` to carry out the stop policy, so it
+    // has its own token; the monitor stops after it.
     let (bird_tx, bird_status) = watch::channel(BirdStatus::default());
     let (health_tx, health) = watch::channel(HealthSnapshot::default());
     let (anycast_tx, anycast_status) = watch::channel(AnycastStatus::default());
+    let (checks_tx, checks_rx) = watch::channel(Vec::new());
     let (any_req_tx, any_req_rx) = mpsc::channel::<AnycastRequest>(8);
     let keep_on_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let anycast_cancel = CancellationToken::new();
+    let adopted = anycast::adopted_prefixes(&cfg.bird);
+    let monitor_cancel = CancellationToken::new();
+    let checker = crate::health::Checker::new()
+        .map_err(|e| anyhow::anyhow!("building the TLS client for checks: {e}"))?;
+    let monitor_thread = crate::health::monitor::spawn_thread(
+        Arc::new(MeteredChecker {
+            checker,
+            metrics: metrics.clone(),
+        }),
+        checks_rx,
+        health_tx,
+        crate::health::monitor::MonitorOptions {
+            adopt: adopted.clone(),
+        },
+        monitor_cancel.clone(),
+    )
+    .context("starting the health monitor")?;
+    let vips = crate::vip::VipManager::open(
+        crate::vip::NetlinkAddressOps::connect()?,
+        &cfg.vip,
+        &cfg.node.state_dir,
+    )?;
+    let h = &cfg.health;
     let anycast_task = tokio::spawn(anycast::run(
         AnycastSettings {
             health: cfg.health.clone(),
@@ -228,16 +299,29 @@ async fn run_generation(
             vip: cfg.vip.clone(),
             checks: cfg.checks.clone(),
             state_dir: cfg.node.state_dir.clone(),
-            runtime_socket: cfg.haproxy.runtime_socket.clone(),
             publisher: PublisherOptions::default(),
+            limits: anycast::policy::Limits {
+                install: cfg.haproxy.min_reload_interval
+                    + cfg.haproxy.reload_timeout
+                    + h.interval * h.rise
+                    + h.timeout,
+            },
+            adopted,
             keep_on_stop: keep_on_stop.clone(),
         },
-        applied_rx,
-        bird_tx,
-        health_tx,
-        anycast_tx,
-        any_req_rx,
-        metrics.clone(),
+        vips,
+        anycast::BirdAnnouncer::new(&cfg.bird, PublisherOptions::default(), bird_tx),
+        anycast::AnycastInputs {
+            applied: applied_rx,
+            install: install_rx,
+            haproxy: view_rx,
+            health: health.clone(),
+            requests: any_req_rx,
+        },
+        anycast::AnycastOutputs {
+            checks: checks_tx,
+            status: anycast_tx,
+        },
         anycast_cancel.clone(),
     ));
 
@@ -383,6 +467,8 @@ async fn run_generation(
         Ok(Err(e)) => error!(error = %e, "anycast task panicked"),
         Err(_) => warn!("anycast task did not stop in time"),
     }
+    monitor_cancel.cancel();
+    let _ = tokio::task::spawn_blocking(move || monitor_thread.join()).await;
     cancel.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
@@ -391,6 +477,56 @@ async fn run_generation(
         warn!(grace = ?SHUTDOWN_GRACE, "tasks did not finish in time; going on anyway");
     }
     Ok(outcome)
+}
+
+/// The services of `vip` for the status socket: health from the monitor,
+/// and the gate's verdict (healthy, pending, unhealthy and why) from the view.
+/// A service the monitor does not check (its frontend is not installed) is
+/// listed from the view alone.
+fn service_statuses(
+    health: &HealthSnapshot,
+    vip: &ipnet::IpNet,
+    view: Option<&crate::gate::VipView>,
+) -> Vec<ServiceStatus> {
+    use crate::gate::ServiceState;
+    let state_of = |name: &str| view.and_then(|v| v.services.iter().find(|s| s.name == name));
+    let mut out: Vec<ServiceStatus> = health
+        .services_of(vip)
+        .map(|(_, st)| ServiceStatus {
+            name: st.name.clone(),
+            healthy: st.health.healthy,
+            ok_streak: st.health.ok_streak,
+            fail_streak: st.health.fail_streak,
+            last_latency_ms: st.health.last_latency.map(|l| l.as_secs_f64() * 1e3),
+            error: st.health.last_error.clone(),
+            check: Some(st.kind.to_string()),
+            ..Default::default()
+        })
+        .collect();
+    for s in view.map(|v| v.services.as_slice()).unwrap_or_default() {
+        if !out.iter().any(|o| o.name == s.name) {
+            out.push(ServiceStatus {
+                name: s.name.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    for o in &mut out {
+        match state_of(&o.name).map(|s| &s.state) {
+            Some(ServiceState::Healthy) => o.healthy = true,
+            Some(ServiceState::Pending(why)) => {
+                o.healthy = false;
+                o.pending = true;
+                o.reason = Some(why.clone());
+            }
+            Some(ServiceState::Unhealthy(why)) => {
+                o.healthy = false;
+                o.reason = why.clone();
+            }
+            None => {}
+        }
+    }
+    out
 }
 
 /// systemd's one-line STATUS: "rev 1042, 3/3 VIPs announced".
@@ -447,19 +583,8 @@ fn build_snapshot(cfg: &Config, f: &mut Feeds, started: SystemTime) -> Snapshot 
                 )),
                 _ => d.reason.clone(),
             };
-            let services = health
-                .services_of(&d.vip)
-                .map(|(_, st)| ServiceStatus {
-                    name: st.name.clone(),
-                    healthy: st.health.healthy,
-                    ok_streak: st.health.ok_streak,
-                    fail_streak: st.health.fail_streak,
-                    last_latency_ms: st.health.last_latency.map(|l| l.as_secs_f64() * 1e3),
-                    error: st.health.last_error.clone(),
-                    check: Some(st.kind.to_string()),
-                    ..Default::default()
-                })
-                .collect();
+            let view = any.views.iter().find(|v| v.vip == d.vip);
+            let services = service_statuses(&health, &d.vip, view);
             VipStatus {
                 address: d.vip.to_string(),
                 announced: in_bird && d.announcement == Announcement::Advertise,
@@ -468,6 +593,7 @@ fn build_snapshot(cfg: &Config, f: &mut Feeds, started: SystemTime) -> Snapshot 
                 since: any.announced_since.get(&d.vip).copied().map(Timestamp),
                 adopted: any.adopted.contains(&d.vip),
                 draining: d.announcement == Announcement::Drain,
+                demoted: d.announcement == Announcement::Demote,
             }
         })
         .collect();

@@ -14,8 +14,10 @@ use std::path::Path;
 /// Writes `data` to `path` atomically with permission bits `mode`.
 ///
 /// The temp file lives next to the target so the final `rename(2)` never
-/// crosses a filesystem. On any error the target is untouched and the temp
-/// file is removed.
+/// crosses a filesystem. It is created 0600 and gets `mode` only after the
+/// data is written, so a copy of a secret is never readable by others, not
+/// even for a moment. On any error the target is untouched and the temp
+/// file is removed. A symlink at `path` is replaced, not followed.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -38,6 +40,16 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
     // Make the rename itself durable.
     fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+/// Permission bits of the file at `path` (following a symlink to what it
+/// points to), `None` when it does not exist.
+pub fn mode_of(path: &Path) -> std::io::Result<Option<u32>> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(Some(m.permissions().mode() & 0o7777)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Reads a file, mapping "does not exist" to `None`.

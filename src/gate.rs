@@ -14,7 +14,11 @@
 //!
 //! The rule: a VIP is advertised ⇔ not drained ∧ its address is present on
 //! `vip.interface` ∧ HAProxy is running ∧ the VIP has at least one service ∧
-//! every one of those services is healthy. When drained with a graceful
+//! every one of those services is healthy (or pending: new behind an
+//! announced VIP and still having its chance). With `[bird] on_unhealthy =
+//! "demote"`, a VIP whose only problems are unhealthy services goes to the
+//! demote set instead of being withdrawn; host-local problems (HAProxy
+//! down, address missing, no service, a host fault, drained) always withdraw. When drained with a graceful
 //! drain variable configured, VIPs that would otherwise be advertised sit in
 //! the drain set until `since + drain_grace`, then are withdrawn. HAProxy not
 //! running withdraws everything at once, drain set included: the drain set is
@@ -31,20 +35,31 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 
 use crate::bird::DesiredAnnouncements;
-use crate::model::DesiredState;
+use crate::config::OnUnhealthy;
 
-/// Health of one service (frontend) behind a VIP, as the gate needs it.
+/// Where a service behind a VIP stands, as the gate needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceState {
+    /// Healthy after hysteresis (rise/fall applied), and HAProxy runs it.
+    Healthy,
+    /// New behind an announced VIP and still having its chance (not
+    /// installed yet, or not yet `rise` passes nor `fall` failures): it
+    /// does not withdraw the VIP. The text says what it waits for.
+    Pending(String),
+    /// Failing: the check's error, or why it cannot be checked ("not installed").
+    Unhealthy(Option<String>),
+}
+
+/// One service (frontend or local check) behind a VIP, as the gate needs it.
 ///
-/// Deliberately independent of the health module's types: the daemon maps
-/// whatever the checker reports (rise/fall already applied) onto this.
+/// Deliberately independent of the health module's types: the anycast
+/// policy maps health, installation and admission onto this.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceView {
     /// Frontend name, used in the reason text.
     pub name: String,
-    /// Healthy after hysteresis (rise/fall applied).
-    pub healthy: bool,
-    /// The check's error text when unhealthy; only its first line is shown.
-    pub error: Option<String>,
+    /// Healthy, pending or unhealthy.
+    pub state: ServiceState,
 }
 
 impl ServiceView {
@@ -52,8 +67,7 @@ impl ServiceView {
     pub fn healthy(name: impl Into<String>) -> Self {
         ServiceView {
             name: name.into(),
-            healthy: true,
-            error: None,
+            state: ServiceState::Healthy,
         }
     }
 
@@ -61,9 +75,21 @@ impl ServiceView {
     pub fn unhealthy(name: impl Into<String>, error: impl Into<String>) -> Self {
         ServiceView {
             name: name.into(),
-            healthy: false,
-            error: Some(error.into()),
+            state: ServiceState::Unhealthy(Some(error.into())),
         }
+    }
+
+    /// A pending service, waiting for `what`.
+    pub fn pending(name: impl Into<String>, what: impl Into<String>) -> Self {
+        ServiceView {
+            name: name.into(),
+            state: ServiceState::Pending(what.into()),
+        }
+    }
+
+    /// True while it counts as serving (healthy or pending).
+    pub fn serves(&self) -> bool {
+        !matches!(self.state, ServiceState::Unhealthy(_))
     }
 }
 
@@ -102,12 +128,18 @@ pub struct GateInput<'a> {
     pub vips: &'a [VipView],
     /// HAProxy's master and admin socket are alive.
     pub haproxy_up: bool,
+    /// A host-local fault that makes every announcement unsafe (a corrupt
+    /// state file the gate depends on); withdraws every VIP with this text.
+    pub host_fault: Option<&'a str>,
     /// The drain state.
     pub drain: &'a DrainState,
     /// A drain variable is configured (`[bird] drain_variable`), so drains are graceful.
     pub graceful: bool,
     /// How long a graceful drain keeps VIPs in the drain set (`[bird] drain_grace`).
     pub drain_grace: Duration,
+    /// `[bird] on_unhealthy`: what a VIP whose only problems are unhealthy
+    /// services becomes (withdrawn, or demoted).
+    pub on_unhealthy: OnUnhealthy,
     /// `[vip] interface`, named in the reason text.
     pub interface: &'a str,
     /// The current time; the only clock the gate sees.
@@ -122,6 +154,11 @@ pub enum Announcement {
     /// In the graceful drain set: still announced, with the operator's
     /// drain treatment (AS-path prepend, GRACEFUL_SHUTDOWN), until the grace ends.
     Drain,
+    /// In the demote set (`on_unhealthy = "demote"`): a service is
+    /// unhealthy, but nothing host-local is wrong; announced with a longer
+    /// AS path, so the ToR prefers healthy hosts and falls back to this one
+    /// only when no host of the group is healthy.
+    Demote,
     /// Not announced.
     Withdrawn,
 }
@@ -137,6 +174,7 @@ impl Announcement {
         match self {
             Announcement::Advertise => "advertise",
             Announcement::Drain => "drain",
+            Announcement::Demote => "demote",
             Announcement::Withdrawn => "withdrawn",
         }
     }
@@ -161,7 +199,11 @@ pub fn decide(input: &GateInput) -> Vec<VipDecision> {
 fn decide_one(input: &GateInput, view: &VipView) -> VipDecision {
     // Conditions that are about the VIP itself (not the drain), in the order
     // an operator would check them.
+    // Host-local problems: nothing here can serve, whatever the policy.
     let mut problems: Vec<String> = Vec::new();
+    if let Some(f) = input.host_fault {
+        problems.push(f.to_string());
+    }
     if !input.haproxy_up {
         problems.push("HAProxy is down or not answering".to_string());
     }
@@ -171,9 +213,12 @@ fn decide_one(input: &GateInput, view: &VipView) -> VipDecision {
     if view.services.is_empty() {
         problems.push("no service binds this VIP".to_string());
     }
-    for s in view.services.iter().filter(|s| !s.healthy) {
-        let first_line = s
-            .error
+    let hard = problems.len();
+    for s in view.services.iter() {
+        let ServiceState::Unhealthy(error) = &s.state else {
+            continue;
+        };
+        let first_line = error
             .as_deref()
             .and_then(|e| e.lines().map(str::trim).find(|l| !l.is_empty()));
         problems.push(match first_line {
@@ -182,9 +227,14 @@ fn decide_one(input: &GateInput, view: &VipView) -> VipDecision {
         });
     }
     let serviceable = problems.is_empty();
+    let demotable = hard == 0 && input.on_unhealthy == OnUnhealthy::Demote;
 
     let (announcement, reason) = match input.drain {
         DrainState::Undrained if serviceable => (Announcement::Advertise, None),
+        DrainState::Undrained if demotable => (
+            Announcement::Demote,
+            Some(format!("demoted: {}", problems.join("; "))),
+        ),
         DrainState::Undrained => (Announcement::Withdrawn, Some(problems.join("; "))),
         DrainState::Drained { since, reason } => {
             let drained = if reason.trim().is_empty() {
@@ -236,6 +286,7 @@ pub fn announcements(decisions: &[VipDecision]) -> DesiredAnnouncements {
     DesiredAnnouncements {
         advertise: pick(Announcement::Advertise),
         drain: pick(Announcement::Drain),
+        demote: pick(Announcement::Demote),
     }
 }
 
@@ -252,34 +303,6 @@ pub fn next_deadline(input: &GateInput) -> Option<Instant> {
         .iter()
         .any(|d| d.announcement == Announcement::Drain);
     (draining && end > input.now).then_some(end)
-}
-
-/// Builds the gate's per-VIP views from the desired state.
-///
-/// `present` is what [`crate::vip::VipManager::present`] observed on the
-/// interface; a VIP counts as present when exactly its prefix is there.
-/// `service` maps a frontend name to its health; a service the health
-/// module has not judged yet should come back unhealthy (fail closed).
-pub fn vip_views(
-    desired: &DesiredState,
-    present: &BTreeSet<IpNet>,
-    mut service: impl FnMut(&str) -> ServiceView,
-) -> Vec<VipView> {
-    let frontends = desired.services_by_vip();
-    desired
-        .vips
-        .iter()
-        .map(|vip| VipView {
-            vip: vip.address,
-            address_present: present.contains(&vip.address),
-            services: frontends
-                .get(&vip.address.trunc())
-                .into_iter()
-                .flatten()
-                .map(|f| service(f.name.as_str()))
-                .collect(),
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -322,9 +345,11 @@ mod tests {
         name: &'static str,
         vips: Vec<VipView>,
         haproxy_up: bool,
+        host_fault: Option<&'static str>,
         /// `Some((since_secs, reason))` = drained since that offset.
         drained: Option<(u64, &'static str)>,
         graceful: bool,
+        on_unhealthy: OnUnhealthy,
         now: u64,
         want: Vec<(Announcement, Option<&'static str>)>,
     }
@@ -341,16 +366,18 @@ mod tests {
         let input = GateInput {
             vips: &case.vips,
             haproxy_up: case.haproxy_up,
+            host_fault: case.host_fault,
             drain: &drain,
             graceful: case.graceful,
             drain_grace: Duration::from_secs(30),
+            on_unhealthy: case.on_unhealthy,
             interface: "lo",
             now: clock.at(case.now),
         };
         decide(&input)
     }
 
-    use Announcement::{Advertise, Drain, Withdrawn};
+    use Announcement::{Advertise, Demote, Drain, Withdrawn};
 
     #[test]
     fn rule_table() {
@@ -359,8 +386,124 @@ mod tests {
                 name: "all conditions hold",
                 vips: vec![view(V4, true, vec![ok("www"), ok("git_ssh")])],
                 haproxy_up: true,
+                host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
+                now: 0,
+                want: vec![(Advertise, None)],
+            },
+            Case {
+                name: "a pending service does not withdraw the VIP",
+                vips: vec![view(
+                    V4,
+                    true,
+                    vec![ok("www"), ServiceView::pending("api", "not risen yet")],
+                )],
+                haproxy_up: true,
+                host_fault: None,
+                drained: None,
+                graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
+                now: 0,
+                want: vec![(Advertise, None)],
+            },
+            Case {
+                name: "pending does not excuse another failure",
+                vips: vec![view(
+                    V4,
+                    true,
+                    vec![bad("www", "refused"), ServiceView::pending("api", "x")],
+                )],
+                haproxy_up: true,
+                host_fault: None,
+                drained: None,
+                graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
+                now: 0,
+                want: vec![(Withdrawn, Some("service www unhealthy: refused"))],
+            },
+            Case {
+                name: "a host fault withdraws every VIP, first in the reason",
+                vips: vec![view(V4, true, vec![ok("www")]), view(V6, false, vec![])],
+                haproxy_up: true,
+                host_fault: Some("VIP ownership file corrupt"),
+                drained: None,
+                graceful: true,
+                on_unhealthy: OnUnhealthy::Withdraw,
+                now: 0,
+                want: vec![
+                    (Withdrawn, Some("VIP ownership file corrupt")),
+                    (
+                        Withdrawn,
+                        Some("VIP ownership file corrupt; address missing on lo; no service binds this VIP"),
+                    ),
+                ],
+            },
+            Case {
+                name: "demote: unhealthy services demote, with the reason",
+                vips: vec![view(V4, true, vec![ok("www"), bad("api", "HTTP 503")])],
+                haproxy_up: true,
+                host_fault: None,
+                drained: None,
+                graceful: false,
+                on_unhealthy: OnUnhealthy::Demote,
+                now: 0,
+                want: vec![(Demote, Some("demoted: service api unhealthy: HTTP 503"))],
+            },
+            Case {
+                name: "demote: host-local failures still withdraw",
+                vips: vec![
+                    view(V4, false, vec![bad("www", "refused")]),
+                    view(V6, true, vec![]),
+                ],
+                haproxy_up: true,
+                host_fault: None,
+                drained: None,
+                graceful: false,
+                on_unhealthy: OnUnhealthy::Demote,
+                now: 0,
+                want: vec![
+                    (
+                        Withdrawn,
+                        Some("address missing on lo; service www unhealthy: refused"),
+                    ),
+                    (Withdrawn, Some("no service binds this VIP")),
+                ],
+            },
+            Case {
+                name: "demote: HAProxy down withdraws",
+                vips: vec![view(V4, true, vec![bad("www", "refused")])],
+                haproxy_up: false,
+                host_fault: None,
+                drained: None,
+                graceful: false,
+                on_unhealthy: OnUnhealthy::Demote,
+                now: 0,
+                want: vec![(
+                    Withdrawn,
+                    Some("HAProxy is down or not answering; service www unhealthy: refused"),
+                )],
+            },
+            Case {
+                name: "demote: drained withdraws, the operator's word wins",
+                vips: vec![view(V4, true, vec![bad("www", "refused")])],
+                haproxy_up: true,
+                host_fault: None,
+                drained: Some((0, "m")),
+                graceful: true,
+                on_unhealthy: OnUnhealthy::Demote,
+                now: 1,
+                want: vec![(Withdrawn, Some("drained: m; service www unhealthy: refused"))],
+            },
+            Case {
+                name: "demote: a healthy VIP is advertised",
+                vips: vec![view(V4, true, vec![ok("www")])],
+                haproxy_up: true,
+                host_fault: None,
+                drained: None,
+                graceful: false,
+                on_unhealthy: OnUnhealthy::Demote,
                 now: 0,
                 want: vec![(Advertise, None)],
             },
@@ -368,8 +511,10 @@ mod tests {
                 name: "address missing",
                 vips: vec![view(V4, false, vec![ok("www")])],
                 haproxy_up: true,
+                host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(Withdrawn, Some("address missing on lo"))],
             },
@@ -377,8 +522,10 @@ mod tests {
                 name: "haproxy down",
                 vips: vec![view(V4, true, vec![ok("www")])],
                 haproxy_up: false,
+                host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(Withdrawn, Some("HAProxy is down or not answering"))],
             },
@@ -386,8 +533,10 @@ mod tests {
                 name: "no service",
                 vips: vec![view(V4, true, vec![])],
                 haproxy_up: true,
+                host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(Withdrawn, Some("no service binds this VIP"))],
             },
@@ -399,8 +548,10 @@ mod tests {
                     vec![ok("www"), bad("git_ssh", "connection refused")],
                 )],
                 haproxy_up: true,
+                host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(
                     Withdrawn,
@@ -419,8 +570,10 @@ mod tests {
                     ],
                 )],
                 haproxy_up: true,
+                host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(
                     Withdrawn,
@@ -434,13 +587,14 @@ mod tests {
                     true,
                     vec![ServiceView {
                         name: "www".into(),
-                        healthy: false,
-                        error: None,
+                        state: ServiceState::Unhealthy(None),
                     }],
                 )],
                 haproxy_up: true,
+                host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(Withdrawn, Some("service www unhealthy"))],
             },
@@ -448,8 +602,10 @@ mod tests {
                 name: "every failing condition listed in a fixed order",
                 vips: vec![view(V4, false, vec![bad("www", "refused")])],
                 haproxy_up: false,
+                host_fault: None,
                 drained: Some((0, "kernel upgrade")),
                 graceful: true,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 1,
                 want: vec![(
                     Withdrawn,
@@ -463,8 +619,10 @@ mod tests {
                 name: "no service and address missing",
                 vips: vec![view(V6, false, vec![])],
                 haproxy_up: true,
+                host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(
                     Withdrawn,
@@ -475,8 +633,10 @@ mod tests {
                 name: "drained, not graceful: withdrawn at once",
                 vips: vec![view(V4, true, vec![ok("www")])],
                 haproxy_up: true,
+                host_fault: None,
                 drained: Some((0, "maintenance")),
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(Withdrawn, Some("drained: maintenance"))],
             },
@@ -484,8 +644,10 @@ mod tests {
                 name: "drained with empty reason",
                 vips: vec![view(V4, true, vec![ok("www")])],
                 haproxy_up: true,
+                host_fault: None,
                 drained: Some((0, "  ")),
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![(Withdrawn, Some("drained"))],
             },
@@ -493,8 +655,10 @@ mod tests {
                 name: "graceful drain: healthy VIP in the drain set during grace",
                 vips: vec![view(V4, true, vec![ok("www")])],
                 haproxy_up: true,
+                host_fault: None,
                 drained: Some((10, "maintenance")),
                 graceful: true,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 39,
                 want: vec![(
                     Drain,
@@ -505,8 +669,10 @@ mod tests {
                 name: "graceful drain: at since + grace exactly, withdrawn",
                 vips: vec![view(V4, true, vec![ok("www")])],
                 haproxy_up: true,
+                host_fault: None,
                 drained: Some((10, "maintenance")),
                 graceful: true,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 40,
                 want: vec![(Withdrawn, Some("drained: maintenance"))],
             },
@@ -517,8 +683,10 @@ mod tests {
                     view(V6, true, vec![bad("www6", "refused")]),
                 ],
                 haproxy_up: true,
+                host_fault: None,
                 drained: Some((0, "m")),
                 graceful: true,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 5,
                 want: vec![
                     (Drain, Some("drained: m (graceful: in the drain set)")),
@@ -532,8 +700,10 @@ mod tests {
                 name: "graceful drain: missing address is withdrawn",
                 vips: vec![view(V4, false, vec![ok("www")])],
                 haproxy_up: true,
+                host_fault: None,
                 drained: Some((0, "m")),
                 graceful: true,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 5,
                 want: vec![(Withdrawn, Some("drained: m; address missing on lo"))],
             },
@@ -541,8 +711,10 @@ mod tests {
                 name: "graceful drain but HAProxy down: no drain set",
                 vips: vec![view(V4, true, vec![ok("www")])],
                 haproxy_up: false,
+                host_fault: None,
                 drained: Some((0, "m")),
                 graceful: true,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 5,
                 want: vec![(
                     Withdrawn,
@@ -556,8 +728,10 @@ mod tests {
                     view(V6, true, vec![ok("www6")]),
                 ],
                 haproxy_up: false,
+                host_fault: None,
                 drained: None,
                 graceful: true,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![
                     (Withdrawn, Some("HAProxy is down or not answering")),
@@ -572,8 +746,10 @@ mod tests {
                     view("198.51.100.0/24", false, vec![ok("big")]),
                 ],
                 haproxy_up: true,
+                host_fault: None,
                 drained: None,
                 graceful: false,
+                on_unhealthy: OnUnhealthy::Withdraw,
                 now: 0,
                 want: vec![
                     (Advertise, None),
@@ -633,9 +809,11 @@ mod tests {
             let input = GateInput {
                 vips: &vips,
                 haproxy_up,
+                host_fault: None,
                 drain: &drain,
                 graceful,
                 drain_grace: Duration::from_secs(30),
+                on_unhealthy: OnUnhealthy::Withdraw,
                 interface: "lo",
                 now: clock.at(if in_grace { 110 } else { 200 }),
             };
@@ -676,10 +854,16 @@ mod tests {
                 announcement: Withdrawn,
                 reason: Some("x".into()),
             },
+            VipDecision {
+                vip: net("198.51.100.11/32"),
+                announcement: Demote,
+                reason: Some("demoted: y".into()),
+            },
         ];
         let a = announcements(&d);
         assert_eq!(a.advertise, BTreeSet::from([net(V4)]));
         assert_eq!(a.drain, BTreeSet::from([net(V6)]));
+        assert_eq!(a.demote, BTreeSet::from([net("198.51.100.11/32")]));
         assert!(announcements(&[]).is_empty());
     }
 
@@ -694,9 +878,11 @@ mod tests {
         let mut input = GateInput {
             vips: &vips,
             haproxy_up: true,
+            host_fault: None,
             drain: &drain,
             graceful: true,
             drain_grace: Duration::from_secs(30),
+            on_unhealthy: OnUnhealthy::Withdraw,
             interface: "lo",
             now: clock.at(12),
         };
@@ -726,9 +912,11 @@ mod tests {
         let input = GateInput {
             vips: &vips,
             haproxy_up: true,
+            host_fault: None,
             drain: &drain,
             graceful: true,
             drain_grace: Duration::ZERO,
+            on_unhealthy: OnUnhealthy::Withdraw,
             interface: "lo",
             now: clock.at(10),
         };
@@ -740,48 +928,11 @@ mod tests {
     fn announcement_names() {
         assert!(Advertise.is_announced());
         assert!(Drain.is_announced());
+        assert!(Demote.is_announced());
         assert!(!Withdrawn.is_announced());
         assert_eq!(
-            [Advertise, Drain, Withdrawn].map(Announcement::as_str),
-            ["advertise", "drain", "withdrawn"]
+            [Advertise, Drain, Demote, Withdrawn].map(Announcement::as_str),
+            ["advertise", "drain", "demote", "withdrawn"]
         );
-    }
-
-    #[test]
-    fn views_from_desired_state() {
-        let body = serde_json::json!({
-            "schema": 1, "revision": 1, "group": "blue",
-            "vips": [{"address": V4}, {"address": V6}, {"address": "198.51.100.10/32"}],
-            "frontends": [
-                {"name": "www", "bind": ["192.0.2.10:443", "[2001:db8:10::10]:443"], "mode": "tcp", "default_pool": "p"},
-                {"name": "git_ssh", "bind": ["192.0.2.10:22"], "mode": "tcp", "default_pool": "p"}
-            ],
-            "pools": [{"name": "p", "mode": "tcp", "servers": []}]
-        });
-        let desired = crate::model::validate::parse_document(
-            &serde_json::to_vec(&body).unwrap(),
-            &crate::model::validate::ValidateContext {
-                group: "blue".into(),
-            },
-        )
-        .unwrap();
-        let present = BTreeSet::from([net(V4), net("127.0.0.1/8")]);
-        let views = vip_views(&desired, &present, |name| {
-            if name == "git_ssh" {
-                bad(name, "connection refused")
-            } else {
-                ok(name)
-            }
-        });
-        let by_vip = |v: &str| views.iter().find(|x| x.vip == net(v)).unwrap();
-        let v4 = by_vip(V4);
-        assert!(v4.address_present);
-        let mut names: Vec<_> = v4.services.iter().map(|s| s.name.as_str()).collect();
-        names.sort();
-        assert_eq!(names, ["git_ssh", "www"]);
-        let v6 = by_vip(V6);
-        assert!(!v6.address_present);
-        assert_eq!(v6.services, vec![ok("www")]);
-        assert!(by_vip("198.51.100.10/32").services.is_empty());
     }
 }

@@ -5,6 +5,8 @@
 //! - [`config`]: `agent.toml` → validated [`config::Config`].
 //! - [`source`]: polls the central API (or a file) → raw documents; [`model::validate`]
 //!   turns one into a [`model::DesiredState`] or a list of errors with JSON paths.
+//! - [`logic`] (pure): the business-logic sandbox: document templates rendered with bounded
+//!   time, memory and recursion, and the rendered snippets confined to their section.
 //! - [`plan`] (pure): desired vs observed HAProxy → runtime commands or a reload with reason.
 //! - [`haproxy`]: runtime-socket client, config renderer (tera), reload scheduler.
 //! - [`health`]: async tcp/http/tls/exec checks + rise/fall hysteresis.
@@ -27,6 +29,7 @@ pub mod fsutil;
 pub mod gate;
 pub mod haproxy;
 pub mod health;
+pub mod logic;
 pub mod mem;
 pub mod metrics;
 pub mod model;

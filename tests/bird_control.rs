@@ -18,7 +18,7 @@ use lb_agent::bird::{
     BirdControl, BirdStatus, ConfigureOutcome, ControlError, ControlOptions, DesiredAnnouncements,
     Publisher, PublisherOptions, ResetBird,
 };
-use lb_agent::config::{BirdConfig, OnStop};
+use lb_agent::config::{BirdConfig, OnStop, OnUnhealthy};
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,8 @@ fn bird_config(dir: &Path) -> BirdConfig {
         dummy_ipv6: net("2001:db8:ffff::1/128"),
         drain_variable: None,
         drain_grace: Duration::from_secs(30),
+        demote_variable: None,
+        on_unhealthy: OnUnhealthy::Withdraw,
         on_stop: OnStop::Withdraw,
         export_protocols: vec![],
     }

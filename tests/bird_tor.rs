@@ -7,30 +7,29 @@
 
 #[path = "common/bird.rs"]
 mod bird;
+#[path = "common/driver.rs"]
+mod driver;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/route.rs"]
+mod route;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
+use bird::{tor_bird_conf, Bird, LAB_BFD, TIMERS};
+use driver::Driver;
 use ipnet::IpNet;
 use lb_agent::bird::control::{EvalSet, ProtocolRow};
 use lb_agent::bird::include::{self, IncludeLayout};
 use lb_agent::bird::{
-    BirdControl, BirdStatus, ConfigureOutcome, ControlError, ControlOptions, DesiredAnnouncements,
-    Publisher, PublisherOptions, ResetBird,
+    BirdControl, ConfigureOutcome, ControlError, ControlOptions, DesiredAnnouncements,
+    PublisherOptions, ResetBird,
 };
-use lb_agent::config::{BirdConfig, OnStop};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-use bird::{tor_bird_conf, Bird, TIMERS};
+use lb_agent::config::{BirdConfig, OnStop, OnUnhealthy};
 use netns::{skip_without_netns, veth, Netns};
+use route::{parse_nexthops, RouteMonitor};
 
 const VIP: &str = "192.0.2.10/32";
 
@@ -80,6 +79,8 @@ fn lb_config(dir: &Path, drain: bool) -> BirdConfig {
         dummy_ipv6: net("2001:db8:ffff::1/128"),
         drain_variable: drain.then(|| "ACAST_PS_DRAIN".to_string()),
         drain_grace: Duration::from_secs(30),
+        demote_variable: None,
+        on_unhealthy: OnUnhealthy::Withdraw,
         on_stop: OnStop::Withdraw,
         export_protocols: vec!["tor".into()],
     }
@@ -99,11 +100,11 @@ fn lb_bird_conf(dir: &Path, cfg: &BirdConfig, n: u32, asn: u32, drain: bool) -> 
         "router id 10.0.{n}.2;\n{log}include \"{inc}\";\n\
          # An operator's own constant; used to provoke a clash with the include.\n\
          define LB_RESERVED = 1;\n\
-         protocol device {{ }}\n\
+         protocol device {{ }}\n{LAB_BFD}\
          protocol static static_acast {{\n    ipv4;\n{statics}}}\n\
          filter acast_export {{\n    if source != RTS_STATIC then reject;\n{drain_rule}\
              if net ~ ACAST_PS_ADVERTISE then accept;\n    reject;\n}}\n\
-         protocol bgp tor {{\n    local 10.0.{n}.2 as {asn}; neighbor 10.0.{n}.1 as 65000;\n    {TIMERS}\n\
+         protocol bgp tor {{\n    local 10.0.{n}.2 as {asn}; neighbor 10.0.{n}.1 as 65000;\n    {TIMERS}\n    bfd on;\n\
              ipv4 {{ import none; export filter acast_export; next hop self; }};\n}}\n",
         log = Bird::log_line(dir),
         inc = cfg.include_file.display(),
@@ -219,26 +220,6 @@ impl Lab {
     }
 }
 
-/// Parses `ip route show <vip>`: a single-path route names its gateway on
-/// the route line, a multipath route lists `nexthop` lines.
-fn parse_nexthops(out: &str) -> Vec<String> {
-    let via = |l: &str| -> Option<String> {
-        let w: Vec<&str> = l.split_whitespace().collect();
-        let i = w.iter().position(|x| *x == "via")?;
-        let d = w.iter().position(|x| *x == "dev")?;
-        Some(format!("via {} dev {}", w.get(i + 1)?, w.get(d + 1)?))
-    };
-    let hops: Vec<String> = out
-        .lines()
-        .filter(|l| l.trim_start().starts_with("nexthop"))
-        .filter_map(via)
-        .collect();
-    if !hops.is_empty() {
-        return hops;
-    }
-    out.lines().take(1).filter_map(via).collect()
-}
-
 #[test]
 fn nexthop_parser_reads_the_notes_output() {
     let multi = "192.0.2.10 proto bird metric 32 \n\tnexthop via 10.0.1.2 dev tor-lb1 weight 1 \n\tnexthop via 10.0.2.2 dev tor-lb2 weight 1 \n";
@@ -251,125 +232,6 @@ fn nexthop_parser_reads_the_notes_output() {
         ["via 10.0.2.2 dev tor-lb2"]
     );
     assert!(parse_nexthops("").is_empty());
-}
-
-/// `ip -n tor monitor route`, read on a thread; every line time-stamped on
-/// arrival. Event-driven, so it times a route change far more precisely
-/// than polling `ip route show` (about 4 ms per call).
-struct RouteMonitor {
-    child: Child,
-    rx: mpsc::Receiver<(SystemTime, String)>,
-}
-
-impl RouteMonitor {
-    fn start(ns: &Netns) -> RouteMonitor {
-        let mut child = std::process::Command::new("ip")
-            .args(["-n", ns.name(), "monitor", "route"])
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send((SystemTime::now(), line)).is_err() {
-                    break;
-                }
-            }
-        });
-        // `ip monitor` needs a moment to subscribe.
-        std::thread::sleep(Duration::from_millis(100));
-        RouteMonitor { child, rx }
-    }
-
-    fn drain(&self) {
-        while self.rx.try_recv().is_ok() {}
-    }
-
-    /// Time of the first line about `vip` (address without length), bounded.
-    fn next_change(&self, vip: &str, limit: Duration) -> Option<(SystemTime, String)> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            match self.rx.recv_timeout(left) {
-                Ok((t, line)) if line.contains(vip) => return Some((t, line)),
-                Ok(_) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-}
-
-impl Drop for RouteMonitor {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        let _ = self.child.wait();
-    }
-}
-
-/// A running publisher for one LB.
-struct Driver {
-    tx: watch::Sender<DesiredAnnouncements>,
-    status: watch::Receiver<BirdStatus>,
-    cancel: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl Driver {
-    fn start(cfg: &BirdConfig, opts: PublisherOptions, initial: DesiredAnnouncements) -> Driver {
-        let (tx, rx) = watch::channel(initial);
-        let (status_tx, status) = watch::channel(BirdStatus::default());
-        let cancel = CancellationToken::new();
-        let publisher = Publisher::new(cfg, opts).unwrap();
-        let task = tokio::spawn(publisher.run(rx, status_tx, cancel.clone()));
-        Driver {
-            tx,
-            status,
-            cancel,
-            task,
-        }
-    }
-
-    async fn wait(
-        &mut self,
-        what: &str,
-        limit: Duration,
-        pred: impl Fn(&BirdStatus) -> bool,
-    ) -> BirdStatus {
-        let r = tokio::time::timeout(limit, self.status.wait_for(|s| pred(s)))
-            .await
-            .map(|r| r.map(|s| s.clone()));
-        match r {
-            Ok(Ok(s)) => s,
-            _ => panic!(
-                "timed out ({limit:?}) waiting for {what}; status: {:?}",
-                *self.status.borrow()
-            ),
-        }
-    }
-
-    /// Waits until BIRD is confirmed to run `want`.
-    async fn wait_announced(&mut self, want: &DesiredAnnouncements) -> BirdStatus {
-        self.wait("confirmation", Duration::from_secs(5), |s| {
-            s.ok && s.announced.as_ref() == Some(want)
-        })
-        .await
-    }
-
-    async fn stop(self) -> BirdStatus {
-        self.cancel.cancel();
-        tokio::time::timeout(Duration::from_secs(5), self.task)
-            .await
-            .expect("publisher stops within 5 s")
-            .unwrap();
-        let s = self.status.borrow().clone();
-        s
-    }
 }
 
 fn median(v: &mut [Duration]) -> Duration {
@@ -750,8 +612,8 @@ async fn drain_set_prepends_and_moves_traffic_to_the_other_lb() {
     let vip = net(VIP);
     let one = adv(&[vip]);
     let drained = DesiredAnnouncements {
-        advertise: BTreeSet::new(),
         drain: [vip].into(),
+        ..DesiredAnnouncements::default()
     };
     let mut d1 = Driver::start(&lab.lbs[0].cfg, PublisherOptions::default(), one.clone());
     let mut d2 = Driver::start(&lab.lbs[1].cfg, PublisherOptions::default(), one.clone());

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lb_agent::config::{self, LocalCheckKind, OnStop, SlotPolicy, SourceUrl};
+use lb_agent::config::{self, LocalCheckKind, OnStop, OnUnhealthy, SlotPolicy, SourceUrl};
 
 fn fixtures(kind: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -142,6 +142,8 @@ fn full_fixture_sets_every_value() {
     assert_eq!(c.bird.dummy_ipv6.to_string(), "2001:db8:eeee::1/128");
     assert_eq!(c.bird.drain_variable.as_deref(), Some("LB_DRAIN"));
     assert_eq!(c.bird.drain_grace, Duration::from_secs(60));
+    assert_eq!(c.bird.demote_variable.as_deref(), Some("LB_DEMOTE"));
+    assert_eq!(c.bird.on_unhealthy, OnUnhealthy::Demote);
     assert_eq!(c.bird.on_stop, OnStop::Keep);
     assert_eq!(c.bird.export_protocols, ["tor1", "tor2"]);
 
@@ -223,9 +225,21 @@ fn dotted_keys_and_inline_tables_work_like_sections() {
 #[test]
 fn empty_file_and_packaged_file_are_the_defaults() {
     let empty = config::parse_str("", "agent.toml").unwrap();
-    let packaged =
+    let mut packaged =
         config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/agent.toml"))
             .unwrap_or_else(|e| panic!("packaging/agent.toml:\n{e}"));
+    // ... but for the two sets the example bird.conf exports (it refers to
+    // them, so BIRD would refuse it without them).
+    assert_eq!(
+        packaged.bird.drain_variable.as_deref(),
+        Some("ACAST_PS_DRAIN")
+    );
+    assert_eq!(
+        packaged.bird.demote_variable.as_deref(),
+        Some("ACAST_PS_DEMOTE")
+    );
+    packaged.bird.drain_variable = None;
+    packaged.bird.demote_variable = None;
     assert_eq!(packaged, empty);
 
     // The SPEC §1 defaults, spelled out once more from the contract.
@@ -248,6 +262,9 @@ fn empty_file_and_packaged_file_are_the_defaults() {
     assert_eq!(empty.bird.ipv4_variable, "ACAST_PS_ADVERTISE");
     assert_eq!(empty.bird.dummy_ipv6.to_string(), "2001:db8:ffff::1/128");
     assert_eq!(empty.bird.on_stop, OnStop::Withdraw);
+    assert_eq!(empty.bird.on_unhealthy, OnUnhealthy::Withdraw);
+    assert_eq!(empty.bird.drain_variable, None);
+    assert_eq!(empty.bird.demote_variable, None);
     assert_eq!(empty.status.mode, 0o660);
     assert_eq!(empty.status.metrics_listen, None);
     assert!(empty.checks.is_empty());

@@ -21,7 +21,12 @@ fn ctx() -> ValidateContext {
 
 fn parse_document(body: &[u8], ctx: &ValidateContext) -> Result<DesiredState, ValidationErrors> {
     let cfg = lb_agent::config::parse_str("", "agent.toml").unwrap();
-    parse_document_on_host(body, ctx, &VipPolicy::from_config(&cfg.vip, &cfg.bird))
+    parse_document_on_host(
+        body,
+        ctx,
+        &lb_agent::logic::LogicHost::unknown(&ctx.group),
+        &VipPolicy::from_config(&cfg.vip, &cfg.bird),
+    )
 }
 
 #[test]

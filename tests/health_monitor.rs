@@ -228,7 +228,9 @@ async fn dedicated_thread_runs_exec_and_tcp_checks_and_stops_on_cancel() {
     .expect("thread");
     wait_for(
         &mut snap,
-        |s| s.vip_health(&vip) == lb_agent::health::VipHealth::Healthy,
+        |s| {
+            s.services_of(&vip).count() == 2 && s.services_of(&vip).all(|(_, st)| st.health.healthy)
+        },
         Duration::from_secs(3),
     )
     .await;
@@ -243,11 +245,11 @@ async fn dedicated_thread_runs_exec_and_tcp_checks_and_stops_on_cancel() {
     wait_for(
         &mut snap,
         |s| {
-            s.vip_health(&vip)
-                == lb_agent::health::VipHealth::Unhealthy {
-                    service: "port".into(),
-                    error: Some("exit status 1".into()),
-                }
+            s.services_of(&vip).any(|(_, st)| {
+                st.name == "port"
+                    && !st.health.healthy
+                    && st.health.last_error.as_deref() == Some("exit status 1")
+            })
         },
         Duration::from_secs(3),
     )

@@ -1,4 +1,7 @@
-//! The reconcile core against a real HAProxy 2.6 (SPEC §2.3, §7).
+//! The reconcile core against a real HAProxy 2.6 (SPEC §2.3, §7), and the
+//! sandbox's guarantees through it (issue 14: a snippet past validation is
+//! still refused before `haproxy -c`; a certificate key stays 0600 through
+//! a failed reload's rollback).
 //!
 //! Each test starts its own HAProxy (master-worker, sockets in a temp dir)
 //! and real HTTP backends on 127.0.0.1; VIPs are 127.0.0.x addresses, which
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 use backend::{free_port, get, Backend};
 use haproxy::{Haproxy, Lab};
 use lb_agent::model::validate::{parse_document, ValidateContext};
+use lb_agent::model::DesiredState;
 use lb_agent::reconcile::{Candidate, HaproxyStatus, Reconciler, Trigger};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
@@ -62,9 +66,14 @@ impl Agent {
             },
         )
         .unwrap();
+        self.push_desired(d, Some(raw));
+    }
+
+    /// Offers a model directly, as a caller that skipped validation would.
+    fn push_desired(&self, d: DesiredState, raw: Option<Vec<u8>>) {
         self.tx.send_replace(Some(Candidate {
             desired: Arc::new(d),
-            raw: Some(raw.into()),
+            raw: raw.map(Into::into),
             from_cache: false,
         }));
     }
@@ -390,27 +399,41 @@ async fn reload_failure_is_detected_and_rolled_back() {
     // Rolled back: the file is the last-known-good one, the old worker still serves.
     assert_eq!(std::fs::read_to_string(&lab.config).unwrap(), good);
     wait_served(fe1, &["a"], Duration::from_secs(5)).await;
-    // Not retried in a loop: verification passes keep happening, no new attempt.
+    // Not retried in a loop: verification passes keep happening, and no
+    // new attempt comes before the backoff (5 s after the first failure).
+    let failed_at = Instant::now();
     let passes = st.passes;
     let st = agent
         .wait("a few verify passes", Duration::from_secs(10), |s| {
             s.passes >= passes + 3
         })
         .await;
-    assert_eq!(
-        st.reload_failures, 1,
-        "the same failing structure must not be retried: {st:#?}"
+    if failed_at.elapsed() < Duration::from_secs(4) {
+        assert_eq!(
+            st.reload_failures, 1,
+            "no retry before the backoff ends: {st:#?}"
+        );
+    }
+    assert_eq!(st.reload_attempts, 1, "{st:#?}");
+    assert!(
+        st.next_reload_at.is_some(),
+        "the retry is scheduled: {st:#?}"
     );
 
-    // Once the port is free, an operator's `reconcile` retries the same document.
+    // Once the port is free, the backoff's retry installs the same document
+    // with no operator and no new revision.
     drop(squatter);
-    agent.triggers.send(Trigger::Reconcile).await.unwrap();
     let st = agent
-        .wait("retried by operator", Duration::from_secs(30), |s| {
+        .wait("retried by the backoff", Duration::from_secs(30), |s| {
             s.converged && s.reloads == 2
         })
         .await;
-    assert_eq!(st.reload_failures, 1, "{st:#?}");
+    println!(
+        "failed reload -> port freed -> retried and confirmed {:?} after the failure ({} failed attempts)",
+        failed_at.elapsed(),
+        st.reload_failures
+    );
+    assert_eq!(st.reload_attempts, 0, "{st:#?}");
     wait_served(taken, &["a"], Duration::from_secs(10)).await;
 
     // And a new document reloads normally.
@@ -428,6 +451,15 @@ async fn reload_failure_is_detected_and_rolled_back() {
         .await;
     assert_eq!(st.reloads, 3, "{st:#?}");
     wait_served(fe3, &["a"], Duration::from_secs(10)).await;
+    // An operator's reconcile on a converged host re-verifies without a reload.
+    let passes = st.passes;
+    agent.triggers.send(Trigger::Reconcile).await.unwrap();
+    let st = agent
+        .wait("operator pass", Duration::from_secs(10), |s| {
+            s.passes > passes && s.converged
+        })
+        .await;
+    assert_eq!(st.reloads, 3, "{st:#?}");
     agent.stop().await;
 }
 
@@ -531,7 +563,7 @@ async fn invalid_documents_change_nothing() {
             server("s_b", &b, 10, "ready"),
         ],
     );
-    bad["logic"] = json!([{"name": "oops", "template": "http-request frobnicate"}]);
+    bad["logic"] = json!([{"name": "oops", "template": "use_backend no_such_backend"}]);
     bad["frontends"][0]["logic"] = json!(["oops"]);
     // ...and it also changes a weight, which must not be applied either.
     bad["pools"][0]["servers"][0]["weight"] = json!(99);
@@ -611,4 +643,219 @@ async fn agent_restart_adopts_the_running_config_without_reload() {
     );
     wait_served(fe, &["a"], Duration::from_secs(5)).await;
     agent.stop().await;
+}
+
+/// A snippet that opens `global` and loads Lua, offered to the reconciler
+/// without validation: the renderer refuses it before `haproxy -c`, the Lua
+/// never runs, nothing changes, and the previous document keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_snippet_past_validation_never_reaches_haproxy() {
+    if !haproxy::available("a_hostile_snippet_past_validation_never_reaches_haproxy") {
+        return;
+    }
+    let lab = Lab::new();
+    let _hp = Haproxy::start(&lab);
+    let a = Backend::start("a").await;
+    let vip = "127.0.0.18";
+    let fe: SocketAddr = format!("{vip}:{}", free_port(vip)).parse().unwrap();
+    let marker = lab.dir.path().join("lua-ran");
+    let mut d1 = doc(
+        1,
+        vip,
+        vec![frontend("web", fe)],
+        vec![server("s_a", &a, 10, "ready")],
+    );
+    d1["frontends"][0]["logic"] = json!(["tag"]);
+    d1["logic"] =
+        json!([{"name": "tag", "template": "http-request set-header X-LB {{ node.name }}"}]);
+    d1["maps"] = json!([{"name": "payload", "entries": {
+        "x=1": format!("os.execute(\"touch {}\")", marker.display())
+    }}]);
+    let mut agent = Agent::start(&lab, Duration::from_millis(100));
+    agent.push(&d1);
+    let st = agent
+        .wait("first", Duration::from_secs(20), |s| {
+            s.converged && s.revision == Some(1)
+        })
+        .await;
+    wait_served(fe, &["a"], Duration::from_secs(10)).await;
+    let cfg = std::fs::read_to_string(&lab.config).unwrap();
+
+    let mut d2 = parse_document(
+        &serde_json::to_vec(&d1).unwrap(),
+        &ValidateContext {
+            group: "blue".into(),
+        },
+    )
+    .unwrap();
+    d2.revision = 2;
+    d2.logic.values_mut().next().unwrap().template =
+        "http-request del-header X-Internal\nglobal\n    lua-load {{ maps.payload }}".into();
+    agent.push_desired(d2, None);
+    let st2 = agent
+        .wait("rejected", Duration::from_secs(20), |s| {
+            s.rejected.as_ref().is_some_and(|r| r.revision == 2)
+        })
+        .await;
+    let err = &st2.rejected.as_ref().unwrap().error;
+    assert!(
+        err.contains("logic tag for frontend web")
+            && err.contains("\"global\" opens a new configuration section"),
+        "{err}"
+    );
+    assert!(!marker.exists(), "the document's Lua ran during haproxy -c");
+    assert_eq!(std::fs::read_to_string(&lab.config).unwrap(), cfg);
+    assert_eq!(st2.reloads, st.reloads);
+    wait_served(fe, &["a"], Duration::from_secs(5)).await;
+    agent.stop().await;
+}
+
+/// A self-signed certificate and its key, as one PEM bundle.
+fn pem_bundle(name: &str) -> String {
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    format!("{}{}", ck.cert.pem(), ck.signing_key.serialize_pem())
+}
+
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_key_stays_0600_after_a_failed_reload() {
+    if !haproxy::available("certificate_key_stays_0600_after_a_failed_reload") {
+        return;
+    }
+    let lab = Lab::new();
+    let _hp = Haproxy::start(&lab);
+    let a = Backend::start("a").await;
+    let vip = "127.0.0.19";
+    let fe: SocketAddr = format!("{vip}:{}", free_port(vip)).parse().unwrap();
+    let squatter = std::net::TcpListener::bind((vip, 0)).unwrap();
+    let taken = squatter.local_addr().unwrap();
+    let (pem1, pem2) = (pem_bundle("one.example"), pem_bundle("two.example"));
+    let mut tls = frontend("tls", fe);
+    tls["tls"] = json!({"certificates": ["site"]});
+    let mut d1 = doc(
+        1,
+        vip,
+        vec![tls.clone()],
+        vec![server("s_a", &a, 1, "ready")],
+    );
+    d1["certificates"] = json!([{"name": "site", "pem": pem1}]);
+    let mut agent = Agent::start(&lab, Duration::from_millis(100));
+    agent.push(&d1);
+    agent
+        .wait("first", Duration::from_secs(20), |s| {
+            s.converged && s.revision == Some(1)
+        })
+        .await;
+    let cert = lab.data_dir.join("certs/site.pem");
+    assert_eq!(mode(&cert), 0o600);
+
+    // New key material and a frontend whose port is taken: the reload fails
+    // and is rolled back.
+    let mut d2 = doc(
+        2,
+        vip,
+        vec![tls, frontend("two", taken)],
+        vec![server("s_a", &a, 1, "ready")],
+    );
+    d2["certificates"] = json!([{"name": "site", "pem": pem2}]);
+    agent.push(&d2);
+    agent
+        .wait("reload failure", Duration::from_secs(30), |s| {
+            s.reload_failures == 1
+        })
+        .await;
+    assert_eq!(std::fs::read_to_string(&cert).unwrap(), pem1);
+    assert_eq!(mode(&cert), 0o600, "the rollback loosened the private key");
+    let lkg = lb_agent::haproxy::reload::lkg_path(&lab.config);
+    assert_eq!(mode(&lkg), mode(&lab.config));
+    drop(squatter);
+    agent.stop().await;
+}
+
+/// Maps, ACLs and certificates that left the document are deleted once a
+/// reload without them is confirmed, through the installer function the
+/// reconciler calls after a confirmed reload; nothing else in the data
+/// directory is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_files_that_left_the_document_are_removed_after_a_confirmed_reload() {
+    if !haproxy::available("data_files_that_left_the_document_are_removed_after_a_confirmed_reload")
+    {
+        return;
+    }
+    let lab = Lab::new();
+    let _hp = Haproxy::start(&lab);
+    let a = Backend::start("a").await;
+    let vip = "127.0.0.20";
+    let fe: SocketAddr = format!("{vip}:{}", free_port(vip)).parse().unwrap();
+    let inst = lb_agent::haproxy::reload::Installer {
+        binary: haproxy::HAPROXY.into(),
+        config: lab.config.clone(),
+        data_dir: lab.data_dir.clone(),
+        reload_command: vec![],
+        reload_timeout: Duration::from_secs(15),
+        master: lb_agent::haproxy::master::MasterClient::new(&lab.master, Duration::from_secs(5)),
+    };
+    let renderer = lab.renderer();
+    let parse = |v: &Value| {
+        parse_document(
+            &serde_json::to_vec(v).unwrap(),
+            &ValidateContext {
+                group: "blue".into(),
+            },
+        )
+        .unwrap()
+    };
+    let mut tls = frontend("web", fe);
+    tls["tls"] = json!({"certificates": ["old_cert"]});
+    tls["logic"] = json!(["deny"]);
+    let mut d1 = doc(1, vip, vec![tls], vec![server("s_a", &a, 1, "ready")]);
+    d1["certificates"] = json!([{"name": "old_cert", "pem": pem_bundle("old.example")}]);
+    d1["maps"] = json!([{"name": "old_map", "entries": {"a": "b"}}, {"name": "kept", "entries": {"c": "d"}}]);
+    d1["acls"] = json!([{"name": "old_acl", "entries": ["192.0.2.0/24"]}]);
+    d1["logic"] =
+        json!([{"name": "deny", "template": "http-request deny if { src -f {{ acls.old_acl }} }"}]);
+    let r1 = renderer.render(&parse(&d1), &lab.data_dir).unwrap();
+    inst.install(&r1).unwrap();
+    inst.reload_and_confirm().await.unwrap();
+    let certs = Haproxy::cli(&lab.admin, "show ssl cert");
+    assert!(certs.contains("old_cert.pem"), "{certs}");
+    let operator_file = lab.data_dir.join("certs/README");
+    std::fs::write(&operator_file, "not ours").unwrap();
+    assert!(
+        inst.remove_stale(&r1).is_empty(),
+        "nothing is stale while in the document"
+    );
+
+    let mut d2 = doc(
+        2,
+        vip,
+        vec![frontend("web", fe)],
+        vec![server("s_a", &a, 1, "ready")],
+    );
+    d2["maps"] = json!([{"name": "kept", "entries": {"c": "d"}}]);
+    let r2 = renderer.render(&parse(&d2), &lab.data_dir).unwrap();
+    inst.install(&r2).unwrap();
+    inst.reload_and_confirm().await.unwrap();
+    let certs = Haproxy::cli(&lab.admin, "show ssl cert");
+    assert!(!certs.contains("old_cert.pem"), "{certs}");
+    let mut removed = inst.remove_stale(&r2);
+    removed.sort();
+    assert_eq!(
+        removed,
+        vec![
+            lab.data_dir.join("acls/old_acl.acl"),
+            lab.data_dir.join("certs/old_cert.pem"),
+            lab.data_dir.join("maps/old_map.map"),
+        ]
+    );
+    for p in &removed {
+        assert!(!p.exists(), "{}", p.display());
+    }
+    assert!(lab.data_dir.join("maps/kept.map").exists());
+    assert!(operator_file.exists());
+    wait_served(fe, &["a"], Duration::from_secs(10)).await;
 }

@@ -146,3 +146,83 @@ async fn throughput_of_server_changes_is_measured() {
         readback.as_secs_f64() * 1e3
     );
 }
+
+/// A command the client refuses (a `;`, a line over HAProxy's 16 KiB buffer,
+/// a payload entry too large) is reported and skipped; the commands around it
+/// still apply on the same session, and values with spaces round-trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_data_command_does_not_block_the_others() {
+    if !haproxy::available("a_refused_data_command_does_not_block_the_others") {
+        return;
+    }
+    let lab = Lab::new();
+    let map = lab.dir.path().join("m.map");
+    std::fs::write(&map, "a.example www\n").unwrap();
+    let mut cfg = config(&lab, 2);
+    cfg.push_str(&format!(
+        "    http-request set-header X-Pool %[req.hdr(host),lower,map({},none)]\n",
+        map.display()
+    ));
+    std::fs::write(&lab.config, cfg).unwrap();
+    let _hp = Haproxy::start(&lab);
+    let client = RuntimeClient::new(&lab.admin, Duration::from_secs(5));
+    let mut s = client.connect().await.unwrap();
+    let file = map.display().to_string();
+    let add = |k: &str, v: &str| Command::AddMap {
+        file: file.clone(),
+        key: k.into(),
+        value: v.into(),
+    };
+    let cmds = vec![
+        Command::SetWeight {
+            backend: "be".into(),
+            server: "s0".into(),
+            weight: 7,
+        },
+        add("semi.example", "www;show info"),
+        add("big.example", &"v".repeat(20 * 1024)),
+        Command::ReplaceMap {
+            file: file.clone(),
+            entries: vec![("huge.example".into(), "v".repeat(16 * 1024))],
+        },
+        Command::SetState {
+            backend: "be".into(),
+            server: "s1".into(),
+            state: ServerState::Drain,
+        },
+        Command::SetMap {
+            file: file.clone(),
+            key: "a.example".into(),
+            value: "a b  c".into(),
+        },
+        add("c.example", "text/html charset=utf-8"),
+    ];
+    let r = s
+        .apply(&cmds)
+        .await
+        .expect("the session survives refused commands");
+    assert_eq!(r.ok, 4, "{r:#?}");
+    assert_eq!(r.failed.len(), 3, "{r:#?}");
+    assert!(
+        r.failed.iter().all(|f| f.starts_with("not sent:")),
+        "{r:#?}"
+    );
+    let st = s.servers_state().await.unwrap();
+    let be = &st.backends["be"];
+    assert_eq!(be.servers[0].uweight, 7);
+    assert!(be.servers[1].in_drain());
+    let shown = s.command(&format!("show map {file}")).await.unwrap();
+    let entries = lb_agent::haproxy::parse::map_entries(&shown).unwrap();
+    assert_eq!(
+        entries,
+        vec![
+            ("a.example".to_string(), "a b  c".to_string()),
+            (
+                "c.example".to_string(),
+                "text/html charset=utf-8".to_string()
+            ),
+        ],
+        "{shown}"
+    );
+    assert!(s.command("show version").await.unwrap().starts_with("2.6"));
+}

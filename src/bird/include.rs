@@ -13,7 +13,17 @@
 //!
 //! With a drain variable configured two more lines follow, one per family
 //! (BIRD 2 refuses a prefix set mixing IPv4 and IPv6: "Mixed IPv4/IPv6
-//! prefixes in prefix set"), see [`drain_ipv6_variable`].
+//! prefixes in prefix set"), see [`ipv6_variable_for`]; with a demote
+//! variable two more after those. Every set of the layout is always
+//! defined, holding at least its dummy, so the operator's bird.conf can
+//! refer to all of them whatever the agent currently announces:
+//!
+//! ```text
+//! define ACAST_PS_DRAIN = [ 10.189.200.255/32 ];
+//! define ACAST6_PS_DRAIN = [ 2001:db8:ffff::1/128 ];
+//! define ACAST_PS_DEMOTE = [ 10.189.200.255/32, 192.0.2.10/32 ];
+//! define ACAST6_PS_DEMOTE = [ 2001:db8:ffff::1/128 ];
+//! ```
 //!
 //! Why so careful: a broken include is not a withdrawal. BIRD answers `8002`,
 //! keeps its old configuration and keeps announcing — and a BIRD restart with
@@ -49,16 +59,57 @@ pub struct IncludeLayout {
     /// IPv6 dummy, first in every IPv6 set, never announced.
     pub dummy_ipv6: Ipv6Net,
     /// Drain set variables, when graceful drain is configured.
-    pub drain: Option<DrainVariables>,
+    pub drain: Option<VariablePair>,
+    /// Demote set variables, when `demote_variable` is configured.
+    pub demote: Option<VariablePair>,
 }
 
-/// The two variables of the graceful-drain set.
+/// The two variables (one per family) of the drain or the demote set.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DrainVariables {
-    /// IPv4 drain set: `drain_variable` as configured.
+pub struct VariablePair {
+    /// IPv4 set: `drain_variable` / `demote_variable` as configured.
     pub ipv4: String,
-    /// IPv6 drain set: derived by [`drain_ipv6_variable`].
+    /// IPv6 set: derived by [`ipv6_variable_for`].
     pub ipv6: String,
+}
+
+/// How the operator's export filter treats the prefixes of a set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Treatment {
+    /// Announced as is (`ipv4_variable` / `ipv6_variable`).
+    Advertise,
+    /// Announced with the graceful-drain treatment (`drain_variable`).
+    Drain,
+    /// Announced with the demote treatment (`demote_variable`).
+    Demote,
+}
+
+impl Treatment {
+    /// The set of `desired` this treatment applies to.
+    pub fn of(self, desired: &DesiredAnnouncements) -> &BTreeSet<IpNet> {
+        match self {
+            Treatment::Advertise => &desired.advertise,
+            Treatment::Drain => &desired.drain,
+            Treatment::Demote => &desired.demote,
+        }
+    }
+
+    fn of_mut(self, desired: &mut DesiredAnnouncements) -> &mut BTreeSet<IpNet> {
+        match self {
+            Treatment::Advertise => &mut desired.advertise,
+            Treatment::Drain => &mut desired.drain,
+            Treatment::Demote => &mut desired.demote,
+        }
+    }
+
+    /// Lower case name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Treatment::Advertise => "advertise",
+            Treatment::Drain => "drain",
+            Treatment::Demote => "demote",
+        }
+    }
 }
 
 /// Address family of a prefix set.
@@ -87,8 +138,8 @@ pub struct VariableSet {
     pub name: String,
     /// Family of every prefix in the set.
     pub family: Family,
-    /// Whether this is a drain set (as opposed to an advertise set).
-    pub drain: bool,
+    /// Which of the desired sets this variable holds.
+    pub treatment: Treatment,
     /// The dummy prefix, rendered first.
     pub dummy: IpNet,
     /// The real prefixes (never the dummy), sorted.
@@ -138,14 +189,16 @@ pub enum LayoutError {
     },
 }
 
-/// Name of the IPv6 drain set derived from the configured `drain_variable`.
+/// Name of the IPv6 set derived from a configured `drain_variable` or
+/// `demote_variable`.
 ///
 /// BIRD 2 cannot hold both families in one prefix set, and `[bird]` has a
-/// single `drain_variable`; the IPv6 name follows anycast-healthchecker's own
-/// convention (`ACAST_PS_ADVERTISE` → `ACAST6_PS_ADVERTISE`): a `6` is inserted
-/// before the first `_` (`ACAST_PS_DRAIN` → `ACAST6_PS_DRAIN`), or appended
-/// when the name has no `_` (`DRAIN` → `DRAIN6`).
-pub fn drain_ipv6_variable(ipv4_name: &str) -> String {
+/// single name for each of these sets; the IPv6 name follows
+/// anycast-healthchecker's own convention (`ACAST_PS_ADVERTISE` →
+/// `ACAST6_PS_ADVERTISE`): a `6` is inserted before the first `_`
+/// (`ACAST_PS_DRAIN` → `ACAST6_PS_DRAIN`), or appended when the name has no
+/// `_` (`DRAIN` → `DRAIN6`).
+pub fn ipv6_variable_for(ipv4_name: &str) -> String {
     match ipv4_name.find('_') {
         Some(0) | None => format!("{ipv4_name}6"),
         Some(i) => format!("{}6{}", &ipv4_name[..i], &ipv4_name[i..]),
@@ -161,13 +214,15 @@ pub fn is_symbol(name: &str) -> bool {
 }
 
 impl IncludeLayout {
-    /// Validates names and dummies.
+    /// Validates names and dummies. An empty (or absent) drain or demote
+    /// variable means that set is not configured.
     pub fn new(
         ipv4_variable: &str,
         ipv6_variable: &str,
         dummy_ipv4: IpNet,
         dummy_ipv6: IpNet,
         drain_variable: Option<&str>,
+        demote_variable: Option<&str>,
     ) -> Result<Self, LayoutError> {
         let check_name = |key: &'static str, name: &str| {
             if is_symbol(name) {
@@ -181,14 +236,15 @@ impl IncludeLayout {
         };
         let ipv4_variable = check_name("ipv4_variable", ipv4_variable)?;
         let ipv6_variable = check_name("ipv6_variable", ipv6_variable)?;
-        let drain = match drain_variable.filter(|d| !d.is_empty()) {
-            None => None,
-            Some(d) => {
-                let ipv4 = check_name("drain_variable", d)?;
-                let ipv6 = check_name("drain_variable", &drain_ipv6_variable(d))?;
-                Some(DrainVariables { ipv4, ipv6 })
-            }
+        let pair = |key: &'static str, name: Option<&str>| match name.filter(|d| !d.is_empty()) {
+            None => Ok(None),
+            Some(d) => Ok(Some(VariablePair {
+                ipv4: check_name(key, d)?,
+                ipv6: check_name(key, &ipv6_variable_for(d))?,
+            })),
         };
+        let drain = pair("drain_variable", drain_variable)?;
+        let demote = pair("demote_variable", demote_variable)?;
         let dummy_ipv4 = match dummy_ipv4 {
             IpNet::V4(n) if n.trunc() == n => n,
             IpNet::V4(_) => {
@@ -227,6 +283,7 @@ impl IncludeLayout {
             dummy_ipv4,
             dummy_ipv6,
             drain,
+            demote,
         };
         let mut seen = BTreeSet::new();
         for name in layout.variable_names() {
@@ -245,17 +302,27 @@ impl IncludeLayout {
             cfg.dummy_ipv4,
             cfg.dummy_ipv6,
             cfg.drain_variable.as_deref(),
+            cfg.demote_variable.as_deref(),
         )
     }
 
     /// Every variable the include defines, in file order.
     pub fn variable_names(&self) -> Vec<&str> {
         let mut v = vec![self.ipv4_variable.as_str(), self.ipv6_variable.as_str()];
-        if let Some(d) = &self.drain {
-            v.push(&d.ipv4);
-            v.push(&d.ipv6);
+        for pair in [&self.drain, &self.demote].into_iter().flatten() {
+            v.push(&pair.ipv4);
+            v.push(&pair.ipv6);
         }
         v
+    }
+
+    /// Whether the layout has variables for `treatment`'s set.
+    pub fn has(&self, treatment: Treatment) -> bool {
+        match treatment {
+            Treatment::Advertise => true,
+            Treatment::Drain => self.drain.is_some(),
+            Treatment::Demote => self.demote.is_some(),
+        }
     }
 
     /// The dummy of a family.
@@ -277,20 +344,26 @@ impl IncludeLayout {
                 .copied()
                 .collect()
         };
-        let mk = |name: &str, family: Family, drain: bool, from: &BTreeSet<IpNet>| VariableSet {
+        let mk = |name: &str, family: Family, treatment: Treatment| VariableSet {
             name: name.to_string(),
             family,
-            drain,
+            treatment,
             dummy: self.dummy(family),
-            prefixes: split(from, family),
+            prefixes: split(treatment.of(desired), family),
         };
         let mut sets = vec![
-            mk(&self.ipv4_variable, Family::V4, false, &desired.advertise),
-            mk(&self.ipv6_variable, Family::V6, false, &desired.advertise),
+            mk(&self.ipv4_variable, Family::V4, Treatment::Advertise),
+            mk(&self.ipv6_variable, Family::V6, Treatment::Advertise),
         ];
-        if let Some(d) = &self.drain {
-            sets.push(mk(&d.ipv4, Family::V4, true, &desired.drain));
-            sets.push(mk(&d.ipv6, Family::V6, true, &desired.drain));
+        let extra = [
+            (&self.drain, Treatment::Drain),
+            (&self.demote, Treatment::Demote),
+        ];
+        for (pair, treatment) in extra {
+            if let Some(p) = pair {
+                sets.push(mk(&p.ipv4, Family::V4, treatment));
+                sets.push(mk(&p.ipv6, Family::V6, treatment));
+            }
         }
         sets
     }
@@ -308,8 +381,11 @@ pub enum RenderError {
     /// A drain set without a drain variable to put it in.
     #[error("drain set {0:?} given but no drain_variable is configured")]
     DrainWithoutVariable(Vec<IpNet>),
-    /// A prefix both advertised and drained.
-    #[error("{0} is in both the advertise and the drain set")]
+    /// A demote set without a demote variable to put it in.
+    #[error("demote set {0:?} given but no demote_variable is configured")]
+    DemoteWithoutVariable(Vec<IpNet>),
+    /// A prefix in more than one set.
+    #[error("{0} is in more than one of the advertise, drain and demote sets")]
     Overlap(IpNet),
     /// The rendered text did not parse back to the same sets (a bug).
     #[error("rendered include does not round-trip: {0}")]
@@ -321,45 +397,46 @@ pub enum RenderError {
 ///
 /// - host bits set → dropped (BIRD: "Invalid IPv4 prefix ..., maybe you wanted ...");
 /// - a dummy prefix → dropped (it is there to be *never* announced);
-/// - in both sets → kept in the drain set only (draining is the safe direction);
-/// - drain set without a drain variable → dropped, i.e. withdrawn at once.
+/// - in more than one set → kept in the one with the longest AS path, the
+///   least attractive treatment: demote over drain over advertise (moving
+///   traffic away is the safe direction);
+/// - a drain or demote set without its variable → dropped, i.e. withdrawn
+///   at once (BIRD has no set to hold it, so it cannot be announced with
+///   that treatment, and announcing it normally would attract traffic the
+///   gate meant to send elsewhere).
 pub fn normalize(
     layout: &IncludeLayout,
     desired: &DesiredAnnouncements,
 ) -> (DesiredAnnouncements, Vec<String>) {
     let mut problems = Vec::new();
-    let mut keep = |net: &IpNet, what: &str| -> bool {
-        if net.trunc() != *net {
-            problems.push(format!("{what} {net} dropped: host bits set"));
-            false
-        } else if *net == layout.dummy(Family::of(net)) {
-            problems.push(format!("{what} {net} dropped: it is the dummy prefix"));
-            false
-        } else {
-            true
+    let mut clean = DesiredAnnouncements::default();
+    let mut taken: BTreeSet<IpNet> = BTreeSet::new();
+    // Strongest treatment first, so an overlap lands in it.
+    for treatment in [Treatment::Demote, Treatment::Drain, Treatment::Advertise] {
+        let what = treatment.name();
+        let mut kept: BTreeSet<IpNet> = BTreeSet::new();
+        for net in treatment.of(desired) {
+            if net.trunc() != *net {
+                problems.push(format!("{what} {net} dropped: host bits set"));
+            } else if *net == layout.dummy(Family::of(net)) {
+                problems.push(format!("{what} {net} dropped: it is the dummy prefix"));
+            } else if !taken.contains(net) {
+                kept.insert(*net);
+            }
         }
-    };
-    let mut drain: BTreeSet<IpNet> = desired
-        .drain
-        .iter()
-        .filter(|n| keep(n, "drain"))
-        .copied()
-        .collect();
-    let advertise: BTreeSet<IpNet> = desired
-        .advertise
-        .iter()
-        .filter(|n| keep(n, "advertise"))
-        .filter(|n| !drain.contains(n))
-        .copied()
-        .collect();
-    if layout.drain.is_none() && !drain.is_empty() {
-        problems.push(format!(
-            "drain set {} withdrawn: no drain_variable configured",
-            join(drain.iter())
-        ));
-        drain.clear();
+        if !layout.has(treatment) && !kept.is_empty() {
+            problems.push(format!(
+                "{what} set {} withdrawn: no {what}_variable configured",
+                join(kept.iter())
+            ));
+            // Withdrawn here; a weaker set must not pick it up either.
+            taken.extend(&kept);
+            continue;
+        }
+        taken.extend(&kept);
+        *treatment.of_mut(&mut clean) = kept;
     }
-    (DesiredAnnouncements { advertise, drain }, problems)
+    (clean, problems)
 }
 
 fn join<'a, I: Iterator<Item = &'a IpNet>>(it: I) -> String {
@@ -372,20 +449,31 @@ pub fn render(
     layout: &IncludeLayout,
     desired: &DesiredAnnouncements,
 ) -> Result<String, RenderError> {
-    for net in desired.advertise.iter().chain(&desired.drain) {
+    let mut seen = BTreeSet::new();
+    for net in desired
+        .advertise
+        .iter()
+        .chain(&desired.drain)
+        .chain(&desired.demote)
+    {
         if net.trunc() != *net {
             return Err(RenderError::HostBits(*net));
         }
         if *net == layout.dummy(Family::of(net)) {
             return Err(RenderError::Dummy(*net));
         }
-    }
-    if let Some(net) = desired.advertise.intersection(&desired.drain).next() {
-        return Err(RenderError::Overlap(*net));
+        if !seen.insert(*net) {
+            return Err(RenderError::Overlap(*net));
+        }
     }
     if layout.drain.is_none() && !desired.drain.is_empty() {
         return Err(RenderError::DrainWithoutVariable(
             desired.drain.iter().copied().collect(),
+        ));
+    }
+    if layout.demote.is_none() && !desired.demote.is_empty() {
+        return Err(RenderError::DemoteWithoutVariable(
+            desired.demote.iter().copied().collect(),
         ));
     }
     let mut out = String::with_capacity(128);
@@ -488,8 +576,6 @@ impl IncludeFile {
     /// file was not written for this layout).
     pub fn announcements(&self, layout: &IncludeLayout) -> Result<Announced, ParseError> {
         let mut out = Announced::default();
-        let mut drained = BTreeSet::new();
-        let mut advertised = BTreeSet::new();
         let sets = layout.sets(&DesiredAnnouncements::default());
         for set in &sets {
             let Some(define) = self.get(&set.name) else {
@@ -509,11 +595,9 @@ impl IncludeFile {
                 if *net == set.dummy {
                     continue;
                 }
-                if set.drain {
-                    drained.insert(*net);
-                } else {
-                    advertised.insert(*net);
-                }
+                // A hand-edited file may list a prefix in two sets; what
+                // is announced is the union, which [`normalize`] sorts out.
+                set.treatment.of_mut(&mut out.announcements).insert(*net);
             }
         }
         let known: BTreeSet<&str> = sets.iter().map(|s| s.name.as_str()).collect();
@@ -523,10 +607,6 @@ impl IncludeFile {
             .filter(|d| !known.contains(d.name.as_str()))
             .map(|d| d.name.clone())
             .collect();
-        out.announcements = DesiredAnnouncements {
-            advertise: advertised,
-            drain: drained,
-        };
         Ok(out)
     }
 }
@@ -764,14 +844,144 @@ mod tests {
     }
 
     fn layout(drain: Option<&str>) -> IncludeLayout {
+        layout_with(drain, None)
+    }
+
+    fn layout_with(drain: Option<&str>, demote: Option<&str>) -> IncludeLayout {
         IncludeLayout::new(
             "ACAST_PS_ADVERTISE",
             "ACAST6_PS_ADVERTISE",
             net("10.189.200.255/32"),
             net("2001:db8:ffff::1/128"),
             drain,
+            demote,
         )
         .unwrap()
+    }
+
+    fn nets(list: &[&str]) -> BTreeSet<IpNet> {
+        list.iter().map(|s| net(s)).collect()
+    }
+
+    #[test]
+    fn renders_and_parses_back_the_demote_lines_after_the_drain_lines() {
+        let l = layout_with(Some("ACAST_PS_DRAIN"), Some("ACAST_PS_DEMOTE"));
+        let d = DesiredAnnouncements {
+            advertise: nets(&["192.0.2.10/32"]),
+            drain: nets(&["192.0.2.11/32"]),
+            demote: nets(&["192.0.2.12/32", "2001:db8:10::12/128"]),
+        };
+        let text = render(&l, &d).unwrap();
+        assert_eq!(
+            text,
+            "# Generated by lb-agent; do not edit.\n\
+             define ACAST_PS_ADVERTISE = [ 10.189.200.255/32, 192.0.2.10/32 ];\n\
+             define ACAST6_PS_ADVERTISE = [ 2001:db8:ffff::1/128 ];\n\
+             define ACAST_PS_DRAIN = [ 10.189.200.255/32, 192.0.2.11/32 ];\n\
+             define ACAST6_PS_DRAIN = [ 2001:db8:ffff::1/128 ];\n\
+             define ACAST_PS_DEMOTE = [ 10.189.200.255/32, 192.0.2.12/32 ];\n\
+             define ACAST6_PS_DEMOTE = [ 2001:db8:ffff::1/128, 2001:db8:10::12/128 ];\n"
+        );
+        let back = parse(&text).unwrap().announcements(&l).unwrap();
+        assert_eq!(back.announcements, d);
+        assert!(back.missing.is_empty() && back.unknown.is_empty());
+        assert_eq!(d.all().len(), 4);
+        assert!(!DesiredAnnouncements {
+            demote: nets(&["192.0.2.12/32"]),
+            ..DesiredAnnouncements::default()
+        }
+        .is_empty());
+        // Demote without drain: the demote lines follow the advertise lines.
+        let only = layout_with(None, Some("DEMOTE"));
+        assert_eq!(
+            only.variable_names(),
+            [
+                "ACAST_PS_ADVERTISE",
+                "ACAST6_PS_ADVERTISE",
+                "DEMOTE",
+                "DEMOTE6"
+            ]
+        );
+        // An include written before demote was configured reads as "nothing demoted".
+        let old = render(
+            &layout(None),
+            &DesiredAnnouncements::advertise([net("192.0.2.10/32")]),
+        )
+        .unwrap();
+        let a = parse(&old).unwrap().announcements(&only).unwrap();
+        assert_eq!(a.missing, ["DEMOTE", "DEMOTE6"]);
+        assert!(a.announcements.demote.is_empty());
+    }
+
+    #[test]
+    fn demote_names_are_checked_like_drain_names() {
+        let d4 = net("10.189.200.255/32");
+        let d6 = net("2001:db8:ffff::1/128");
+        assert!(matches!(
+            IncludeLayout::new("A", "B", d4, d6, None, Some("NOT OK")),
+            Err(LayoutError::InvalidVariable {
+                key: "demote_variable",
+                ..
+            })
+        ));
+        assert!(matches!(
+            IncludeLayout::new("A", "B", d4, d6, Some("X_D"), Some("X_D")),
+            Err(LayoutError::DuplicateVariable(n)) if n == "X_D"
+        ));
+        // "B" demote → "B6"; clashes with nothing unless named so.
+        assert!(matches!(
+            IncludeLayout::new("A", "B6", d4, d6, None, Some("B")),
+            Err(LayoutError::DuplicateVariable(n)) if n == "B6"
+        ));
+        assert!(IncludeLayout::new("A", "B", d4, d6, None, Some(""))
+            .unwrap()
+            .demote
+            .is_none());
+    }
+
+    #[test]
+    fn normalize_prefers_the_least_attractive_treatment_and_withdraws_what_has_no_set() {
+        let both = layout_with(Some("DRAIN"), Some("DEMOTE"));
+        let d = DesiredAnnouncements {
+            advertise: nets(&["192.0.2.10/32", "192.0.2.11/32", "192.0.2.12/32"]),
+            drain: nets(&["192.0.2.11/32", "192.0.2.12/32"]),
+            demote: nets(&["192.0.2.12/32", "10.189.200.255/32", "192.0.2.13/24"]),
+        };
+        let (clean, problems) = normalize(&both, &d);
+        assert_eq!(clean.advertise, nets(&["192.0.2.10/32"]));
+        assert_eq!(clean.drain, nets(&["192.0.2.11/32"]));
+        assert_eq!(clean.demote, nets(&["192.0.2.12/32"]));
+        assert_eq!(problems.len(), 2, "dummy and host bits: {problems:?}");
+        render(&both, &clean).unwrap();
+
+        // No demote variable: the demoted prefix is withdrawn, not advertised.
+        let (clean, problems) = normalize(&layout(Some("DRAIN")), &d);
+        assert_eq!(clean.advertise, nets(&["192.0.2.10/32"]));
+        assert_eq!(clean.drain, nets(&["192.0.2.11/32"]));
+        assert!(clean.demote.is_empty());
+        assert!(
+            problems
+                .iter()
+                .any(|p| p == "demote set 192.0.2.12/32 withdrawn: no demote_variable configured"),
+            "{problems:?}"
+        );
+        assert!(!clean.all().contains(&net("192.0.2.12/32")));
+        let demote_only = DesiredAnnouncements {
+            demote: nets(&["192.0.2.12/32"]),
+            ..DesiredAnnouncements::default()
+        };
+        assert!(matches!(
+            render(&layout(Some("DRAIN")), &demote_only),
+            Err(RenderError::DemoteWithoutVariable(_))
+        ));
+        let overlap = DesiredAnnouncements {
+            drain: nets(&["192.0.2.12/32"]),
+            ..demote_only.clone()
+        };
+        assert_eq!(
+            render(&both, &overlap),
+            Err(RenderError::Overlap(net("192.0.2.12/32")))
+        );
     }
 
     #[test]
@@ -801,6 +1011,7 @@ mod tests {
                 .into_iter()
                 .map(net)
                 .collect(),
+            ..DesiredAnnouncements::default()
         };
         let text = render(&layout(Some("ACAST_PS_DRAIN")), &d).unwrap();
         assert_eq!(
@@ -822,9 +1033,9 @@ mod tests {
 
     #[test]
     fn drain_ipv6_name_follows_the_advertise_convention() {
-        assert_eq!(drain_ipv6_variable("ACAST_PS_DRAIN"), "ACAST6_PS_DRAIN");
-        assert_eq!(drain_ipv6_variable("DRAIN"), "DRAIN6");
-        assert_eq!(drain_ipv6_variable("_X"), "_X6");
+        assert_eq!(ipv6_variable_for("ACAST_PS_DRAIN"), "ACAST6_PS_DRAIN");
+        assert_eq!(ipv6_variable_for("DRAIN"), "DRAIN6");
+        assert_eq!(ipv6_variable_for("_X"), "_X6");
     }
 
     #[test]
@@ -832,38 +1043,38 @@ mod tests {
         let d4 = net("10.189.200.255/32");
         let d6 = net("2001:db8:ffff::1/128");
         assert!(matches!(
-            IncludeLayout::new("ACAST PS", "X6", d4, d6, None),
+            IncludeLayout::new("ACAST PS", "X6", d4, d6, None, None),
             Err(LayoutError::InvalidVariable {
                 key: "ipv4_variable",
                 ..
             })
         ));
         assert!(matches!(
-            IncludeLayout::new("A;B", "X6", d4, d6, None),
+            IncludeLayout::new("A;B", "X6", d4, d6, None, None),
             Err(LayoutError::InvalidVariable { .. })
         ));
         assert!(matches!(
-            IncludeLayout::new("X", "X", d4, d6, None),
+            IncludeLayout::new("X", "X", d4, d6, None, None),
             Err(LayoutError::DuplicateVariable(_))
         ));
         assert!(matches!(
-            IncludeLayout::new("X", "X6", d6, d6, None),
+            IncludeLayout::new("X", "X6", d6, d6, None, None),
             Err(LayoutError::DummyFamily {
                 key: "dummy_ipv4",
                 ..
             })
         ));
         assert!(matches!(
-            IncludeLayout::new("X", "X6", net("10.189.200.255/24"), d6, None),
+            IncludeLayout::new("X", "X6", net("10.189.200.255/24"), d6, None, None),
             Err(LayoutError::DummyHostBits { .. })
         ));
         // Drain "X_D" → "X6_D" collides with nothing; "X" drain → "X6" collides.
         assert!(matches!(
-            IncludeLayout::new("A", "X6", d4, d6, Some("X")),
+            IncludeLayout::new("A", "X6", d4, d6, Some("X"), None),
             Err(LayoutError::DuplicateVariable(n)) if n == "X6"
         ));
         // Empty drain variable means "not configured".
-        assert!(IncludeLayout::new("A", "B", d4, d6, Some(""))
+        assert!(IncludeLayout::new("A", "B", d4, d6, Some(""), None)
             .unwrap()
             .drain
             .is_none());
@@ -909,6 +1120,7 @@ mod tests {
             .map(net)
             .collect(),
             drain: ["192.0.2.12/32"].into_iter().map(net).collect(),
+            ..DesiredAnnouncements::default()
         };
         let (clean, problems) = normalize(&layout(Some("D")), &d);
         assert_eq!(
@@ -1029,9 +1241,13 @@ mod tests {
         fn render_parse_round_trip(
             adv in proptest::collection::btree_set(prop_oneof![arb_v4(), arb_v6()], 0..40),
             drn in proptest::collection::btree_set(prop_oneof![arb_v4(), arb_v6()], 0..10),
+            dem in proptest::collection::btree_set(prop_oneof![arb_v4(), arb_v6()], 0..10),
         ) {
-            let l = layout(Some("ACAST_PS_DRAIN"));
-            let (d, _) = normalize(&l, &DesiredAnnouncements { advertise: adv, drain: drn });
+            let l = layout_with(Some("ACAST_PS_DRAIN"), Some("ACAST_PS_DEMOTE"));
+            let (d, _) = normalize(
+                &l,
+                &DesiredAnnouncements { advertise: adv, drain: drn, demote: dem },
+            );
             let text = render(&l, &d).unwrap();
             let back = parse(&text).unwrap().announcements(&l).unwrap();
             prop_assert_eq!(back.announcements, d);

@@ -7,6 +7,8 @@
 //! operator's BGP export filter (`net ~ ACAST_PS_ADVERTISE`) and asks BIRD to
 //! `configure`. Changing only a prefix set makes BIRD refeed the export
 //! channel, so the prefix is announced or withdrawn without a session reset.
+//! The include format, the drain and demote sets and the packaged bird.conf
+//! that exports them are described in `docs/bird.md`.
 //!
 //! - [`include`] (pure): render, parse and validate the include file.
 //! - [`control`]: a native client for BIRD's control-socket line protocol
@@ -35,10 +37,15 @@ pub use publisher::{
 
 /// What the agent wants BIRD to announce: the input of the [`Publisher`].
 ///
-/// Both sets hold IPv4 and IPv6 prefixes mixed; the include file splits them
+/// Every set holds IPv4 and IPv6 prefixes mixed; the include file splits them
 /// into the per-family variables. A prefix in `drain` is announced through the
 /// operator's drain filter (AS-path prepend or GRACEFUL_SHUTDOWN), so traffic
-/// moves away before the prefix is withdrawn.
+/// moves away before the prefix is withdrawn. A prefix in `demote` is
+/// announced with a longer AS path still (`on_unhealthy = "demote"`): the
+/// ToR prefers every host that announces it normally, and falls back to the
+/// demoted hosts only when no such host is left, so a group-wide failure
+/// does not blackhole the VIP. A prefix is in at most one set; see
+/// [`include::normalize`] for which set wins.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct DesiredAnnouncements {
     /// Prefixes announced normally (`ipv4_variable` / `ipv6_variable`).
@@ -46,6 +53,9 @@ pub struct DesiredAnnouncements {
     /// Prefixes announced with the drain treatment (`drain_variable`); ignored
     /// (that is, withdrawn) when no drain variable is configured.
     pub drain: BTreeSet<IpNet>,
+    /// Prefixes announced with the demote treatment (`demote_variable`);
+    /// ignored (that is, withdrawn) when no demote variable is configured.
+    pub demote: BTreeSet<IpNet>,
 }
 
 impl DesiredAnnouncements {
@@ -53,17 +63,22 @@ impl DesiredAnnouncements {
     pub fn advertise<I: IntoIterator<Item = IpNet>>(prefixes: I) -> Self {
         DesiredAnnouncements {
             advertise: prefixes.into_iter().collect(),
-            drain: BTreeSet::new(),
+            ..DesiredAnnouncements::default()
         }
     }
 
-    /// True when nothing at all is announced.
+    /// True when nothing at all is announced (a demoted prefix is announced).
     pub fn is_empty(&self) -> bool {
-        self.advertise.is_empty() && self.drain.is_empty()
+        self.advertise.is_empty() && self.drain.is_empty() && self.demote.is_empty()
     }
 
-    /// Every prefix in either set.
+    /// Every announced prefix, whatever its treatment.
     pub fn all(&self) -> BTreeSet<IpNet> {
-        self.advertise.union(&self.drain).copied().collect()
+        self.advertise
+            .iter()
+            .chain(&self.drain)
+            .chain(&self.demote)
+            .copied()
+            .collect()
     }
 }

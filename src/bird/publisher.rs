@@ -15,7 +15,8 @@
 //!    desired sets (then there is nothing to do); otherwise `configure` over
 //!    the persistent control connection;
 //! 4. confirm the effect: `eval <VARIABLE>` shows the prefix set the running
-//!    configuration holds (membership queries when the set is too large for
+//!    configuration holds for every variable of the layout (advertise, drain
+//!    and demote alike; membership queries when the set is too large for
 //!    one output line), and with `export_protocols` configured,
 //!    `show route export <protocol>` must not list a prefix that was
 //!    withdrawn.
@@ -99,8 +100,9 @@ pub struct BirdStatus {
     pub last_outcome: Option<ConfigureOutcome>,
     /// Desired prefixes dropped by [`include::normalize`], and other non-fatal notes.
     pub warnings: Vec<String>,
-    /// Desired prefixes that no `export_protocols` protocol exports (no
-    /// static route for them in bird.conf, or the session is down).
+    /// Desired prefixes that no `export_protocols` protocol exports (BIRD has
+    /// no route for them: with the packaged bird.conf, no address on the VIP
+    /// interface, or outside its VIP ranges; or the session is down).
     pub not_exported: BTreeSet<IpNet>,
     /// Where the time of the last successful pass went.
     pub last_pass: Option<PassTiming>,
@@ -285,6 +287,7 @@ impl Publisher {
                     %include,
                     advertised = a.announcements.advertise.len(),
                     drained = a.announcements.drain.len(),
+                    demoted = a.announcements.demote.len(),
                     missing = ?a.missing,
                     unknown = ?a.unknown,
                     "include found at start"
@@ -374,6 +377,7 @@ impl Publisher {
             wrote,
             advertised = clean.advertise.len(),
             drained = clean.drain.len(),
+            demoted = clean.demote.len(),
             write_us = write.map(|d| d.as_micros() as u64),
             configure_us = configure.as_micros() as u64,
             confirm_us = timing.confirm.as_micros() as u64,

@@ -609,22 +609,15 @@ fn sanitize(s: &str) -> String {
     out
 }
 
-/// `2026-11-05T10:00:00.123Z (3m 12s ago)`, or `never`.
+/// `3m 12s ago`, `in 20s` (a time still to come), or `never`.
 fn when(t: Option<&Timestamp>, now: SystemTime) -> String {
+    let secs = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs()));
     match t {
         None => "never".to_string(),
-        Some(t) => format!(
-            "{} ago",
-            humantime::format_duration(Duration::from_secs(t.age(now).as_secs()))
-        ),
-    }
-}
-
-fn yes_no(b: bool) -> &'static str {
-    if b {
-        "yes"
-    } else {
-        "no"
+        Some(t) => match t.0.duration_since(now) {
+            Ok(ahead) if ahead >= Duration::from_secs(1) => format!("in {}", secs(ahead)),
+            _ => format!("{} ago", secs(t.age(now))),
+        },
     }
 }
 
@@ -715,6 +708,14 @@ pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
     );
     if h.reload_failures > 0 {
         let _ = write!(haproxy, ", {} failed reloads", h.reload_failures);
+    }
+    if h.reload_attempts > 0 {
+        let _ = write!(
+            haproxy,
+            ", retrying (attempt {} failed, next {})",
+            h.reload_attempts,
+            when(h.next_reload_at.as_ref(), now)
+        );
     }
     if h.old_workers > 0 {
         let _ = write!(haproxy, ", {} old workers", h.old_workers);
@@ -810,15 +811,14 @@ pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
 }
 
 fn announced_cell(v: &VipStatus) -> Cell {
-    let text = if v.draining {
-        "draining"
+    let (text, colour) = if v.draining {
+        ("draining", Colour::Yellow)
+    } else if v.demoted {
+        ("demoted", Colour::Yellow)
+    } else if v.announced {
+        ("yes", Colour::Green)
     } else {
-        yes_no(v.announced)
-    };
-    let colour = match (v.announced, v.draining) {
-        (_, true) => Colour::Yellow,
-        (true, false) => Colour::Green,
-        (false, false) => Colour::Red,
+        ("no", Colour::Red)
     };
     (text.to_string(), colour)
 }
@@ -837,14 +837,15 @@ pub fn render_vips(vips: &[VipStatus], style: Style) -> String {
                 .services
                 .iter()
                 .map(|s| {
-                    format!(
-                        "{}:{}",
-                        sanitize(&s.name),
-                        if s.healthy { "up" } else { "down" }
-                    )
+                    let state = match (s.healthy, s.pending) {
+                        (true, _) => "up",
+                        (false, true) => "pending",
+                        (false, false) => "down",
+                    };
+                    format!("{}:{state}", sanitize(&s.name))
                 })
                 .collect();
-            let any_down = v.services.iter().any(|s| !s.healthy);
+            let any_down = v.services.iter().any(|s| !s.healthy && !s.pending);
             let text = if services.is_empty() {
                 "(none)".to_string()
             } else {

@@ -286,14 +286,16 @@ pub fn render(
             c
         }
     };
-    // Validated exactly as the agent would on this host: [vip] rules and
-    // this host's addresses and routes included (unless asked not to).
+    // Validated exactly as the agent would on this host: logic rendered
+    // with this host's facts, [vip] rules and this host's addresses and
+    // routes included (unless asked not to).
     let parsed = if skip_host_check {
         crate::model::validate::parse_document_on_host(
             &body,
             &crate::model::validate::ValidateContext {
                 group: cfg.node.group.clone(),
             },
+            &crate::logic::LogicHost::from_config(&cfg),
             &crate::model::hostnet::VipPolicy::from_config(&cfg.vip, &cfg.bird),
         )
     } else {

@@ -147,6 +147,19 @@ pub enum OnStop {
     Keep,
 }
 
+/// What the gate does with a VIP whose own services fail (`[bird] on_unhealthy`).
+/// Host-local hard failures (HAProxy down, address missing, drained, agent
+/// stopping) withdraw whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnhealthy {
+    /// Withdraw the prefix (SPEC §3, the default).
+    Withdraw,
+    /// Move the prefix to the demote set (`demote_variable`), which bird.conf
+    /// exports with a longer AS path: the ToR prefers the healthy hosts and
+    /// keeps the VIP reachable when every host fails at once.
+    Demote,
+}
+
 /// `[bird]`: the include file and BIRD's control socket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BirdConfig {
@@ -159,6 +172,10 @@ pub struct BirdConfig {
     /// Graceful drain set variable; empty disables graceful drain.
     pub drain_variable: Option<String>,
     pub drain_grace: Duration,
+    /// Demote set variable; empty means no demote set. Required by
+    /// `on_unhealthy = "demote"`.
+    pub demote_variable: Option<String>,
+    pub on_unhealthy: OnUnhealthy,
     pub on_stop: OnStop,
     /// BGP protocol names whose `show route export` confirms the effect of a reconfigure.
     /// Empty: confirmation by reconfigure reply only.

@@ -24,7 +24,7 @@ use toml::Spanned;
 
 use super::{
     BirdConfig, Config, HaproxyConfig, HealthConfig, LocalCheck, LocalCheckKind, NodeConfig,
-    OnStop, SlotPolicy, SourceConfig, SourceUrl, StatusConfig, VipConfig,
+    OnStop, OnUnhealthy, SlotPolicy, SourceConfig, SourceUrl, StatusConfig, VipConfig,
 };
 
 /// One problem in agent.toml.
@@ -170,6 +170,8 @@ fn defaults(node_name: String) -> Config {
             dummy_ipv6: "2001:db8:ffff::1/128".parse().expect("valid literal"),
             drain_variable: None,
             drain_grace: Duration::from_secs(30),
+            demote_variable: None,
+            on_unhealthy: OnUnhealthy::Withdraw,
             on_stop: OnStop::Withdraw,
             export_protocols: Vec::new(),
         },
@@ -1002,6 +1004,19 @@ fn walk_bird(cx: &mut Cx<'_>, root: &mut Section<'_, '_>, d: BirdConfig) -> Bird
             .take(cx, "drain_variable", opt_bird_symbol)
             .unwrap_or(d.drain_variable),
         drain_grace: s.take(cx, "drain_grace", duration).unwrap_or(d.drain_grace),
+        demote_variable: s
+            .take(cx, "demote_variable", opt_bird_symbol)
+            .unwrap_or(d.demote_variable),
+        on_unhealthy: s
+            .take(
+                cx,
+                "on_unhealthy",
+                one_of(&[
+                    ("withdraw", OnUnhealthy::Withdraw),
+                    ("demote", OnUnhealthy::Demote),
+                ]),
+            )
+            .unwrap_or(d.on_unhealthy),
         on_stop: s
             .take(
                 cx,
@@ -1030,17 +1045,59 @@ fn walk_bird(cx: &mut Cx<'_>, root: &mut Section<'_, '_>, d: BirdConfig) -> Bird
             ),
         );
     }
-    if let Some(drain) = &cfg.drain_variable {
-        if *drain == cfg.ipv4_variable || *drain == cfg.ipv6_variable {
-            cx.error(
-                s.key_offset("drain_variable"),
-                s.dotted("drain_variable"),
-                format!("must differ from ipv4_variable and ipv6_variable, found {drain:?}"),
-            );
-        }
+    check_set_names(cx, &s, &cfg);
+    if cfg.on_unhealthy == OnUnhealthy::Demote && cfg.demote_variable.is_none() {
+        cx.error(
+            s.key_offset("on_unhealthy"),
+            s.dotted("on_unhealthy"),
+            "\"demote\" needs bird.demote_variable (e.g. \"ACAST_PS_DEMOTE\"), the set your \
+             bird.conf exports with a longer AS path"
+                .into(),
+        );
     }
     s.finish(cx);
     cfg
+}
+
+/// The drain and demote sets are BIRD symbols next to the advertise ones,
+/// each with a derived IPv6 name: a clash would make the include define a
+/// symbol twice, which BIRD rejects (and the agent could not publish).
+fn check_set_names(cx: &mut Cx<'_>, s: &Section<'_, '_>, cfg: &BirdConfig) {
+    use crate::bird::include::ipv6_variable_for;
+    let mut taken: Vec<(String, String)> = vec![
+        ("ipv4_variable".into(), cfg.ipv4_variable.clone()),
+        ("ipv6_variable".into(), cfg.ipv6_variable.clone()),
+    ];
+    let extra = [
+        ("drain_variable", &cfg.drain_variable),
+        ("demote_variable", &cfg.demote_variable),
+    ];
+    for (key, name) in extra {
+        let Some(name) = name else { continue };
+        let v6 = ipv6_variable_for(name);
+        let by = |wanted: &str| {
+            taken
+                .iter()
+                .find(|(_, t)| t == wanted)
+                .map(|(k, _)| k.clone())
+        };
+        let why = match (by(name), by(&v6)) {
+            (Some(other), _) => Some(format!("{name:?} is already used by {other}")),
+            (None, Some(other)) => Some(format!(
+                "its IPv6 set would be {v6:?}, already used by {other}"
+            )),
+            (None, None) => None,
+        };
+        if let Some(why) = why {
+            cx.error(
+                s.key_offset(key),
+                s.dotted(key),
+                format!("must differ from the other set names: {why}"),
+            );
+        }
+        taken.push((key.into(), name.clone()));
+        taken.push((format!("the IPv6 set of {key}"), v6));
+    }
 }
 
 /// What a `[[check]]` table holds before the per-type rules apply.
@@ -1367,9 +1424,14 @@ mod tests {
         );
     }
 
+    /// The keys packaging/agent.toml sets away from the built-in defaults
+    /// (sorted): the sets the example bird.conf refers to, which BIRD
+    /// would otherwise refuse as undefined symbols.
+    const PACKAGED_OVERRIDES: [&str; 2] = ["bird.demote_variable", "bird.drain_variable"];
+
     /// The packaged agent.toml documents every key: each one appears in it
     /// (as a comment), and uncommenting every `#key = value` line reproduces
-    /// exactly the built-in defaults.
+    /// exactly the built-in defaults, but for [`PACKAGED_OVERRIDES`].
     #[test]
     fn packaged_file_documents_every_key_with_its_default() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/agent.toml");
@@ -1416,19 +1478,43 @@ mod tests {
             "keys not documented in packaging/agent.toml: {missing:?}"
         );
 
-        // `#key = value` (no space after '#') marks a default; uncomment them all.
+        // `#key = value` (no space after '#') marks a default; uncomment them
+        // all, except where the file sets the key itself (the sets the
+        // example bird.conf needs, see PACKAGED_OVERRIDES).
+        let key_of = |l: &str| l.split_once('=').map(|(k, _)| k.trim().to_string());
+        let active: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter(|l| l.starts_with(|c: char| c.is_ascii_lowercase()))
+            .filter_map(key_of)
+            .collect();
         let uncommented: String = text
             .lines()
             .map(|line| match line.strip_prefix('#') {
-                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
+                Some(rest)
+                    if rest.starts_with(|c: char| c.is_ascii_lowercase())
+                        && !key_of(rest).is_some_and(|k| active.contains(&k)) =>
+                {
+                    rest
+                }
                 _ => line,
             })
             .collect::<Vec<_>>()
             .join("\n");
+        let overridden: Vec<String> = PACKAGED_OVERRIDES
+            .iter()
+            .map(|k| k.rsplit('.').next().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            active.iter().cloned().collect::<Vec<_>>(),
+            overridden,
+            "packaging/agent.toml may set only the keys the example bird.conf needs"
+        );
         let parsed = parse_str(&uncommented, "agent.toml (uncommented)")
             .unwrap_or_else(|e| panic!("uncommented defaults do not parse:\n{e}"));
         let mut expected = defaults(parsed.node.name.clone());
         expected.node.name = parsed.node.name.clone();
+        expected.bird.demote_variable = Some("ACAST_PS_DEMOTE".into());
+        expected.bird.drain_variable = Some("ACAST_PS_DRAIN".into());
         assert_eq!(
             parsed, expected,
             "documented defaults differ from the built-in ones"

@@ -1,9 +1,12 @@
 //! Everything that talks to or writes for the local HAProxy.
 //!
-//! - `parse`: pure parsers of runtime/master CLI output.
-//! - `render`: desired state → haproxy.cfg + map/ACL/certificate files (pure, tera).
-//! - `runtime`: the admin socket (prompt mode, pipelined, strict replies).
-//! - `master`: the master CLI (`show proc`, `reload`).
+//! - [`parse`]: pure parsers of runtime/master CLI output.
+//! - [`render`]: desired state → haproxy.cfg + map/ACL/certificate files (pure, tera).
+//! - [`runtime`]: the admin socket (prompt mode, pipelined, strict replies).
+//! - [`master`]: the master CLI (`show proc`, `reload`).
+//! - [`reload`]: validate → install keeping the last-known-good → reload → confirm → roll back.
+//! - [`state_file`]: the server-state file written before each reload.
+//! - [`watch`]: liveness, the current worker and the frontends it runs, as HAProxy says.
 
 pub mod master;
 pub mod parse;
@@ -11,3 +14,4 @@ pub mod reload;
 pub mod render;
 pub mod runtime;
 pub mod state_file;
+pub mod watch;

@@ -268,6 +268,66 @@ pub fn cert_fingerprint(text: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// The `Pid:` line of `show info`: the worker that answered the runtime socket.
+pub fn info_pid(text: &str) -> Result<u32, ParseError> {
+    let found = text.lines().enumerate().find_map(|(i, l)| {
+        l.strip_prefix("Pid:")
+            .map(|v| (i + 1, l, v.trim().parse::<u32>()))
+    });
+    match found {
+        Some((_, _, Ok(pid))) if pid > 0 => Ok(pid),
+        Some((line, input, _)) => Err(ParseError {
+            what: "show info",
+            line,
+            input: input.to_string(),
+            reason: "Pid is not a process id".into(),
+        }),
+        None => Err(ParseError {
+            what: "show info",
+            line: 1,
+            input: text.lines().next().unwrap_or_default().to_string(),
+            reason: "no Pid line".into(),
+        }),
+    }
+}
+
+/// Frontends that accept connections, from `show stat -1 1 -1` (CSV: `pxname`
+/// is column 1, `svname` is `FRONTEND`, `status` is column 18). A frontend
+/// whose status is `STOP` (disabled) is left out: it serves nothing.
+pub fn stat_frontends(text: &str) -> Result<std::collections::BTreeSet<String>, ParseError> {
+    let mut lines = text.lines().enumerate();
+    match lines.next() {
+        Some((_, h)) if h.starts_with("# pxname,svname,") => {}
+        other => {
+            return Err(ParseError {
+                what: "show stat",
+                line: 1,
+                input: other.map(|(_, l)| l.to_string()).unwrap_or_default(),
+                reason: "missing the CSV header".into(),
+            })
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    for (i, l) in lines {
+        if l.trim().is_empty() {
+            continue;
+        }
+        let cols: Vec<&str> = l.split(',').collect();
+        if cols.len() < 18 {
+            return Err(ParseError {
+                what: "show stat",
+                line: i + 1,
+                input: l.to_string(),
+                reason: format!("{} columns, expected at least 18", cols.len()),
+            });
+        }
+        if cols[1] == "FRONTEND" && cols[17] != "STOP" && !cols[0].is_empty() {
+            out.insert(cols[0].to_string());
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +335,30 @@ mod tests {
     const STATE: &str = include_str!("../../fixtures/haproxy/show-servers-state.txt");
     const PROC_OK: &str = include_str!("../../fixtures/haproxy/show-proc-ok.txt");
     const PROC_FAILED: &str = include_str!("../../fixtures/haproxy/show-proc-failed.txt");
+    const INFO: &str = include_str!("../../fixtures/haproxy/show-info.txt");
+    const STAT: &str = include_str!("../../fixtures/haproxy/show-stat-frontends.txt");
+
+    #[test]
+    fn parses_show_info_pid() {
+        assert_eq!(info_pid(INFO).unwrap(), 13356);
+        assert!(info_pid("Unknown command.").is_err());
+        let e = info_pid("Name: HAProxy\nPid: x\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(info_pid("Pid: 0\n").is_err());
+    }
+
+    #[test]
+    fn parses_running_frontends() {
+        let f = stat_frontends(STAT).unwrap();
+        assert_eq!(f.into_iter().collect::<Vec<_>>(), vec!["tcp_one", "www"]);
+        // A disabled frontend serves nothing; a backend row is not a frontend.
+        let header = STAT.lines().next().unwrap();
+        let stopped = format!("{header}\nfe,FRONTEND,,,0,0,1,0,0,0,0,0,0,,,,,STOP,\nbe,BACKEND,,,0,0,1,0,0,0,0,0,0,,,,,UP,\n");
+        assert!(stat_frontends(&stopped).unwrap().is_empty());
+        assert!(stat_frontends("Unknown command.").is_err());
+        let short = format!("{header}\nfe,FRONTEND,1\n");
+        assert_eq!(stat_frontends(&short).unwrap_err().line, 2);
+    }
 
     #[test]
     fn parses_servers_state() {

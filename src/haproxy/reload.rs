@@ -8,6 +8,14 @@
 //! failure the previous files are put back, so the file on disk always
 //! matches what the running worker loaded, and the old worker, which kept
 //! serving, stays in charge.
+//!
+//! File hygiene: certificate files (they hold private keys) are written
+//! 0600 and stay 0600 through every rollback; every other copy the installer
+//! makes (`haproxy.cfg.lkg`, the rolled-back files) keeps the mode of what
+//! it copies (for a `haproxy.cfg` that is a symlink, the mode of the file it
+//! points to); files of maps, ACLs and certificates that left the document
+//! are removed once a reload without them is confirmed
+//! ([`Installer::remove_stale`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +25,7 @@ use std::time::Duration;
 use tokio::process::Command as Process;
 use tokio::time::{sleep, timeout, Instant};
 
-use crate::fsutil::{read_optional, write_atomic};
+use crate::fsutil::{mode_of, read_optional, write_atomic};
 use crate::model::observed::ProcStatus;
 
 use super::master::MasterClient;
@@ -67,8 +75,19 @@ pub struct Installer {
 /// What was on disk before an install, to put back on failure.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    files: BTreeMap<PathBuf, Option<Vec<u8>>>,
+    /// Path → previous content and permission bits (`None`: it did not exist).
+    files: BTreeMap<PathBuf, Option<(Vec<u8>, u32)>>,
 }
+
+/// Mode of a map or ACL file the agent writes.
+const DATA_MODE: u32 = 0o644;
+/// Mode of a certificate file (it holds the private key).
+const CERT_MODE: u32 = 0o600;
+/// Mode of a new haproxy.cfg (an existing one keeps its mode).
+const CONFIG_MODE: u32 = 0o644;
+
+/// The data-file kinds the agent owns below `data_dir`: (subdirectory, extension).
+const DATA_KINDS: &[(&str, &str)] = &[("maps", "map"), ("acls", "acl"), ("certs", "pem")];
 
 /// A confirmed reload.
 #[derive(Debug, Clone)]
@@ -101,6 +120,8 @@ impl Installer {
                 source,
             })?;
         let rendered = render_staged(dir.path()).map_err(ReloadError::Invalid)?;
+        // The staging directory is private (0700); the files in it are too,
+        // certificates included.
         for (rel, body) in &rendered.files {
             let p = dir.path().join(rel);
             if let Some(parent) = p.parent() {
@@ -109,13 +130,13 @@ impl Installer {
                     source,
                 })?;
             }
-            std::fs::write(&p, body).map_err(|source| ReloadError::Write {
+            write_private(&p, body).map_err(|source| ReloadError::Write {
                 path: p.clone(),
                 source,
             })?;
         }
         let cfg = dir.path().join("haproxy.cfg");
-        std::fs::write(&cfg, &rendered.config).map_err(|source| ReloadError::Write {
+        write_private(&cfg, rendered.config.as_bytes()).map_err(|source| ReloadError::Write {
             path: cfg.clone(),
             source,
         })?;
@@ -137,28 +158,25 @@ impl Installer {
     }
 
     /// Writes the data files and then the config, atomically each; returns
-    /// what was there before. The previous config is also kept as `<config>.lkg`.
+    /// what was there before. The previous config is also kept as `<config>.lkg`,
+    /// with the mode of the file it copies.
     pub fn install(&self, rendered: &Rendered) -> Result<Snapshot, ReloadError> {
         let mut snap = Snapshot::default();
-        let mut targets: Vec<(PathBuf, &[u8], u32)> = rendered
+        let mut targets: Vec<(PathBuf, &[u8])> = rendered
             .files
             .iter()
-            .map(|(rel, body)| {
-                let mode = if rel.starts_with("certs") {
-                    0o600
-                } else {
-                    0o644
-                };
-                (self.data_dir.join(rel), body.as_slice(), mode)
-            })
+            .map(|(rel, body)| (self.data_dir.join(rel), body.as_slice()))
             .collect();
-        targets.push((self.config.clone(), rendered.config.as_bytes(), 0o644));
-        for (path, body, mode) in targets {
-            let old = read_optional(&path).map_err(|source| ReloadError::Write {
+        targets.push((self.config.clone(), rendered.config.as_bytes()));
+        for (path, body) in targets {
+            let werr = |source| ReloadError::Write {
                 path: path.clone(),
                 source,
-            })?;
-            if old.as_deref() == Some(body) {
+            };
+            let old = read_optional(&path).map_err(werr)?;
+            let old_mode = mode_of(&path).map_err(werr)?;
+            if old.as_deref() == Some(body) && old_mode.map(|m| self.mode_for(&path, m)) == old_mode
+            {
                 continue;
             }
             if let Some(parent) = path.parent() {
@@ -167,13 +185,15 @@ impl Installer {
                     source,
                 })?;
             }
+            let old = old.map(|b| (b, old_mode.unwrap_or(CONFIG_MODE)));
             if path == self.config {
-                if let Some(o) = &old {
+                if let Some((o, mode)) = &old {
                     let lkg = lkg_path(&self.config);
-                    write_atomic(&lkg, o, 0o644)
+                    write_atomic(&lkg, o, *mode)
                         .map_err(|source| ReloadError::Write { path: lkg, source })?;
                 }
             }
+            let mode = self.mode_for(&path, old.as_ref().map_or(CONFIG_MODE, |o| o.1));
             snap.files.insert(path.clone(), old);
             if let Err(source) = write_atomic(&path, body, mode) {
                 self.restore(snap);
@@ -183,11 +203,31 @@ impl Installer {
         Ok(snap)
     }
 
-    /// Puts back what [`install`](Self::install) replaced (best effort; logged).
+    /// The mode a file gets: certificates 0600; maps and ACLs 0644; the
+    /// config keeps `existing` (the mode it has now, or 0644 when new).
+    fn mode_for(&self, path: &Path, existing: u32) -> u32 {
+        if *path == self.config {
+            existing
+        } else if path.starts_with(self.data_dir.join("certs")) {
+            CERT_MODE
+        } else {
+            DATA_MODE
+        }
+    }
+
+    /// Puts back what [`install`](Self::install) replaced (best effort; logged),
+    /// each file with the mode it had (a certificate never looser than 0600).
     pub fn restore(&self, snap: Snapshot) {
         for (path, old) in snap.files {
             let r = match old {
-                Some(body) => write_atomic(&path, &body, 0o644),
+                Some((body, mode)) => {
+                    let mode = if path.starts_with(self.data_dir.join("certs")) {
+                        mode & CERT_MODE
+                    } else {
+                        mode
+                    };
+                    write_atomic(&path, &body, mode)
+                }
                 None => std::fs::remove_file(&path).or_else(|e| {
                     if e.kind() == std::io::ErrorKind::NotFound {
                         Ok(())
@@ -200,6 +240,56 @@ impl Installer {
                 tracing::error!(%error, path = %path.display(), "restoring the last-known-good file failed");
             }
         }
+    }
+
+    /// Removes the map, ACL and certificate files below `data_dir` that
+    /// `current` no longer has; returns the paths removed.
+    ///
+    /// Call it only after a reload of `current` was confirmed: until then the
+    /// running worker may still refer to them (and a rollback needs them).
+    /// Only files the agent owns are touched: `maps/NAME.map`,
+    /// `acls/NAME.acl`, `certs/NAME.pem` with NAME a valid object name;
+    /// a symlink is removed, never followed.
+    pub fn remove_stale(&self, current: &Rendered) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        for (sub, ext) in DATA_KINDS {
+            let dir = self.data_dir.join(sub);
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => {
+                    tracing::warn!(%error, dir = %dir.display(), "listing data files failed");
+                    continue;
+                }
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                let owned = path.extension().is_some_and(|x| x == *ext)
+                    && path
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .is_some_and(|s| crate::model::Name::try_new(s).is_ok());
+                let rel = PathBuf::from(sub).join(e.file_name());
+                let kind = std::fs::symlink_metadata(&path).map(|m| m.file_type());
+                let file_like = kind.is_ok_and(|t| t.is_file() || t.is_symlink());
+                if !owned || !file_like || current.files.contains_key(&rel) {
+                    continue;
+                }
+                match std::fs::remove_file(&path) {
+                    Ok(()) => removed.push(path),
+                    Err(error) => {
+                        tracing::warn!(%error, path = %path.display(), "removing a stale data file failed")
+                    }
+                }
+            }
+        }
+        if !removed.is_empty() {
+            tracing::info!(
+                count = removed.len(),
+                "data files that left the document removed"
+            );
+        }
+        removed
     }
 
     /// `show proc`, retried while the master re-executes (its socket refuses for a moment).
@@ -289,6 +379,19 @@ pub fn lkg_path(config: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Creates (or truncates) a file readable by its owner only.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}
+
 /// Runs a program with a timeout; returns (success, stdout+stderr).
 async fn run(
     program: &str,
@@ -319,4 +422,151 @@ async fn run(
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     Ok((out.status.success(), text))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::haproxy::render::{RenderSettings, Renderer};
+
+    fn installer(dir: &Path) -> Installer {
+        Installer {
+            binary: "/usr/sbin/haproxy".into(),
+            config: dir.join("haproxy.cfg"),
+            data_dir: dir.join("data"),
+            reload_command: vec![],
+            reload_timeout: Duration::from_secs(1),
+            master: MasterClient::new(dir.join("master.sock"), Duration::from_secs(1)),
+        }
+    }
+
+    /// A render of a document with the given maps and certificates (by name).
+    fn rendered(data_dir: &Path, maps: &[&str], certs: &[(&str, &str)]) -> Rendered {
+        let body = serde_json::json!({
+            "schema": 1, "revision": 1, "group": "blue",
+            "maps": maps.iter().map(|m| serde_json::json!({"name": m, "entries": {"a": "b"}})).collect::<Vec<_>>(),
+            "certificates": certs.iter().map(|(n, pem)| serde_json::json!({"name": n, "pem": pem})).collect::<Vec<_>>(),
+        });
+        let d = crate::model::validate::parse_document(
+            &serde_json::to_vec(&body).unwrap(),
+            &crate::model::validate::ValidateContext {
+                group: "blue".into(),
+            },
+        )
+        .unwrap();
+        let r = Renderer::new(
+            None,
+            RenderSettings {
+                runtime_socket: "/run/admin.sock".into(),
+                state_file: "/run/state".into(),
+                hard_stop_after: Duration::from_secs(1),
+                data_dir: data_dir.into(),
+                slot_policy_pow2: true,
+                node_name: "lb1".into(),
+                node_group: "blue".into(),
+                node_az: None,
+            },
+        )
+        .unwrap();
+        r.render(&d, data_dir).unwrap()
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    const PEM_A: &str = "-----BEGIN PRIVATE KEY-----\nA\n-----END PRIVATE KEY-----\n";
+    const PEM_B: &str = "-----BEGIN PRIVATE KEY-----\nB\n-----END PRIVATE KEY-----\n";
+
+    #[test]
+    fn certificate_keys_stay_0600_through_install_and_rollback() {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = installer(dir.path());
+        let cert = inst.data_dir.join("certs/c.pem");
+        inst.install(&rendered(&inst.data_dir, &[], &[("c", PEM_A)]))
+            .unwrap();
+        assert_eq!(mode(&cert), 0o600);
+        let snap = inst
+            .install(&rendered(&inst.data_dir, &[], &[("c", PEM_B)]))
+            .unwrap();
+        assert_eq!(mode(&cert), 0o600);
+        // The failed reload's rollback puts the old key back, still 0600.
+        inst.restore(snap);
+        assert_eq!(std::fs::read_to_string(&cert).unwrap(), PEM_A);
+        assert_eq!(mode(&cert), 0o600);
+        // A key left world-readable (by an older agent) is tightened on the next install.
+        std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o644)).unwrap();
+        inst.install(&rendered(&inst.data_dir, &[], &[("c", PEM_A)]))
+            .unwrap();
+        assert_eq!(mode(&cert), 0o600);
+    }
+
+    #[test]
+    fn lkg_keeps_the_mode_of_a_symlinked_root_only_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = installer(dir.path());
+        let secret = dir.path().join("root-only.cfg");
+        std::fs::write(&secret, "global\n    # a secret\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&secret, &inst.config).unwrap();
+        let snap = inst.install(&rendered(&inst.data_dir, &[], &[])).unwrap();
+        let lkg = lkg_path(&inst.config);
+        assert_eq!(
+            std::fs::read_to_string(&lkg).unwrap(),
+            "global\n    # a secret\n"
+        );
+        assert_eq!(
+            mode(&lkg),
+            0o600,
+            "the copy must not be looser than what it copies"
+        );
+        assert_eq!(mode(&inst.config), 0o600, "the config keeps its mode");
+        inst.restore(snap);
+        assert_eq!(mode(&inst.config), 0o600);
+        // No temporary files left in the directory.
+        let stray: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(stray.is_empty(), "{stray:?}");
+    }
+
+    #[test]
+    fn stale_data_files_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = installer(dir.path());
+        inst.install(&rendered(&inst.data_dir, &["m1", "m2"], &[("c1", PEM_A)]))
+            .unwrap();
+        let foreign = [
+            inst.data_dir.join("maps/notes.txt"),
+            inst.data_dir.join("maps/bad name.map"),
+            inst.data_dir.join("certs/operator.key"),
+        ];
+        for f in &foreign {
+            std::fs::write(f, "keep").unwrap();
+        }
+        let outside = dir.path().join("outside.pem");
+        std::fs::write(&outside, "keep").unwrap();
+        std::os::unix::fs::symlink(&outside, inst.data_dir.join("certs/link.pem")).unwrap();
+        let now = rendered(&inst.data_dir, &["m2"], &[]);
+        inst.install(&now).unwrap();
+        let mut removed = inst.remove_stale(&now);
+        removed.sort();
+        assert_eq!(
+            removed,
+            vec![
+                inst.data_dir.join("certs/c1.pem"),
+                inst.data_dir.join("certs/link.pem"),
+                inst.data_dir.join("maps/m1.map"),
+            ]
+        );
+        assert!(inst.data_dir.join("maps/m2.map").exists());
+        for f in foreign.iter().chain([&outside]) {
+            assert!(f.exists(), "{} must be kept", f.display());
+        }
+        assert!(inst.remove_stale(&now).is_empty());
+    }
 }

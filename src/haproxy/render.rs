@@ -1,10 +1,14 @@
 //! Renders the whole desired state into `haproxy.cfg` plus its data files (pure).
 //!
-//! Templates are tera files. The defaults ship in the repository (`templates/`)
+//! Templates are tera files (the operator's, trusted). The defaults ship in the repository (`templates/`)
 //! and are compiled into the binary; an operator may override any of them
 //! by putting a file with the same name into `[haproxy] templates` (a missing
 //! directory or file falls back to the built-in one), and may add extra
 //! `*.tera` files to include from there.
+//!
+//! Logic snippets from the document are *not* tera: they are rendered and
+//! checked by the sandbox in `crate::logic` (bounded minijinja, allow-listed
+//! directives), and only the checked lines reach the frontend template.
 //!
 //! Rendering is pure: [`Renderer::new`] is the only step reading files. The
 //! output ([`Rendered`]) holds the config text and every map, ACL and
@@ -87,11 +91,24 @@ impl RenderSettings {
 }
 
 /// A rendered configuration and the files it refers to.
+///
+/// Only [`Renderer::render`] makes one (a private field), so everything
+/// that validates or installs a config (`reload::Installer`) gets text whose
+/// logic snippets passed the sandbox's checker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rendered {
     pub config: String,
     /// Data files: path relative to `data_dir` → content.
     pub files: BTreeMap<PathBuf, Vec<u8>>,
+    /// Logic snippets inserted, every one checked (`crate::logic`).
+    checked_snippets: usize,
+}
+
+impl Rendered {
+    /// How many logic snippets the config holds (each passed the checker).
+    pub fn checked_snippets(&self) -> usize {
+        self.checked_snippets
+    }
 }
 
 /// The template set plus host settings.
@@ -325,36 +342,43 @@ impl Renderer {
             });
         }
 
+        let host = crate::logic::LogicHost {
+            node_name: s.node_name.clone(),
+            node_group: s.node_group.clone(),
+            node_az: s.node_az.clone(),
+            data_dir: data_dir.to_path_buf(),
+        };
+        // Rendered, bounded and checked by the logic sandbox: only
+        // `CheckedSnippet`s reach the config, so no candidate that `haproxy -c`
+        // sees carries a snippet that left its section.
+        let mut logic_by_frontend =
+            crate::logic::render_frontend_logic(d, &host).map_err(|errs| {
+                let first = &errs[0];
+                RenderError::Logic {
+                    logic: first.logic.to_string(),
+                    frontend: first
+                        .frontend
+                        .as_ref()
+                        .map(|f| f.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    message: match &first.problem {
+                        crate::logic::Problem::Template(e) => e.to_string(),
+                        crate::logic::Problem::Violation(v) => v.to_string(),
+                    },
+                }
+            })?;
+        let checked_snippets = logic_by_frontend.values().map(Vec::len).sum();
         let mut frontends = Vec::new();
         for f in d.frontends.values() {
-            let pool = f.default_pool.as_ref().and_then(|n| d.pools.get(n));
-            let mut logic = Vec::new();
-            for ln in &f.logic {
-                let Some(l) = d.logic.get(ln) else { continue };
-                let mut ctx = tera::Context::new();
-                ctx.insert("frontend", f);
-                ctx.insert("pool", &pool);
-                ctx.insert("node", &node);
-                ctx.insert("maps", &maps);
-                ctx.insert("acls", &acls);
-                let text = tera::Tera::one_off(&l.template, &ctx, false).map_err(|e| {
-                    RenderError::Logic {
-                        logic: l.name.to_string(),
-                        frontend: f.name.to_string(),
-                        message: error_chain(&e),
-                    }
-                })?;
-                let lines = text
-                    .lines()
-                    .map(str::trim)
-                    .filter(|x| !x.is_empty())
-                    .map(str::to_string)
-                    .collect();
-                logic.push(Snippet {
-                    name: l.name.to_string(),
-                    lines,
-                });
-            }
+            let logic = logic_by_frontend
+                .remove(&f.name)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| Snippet {
+                    name: c.name().to_string(),
+                    lines: c.lines().to_vec(),
+                })
+                .collect();
             let certificates = f
                 .tls
                 .as_ref()
@@ -409,6 +433,7 @@ impl Renderer {
         Ok(Rendered {
             config: tidy(&config),
             files,
+            checked_snippets,
         })
     }
 }

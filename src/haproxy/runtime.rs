@@ -6,10 +6,17 @@
 //! non-interactive mode. Commands are pipelined in bounded windows (write a
 //! window, read its replies) so neither side's buffer can fill up and
 //! deadlock, and one connection carries thousands of commands per second.
-//! A line is never empty and never contains `;` or a newline (an empty
-//! command makes HAProxy dump its help text; a `;` would split a command).
-//! Payloads (`<<`) are refused above 15 KiB because 2.6 drops larger ones
-//! silently.
+//! A line is never empty, never longer than HAProxy's buffer and never
+//! contains `;` or a newline (an empty command makes HAProxy dump its help
+//! text; a `;` would split a command; a line longer than `tune.bufsize`
+//! makes HAProxy close the session). Payloads (`<<`) are refused above
+//! 15 KiB because 2.6 drops larger ones silently. The limits are
+//! `model::grammar`'s, the same validation applies to documents.
+//!
+//! A command the client refuses to send is reported in
+//! [`ApplyReport::failed`] (prefixed `not sent:`) and skipped; the commands
+//! around it are still applied, so one bad value never blocks the unrelated
+//! changes of a pass (drains, weights).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,8 +33,9 @@ use super::parse;
 
 /// Commands written before their replies are read.
 const WINDOW: usize = 200;
+use crate::model::grammar::MAX_COMMAND_LINE;
 /// Largest payload HAProxy 2.6 accepts (tune.bufsize 16 KiB minus headroom).
-pub const MAX_PAYLOAD: usize = 15 * 1024;
+pub use crate::model::grammar::MAX_PAYLOAD;
 /// Largest reply we are willing to buffer (show servers state of 20k servers ≈ 1.4 MB).
 const MAX_REPLY: usize = 256 * 1024 * 1024;
 const PROMPT: &[u8] = b"\n> ";
@@ -46,7 +54,7 @@ pub enum RuntimeError {
     Timeout(Duration),
     #[error("runtime socket closed by HAProxy")]
     Closed,
-    #[error("refusing to send {0:?}: empty, or contains ';' or a newline")]
+    #[error("refusing to send {0:?}: empty, longer than {MAX_COMMAND_LINE} bytes, or contains ';' or a newline")]
     BadLine(String),
     #[error("payload of {0} bytes exceeds {MAX_PAYLOAD} bytes")]
     PayloadTooLarge(usize),
@@ -80,13 +88,61 @@ pub struct ApplyReport {
     pub soft: Vec<String>,
     /// Refused or answered unexpectedly: the state did not converge.
     pub failed: Vec<String>,
+    /// Of `failed`, the commands the client would not send at all (`not
+    /// sent:`): repairing them at runtime is pointless, only a reload helps.
+    pub unsent: usize,
 }
 
 fn check_line(line: &str) -> Result<(), RuntimeError> {
-    if line.trim().is_empty() || line.contains(';') || line.contains('\n') || line.contains('\r') {
-        return Err(RuntimeError::BadLine(line.to_string()));
+    if line.trim().is_empty()
+        || line.len() > MAX_COMMAND_LINE
+        || line.contains(';')
+        || line.contains('\n')
+        || line.contains('\r')
+    {
+        let shown: String = line.chars().take(120).collect();
+        return Err(RuntimeError::BadLine(shown));
     }
     Ok(())
+}
+
+/// Why the client will not send `c` at all, if it will not.
+fn refusal(c: &Command) -> Option<String> {
+    let not_sent = |why: String| Some(format!("not sent: {c}: {why}"));
+    match c {
+        Command::ReplaceMap { entries, .. } => entries
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .find(|l| l.len() + 1 > MAX_PAYLOAD || l.contains('\n'))
+            .and_then(|l| {
+                not_sent(format!(
+                    "an entry of {} bytes does not fit a payload",
+                    l.len()
+                ))
+            }),
+        Command::ReplaceAcl { patterns, .. } => patterns
+            .iter()
+            .find(|l| l.len() + 1 > MAX_PAYLOAD || l.contains('\n') || l.trim().is_empty())
+            .and_then(|l| {
+                not_sent(format!(
+                    "a pattern of {} bytes does not fit a payload",
+                    l.len()
+                ))
+            }),
+        Command::SetCert { pem, .. } => {
+            let body: usize = pem
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| l.len() + 1)
+                .sum();
+            (body > MAX_PAYLOAD).then(|| {
+                format!("not sent: {c}: {body} bytes exceed the {MAX_PAYLOAD}-byte payload limit")
+            })
+        }
+        _ => check_line(&c.to_line())
+            .err()
+            .map(|e| format!("not sent: {e}")),
+    }
 }
 
 impl RuntimeClient {
@@ -216,23 +272,37 @@ impl Session {
 
     /// Applies commands in order: runs of plain commands pipelined, transactions
     /// one step at a time; every reply judged exactly.
+    ///
+    /// A command the client will not send (see the module docs) goes to
+    /// `failed` and is skipped; the error return is only for the session
+    /// itself (I/O, timeout, HAProxy closing it).
     pub async fn apply(&mut self, cmds: &[Command]) -> Result<ApplyReport, RuntimeError> {
         let mut report = ApplyReport::default();
+        let mut sendable: Vec<&Command> = Vec::with_capacity(cmds.len());
+        for c in cmds {
+            match refusal(c) {
+                Some(why) => {
+                    report.failed.push(why);
+                    report.unsent += 1;
+                }
+                None => sendable.push(c),
+            }
+        }
         let mut i = 0;
-        while i < cmds.len() {
-            if cmds[i].is_transaction() {
-                match self.transaction(&cmds[i]).await? {
+        while i < sendable.len() {
+            if sendable[i].is_transaction() {
+                match self.transaction(sendable[i]).await? {
                     Ok(()) => report.ok += 1,
                     Err(m) => report.failed.push(m),
                 }
                 i += 1;
                 continue;
             }
-            let end = cmds[i..]
+            let end = sendable[i..]
                 .iter()
                 .position(|c| c.is_transaction())
-                .map_or(cmds.len(), |k| i + k);
-            let run = &cmds[i..end];
+                .map_or(sendable.len(), |k| i + k);
+            let run = &sendable[i..end];
             let lines: Vec<String> = run.iter().map(|c| c.to_line()).collect();
             let replies = self.pipeline(&lines).await?;
             for (c, r) in run.iter().zip(&replies) {

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 pub use check::Checker;
 pub use hysteresis::ServiceHealth;
-pub use monitor::{CheckRunner, HealthSnapshot, MonitorOptions, ServiceStatus, VipHealth};
+pub use monitor::{CheckRunner, HealthSnapshot, MonitorOptions, ServiceStatus};
 pub use spec::{
     desired_checks, service_checks, HttpRequestSpec, Probe, ServiceCheck, ServiceKey, ServiceOrigin,
 };

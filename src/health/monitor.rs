@@ -120,22 +120,6 @@ pub struct HealthSnapshot {
     pub flips: u64,
 }
 
-/// Verdict over the services of one VIP.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VipHealth {
-    /// No service is known behind the VIP (never announced: SPEC §3).
-    NoServices,
-    /// Every service is healthy.
-    Healthy,
-    /// At least one service is unhealthy; the first one, for the reason text.
-    Unhealthy {
-        /// Name of the first unhealthy service.
-        service: String,
-        /// Its last error, if it failed a check (`None`: not yet risen).
-        error: Option<String>,
-    },
-}
-
 impl HealthSnapshot {
     /// The services gating `vip`, in key order.
     pub fn services_of<'a>(
@@ -150,26 +134,6 @@ impl HealthSnapshot {
         self.services
             .range(from..)
             .take_while(move |(k, _)| k.vip == *vip)
-    }
-
-    /// Whether `vip` may be announced as far as health goes: at least one
-    /// service and all healthy.
-    pub fn vip_health(&self, vip: &IpNet) -> VipHealth {
-        let mut any = false;
-        for (_, s) in self.services_of(vip) {
-            any = true;
-            if !s.health.healthy {
-                return VipHealth::Unhealthy {
-                    service: s.name.clone(),
-                    error: s.health.last_error.clone(),
-                };
-            }
-        }
-        if any {
-            VipHealth::Healthy
-        } else {
-            VipHealth::NoServices
-        }
     }
 }
 
@@ -734,23 +698,16 @@ mod tests {
         settle().await;
         let vip_a: IpNet = "192.0.2.10/32".parse().expect("net");
         let vip_b: IpNet = "192.0.2.11/32".parse().expect("net");
-        assert_eq!(h.snap.borrow().vip_health(&vip_a), VipHealth::Healthy);
-        assert_eq!(
-            h.snap.borrow().vip_health(&vip_b),
-            VipHealth::Unhealthy {
-                service: "b".into(),
-                error: None
-            }
-        );
+        let flag = |vip: &IpNet| {
+            let snap = h.snap.borrow();
+            let (_, st) = snap.services_of(vip).next().expect("one service");
+            (st.health.healthy, st.health.last_error.clone())
+        };
+        assert_eq!(flag(&vip_a), (true, None), "adopted: healthy at once");
+        assert_eq!(flag(&vip_b), (false, None), "not adopted: not risen yet");
         tokio::time::sleep(Duration::from_secs(3)).await;
         let elapsed = h.t0.elapsed();
-        assert_eq!(
-            h.snap.borrow().vip_health(&vip_a),
-            VipHealth::Unhealthy {
-                service: "a".into(),
-                error: Some("scripted failure".into())
-            }
-        );
+        assert_eq!(flag(&vip_a), (false, Some("scripted failure".into())));
         // Two fast checks to fall, then failing steadily at the interval.
         let ms = Duration::from_millis;
         let expected: Vec<Duration> = [
@@ -876,60 +833,38 @@ mod tests {
     }
 
     #[test]
-    fn vip_health_verdicts() {
+    fn services_of_a_vip_are_its_frontends_and_local_checks_only() {
         let mut snap = HealthSnapshot::default();
         let vip: IpNet = "192.0.2.10/32".parse().expect("net");
         let other: IpNet = "192.0.2.9/32".parse().expect("net");
-        assert_eq!(snap.vip_health(&vip), VipHealth::NoServices);
-        for (name, vip, healthy) in [("a", vip, true), ("b", vip, true), ("z", other, false)] {
+        assert_eq!(snap.services_of(&vip).count(), 0);
+        for (name, vip, origin) in [
+            ("a", vip, ServiceOrigin::Frontend),
+            ("disk", vip, ServiceOrigin::Local),
+            ("z", other, ServiceOrigin::Frontend),
+        ] {
             let key = ServiceKey {
                 vip,
-                origin: ServiceOrigin::Frontend,
+                origin,
                 name: name.into(),
-            };
-            let health = if healthy {
-                ServiceHealth::adopted()
-            } else {
-                ServiceHealth::new()
             };
             snap.services.insert(
                 key,
                 ServiceStatus {
                     vip,
                     name: name.into(),
-                    origin: ServiceOrigin::Frontend,
+                    origin,
                     kind: "tcp",
-                    health,
+                    health: ServiceHealth::new(),
                     definition: 1,
                 },
             );
         }
-        assert_eq!(snap.vip_health(&vip), VipHealth::Healthy);
-        assert_eq!(
-            snap.vip_health(&other),
-            VipHealth::Unhealthy {
-                service: "z".into(),
-                error: None
-            }
-        );
-        assert_eq!(snap.services_of(&vip).count(), 2);
-        let local = ServiceKey {
-            vip,
-            origin: ServiceOrigin::Local,
-            name: "disk".into(),
-        };
-        let mut status = snap.services.values().next().expect("one").clone();
-        status.health = ServiceHealth::new();
-        status.health.last_error = Some("exit status 1".into());
-        status.name = "disk".into();
-        status.origin = ServiceOrigin::Local;
-        snap.services.insert(local, status);
-        assert_eq!(
-            snap.vip_health(&vip),
-            VipHealth::Unhealthy {
-                service: "disk".into(),
-                error: Some("exit status 1".into())
-            }
-        );
+        let names: Vec<&str> = snap
+            .services_of(&vip)
+            .map(|(_, s)| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "disk"]);
+        assert_eq!(snap.services_of(&other).count(), 1);
     }
 }

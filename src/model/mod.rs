@@ -5,6 +5,7 @@
 //! other module may rely on its invariants: names are safe to put in a config
 //! file or on the runtime socket, references resolve, binds sit inside a VIP.
 
+pub mod grammar;
 pub mod hostnet;
 mod names;
 pub mod observed;
@@ -169,7 +170,8 @@ pub struct Server {
     pub az: Option<String>,
 }
 
-/// A business-logic snippet: a tera template rendered per attached object.
+/// A business-logic snippet: a document template (minijinja, bounded; see
+/// `crate::logic`) rendered per attached object and checked before use.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Logic {
     pub name: Name,

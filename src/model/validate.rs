@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use super::hostnet::VipPolicy;
 use super::*;
+use crate::logic::LogicHost;
 
 /// One problem in a document, with the JSON path of the offending value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,27 +68,41 @@ pub struct ValidateContext {
     pub group: String,
 }
 
-/// Parses and validates a document body (JSON bytes) on its own: the VIPs
-/// are not checked against any host. The agent validates with
-/// [`parse_document_on_host`]; this is for tools and tests that only care
-/// about the document's own consistency.
+/// Parses and validates a document body (JSON bytes) on its own, rendering
+/// its logic snippets with placeholder host facts ([`LogicHost::unknown`])
+/// and checking no VIP against any host.
+///
+/// The agent validates with [`parse_document_on_host`]; the renderer checks
+/// the snippets again with the real host facts. This is for tools and tests
+/// that only care about the document's own consistency.
 pub fn parse_document(
     body: &[u8],
     ctx: &ValidateContext,
 ) -> Result<DesiredState, ValidationErrors> {
-    parse_with(body, ctx, None)
+    parse_with(body, ctx, &LogicHost::unknown(&ctx.group), None)
+}
+
+/// Parses and validates a document body, rendering every logic snippet for
+/// every frontend it is attached to with this host's facts.
+pub fn parse_document_for(
+    body: &[u8],
+    ctx: &ValidateContext,
+    host: &LogicHost,
+) -> Result<DesiredState, ValidationErrors> {
+    parse_with(body, ctx, host, None)
 }
 
 /// Parses and validates a document body for this host: on top of
-/// [`parse_document`], every VIP must pass `policy` (allow-list, length
+/// [`parse_document_for`], every VIP must pass `policy` (allow-list, length
 /// cap, the host's own addresses and routes; see `model::hostnet`), each
 /// problem reported at the VIP's path (`vips[3].address`).
 pub fn parse_document_on_host(
     body: &[u8],
     ctx: &ValidateContext,
+    host: &LogicHost,
     policy: &VipPolicy,
 ) -> Result<DesiredState, ValidationErrors> {
-    parse_with(body, ctx, Some(policy))
+    parse_with(body, ctx, host, Some(policy))
 }
 
 /// The VIP prefixes a body names, without validating anything else: what
@@ -114,6 +129,7 @@ pub fn document_vips(body: &[u8]) -> Vec<IpNet> {
 fn parse_with(
     body: &[u8],
     ctx: &ValidateContext,
+    host: &LogicHost,
     policy: Option<&VipPolicy>,
 ) -> Result<DesiredState, ValidationErrors> {
     let de = &mut serde_json::Deserializer::from_slice(body);
@@ -129,7 +145,7 @@ fn parse_with(
             message: e.into_inner().to_string(),
         }])
     })?;
-    validate(wire, ctx, policy)
+    validate(wire, ctx, host, policy)
 }
 
 // ---------------------------------------------------------------------------
@@ -381,6 +397,7 @@ fn check_port(errs: &mut Errs, p: i64, path: String) -> Option<u16> {
 fn validate(
     w: WireDocument,
     ctx: &ValidateContext,
+    host: &LogicHost,
     policy: Option<&VipPolicy>,
 ) -> Result<DesiredState, ValidationErrors> {
     let mut errs = Errs(Vec::new());
@@ -471,11 +488,8 @@ fn validate(
         let name = errs.name(&c.name, format!("certificates[{i}].name"));
         let pem = errs.required(&c.pem, format!("certificates[{i}].pem"));
         if let Some(p) = pem {
-            if !p.contains("-----BEGIN ") {
-                errs.push(
-                    format!("certificates[{i}].pem"),
-                    "not a PEM bundle (no -----BEGIN line)",
-                );
+            if let Err(e) = grammar::check_pem(p) {
+                errs.push(format!("certificates[{i}].pem"), e);
             }
         }
         if let (Some(name), Some(pem)) = (name, pem) {
@@ -497,15 +511,15 @@ fn validate(
     }
 
     let mut logic = BTreeMap::new();
+    let engine = crate::logic::Engine::default();
     for (i, l) in w.logic.iter().enumerate() {
         let name = errs.name(&l.name, format!("logic[{i}].name"));
         let template = errs.required(&l.template, format!("logic[{i}].template"));
         if let Some(t) = template {
-            if let Err(e) = tera::Tera::default().add_raw_template("logic", t) {
-                errs.push(
-                    format!("logic[{i}].template"),
-                    format!("template does not parse: {}", error_chain(&e)),
-                );
+            // The same engine and bounds the renderer uses; rendering per
+            // frontend is checked once the whole document is known.
+            if let Err(e) = engine.compile(t) {
+                errs.push(format!("logic[{i}].template"), e.to_string());
             }
         }
         if let (Some(name), Some(template)) = (name, template) {
@@ -530,17 +544,10 @@ fn validate(
     for (i, m) in w.maps.iter().enumerate() {
         let name = errs.name(&m.name, format!("maps[{i}].name"));
         for (k, v) in &m.entries {
-            if !is_safe_token(k) {
-                errs.push(
-                    format!("maps[{i}].entries"),
-                    format!("invalid key {k:?}: no spaces, quotes or '#'"),
-                );
-            }
-            if v.is_empty() || v.chars().any(|c| c.is_control()) {
-                errs.push(
-                    format!("maps[{i}].entries.{k}"),
-                    "value is empty or contains control characters",
-                );
+            if let Err(e) = grammar::check_key(k, "key") {
+                errs.push(format!("maps[{i}].entries"), e);
+            } else if let Err(e) = grammar::check_value(v) {
+                errs.push(format!("maps[{i}].entries.{k}"), e);
             }
         }
         if let Some(name) = name {
@@ -565,11 +572,8 @@ fn validate(
     for (i, a) in w.acls.iter().enumerate() {
         let name = errs.name(&a.name, format!("acls[{i}].name"));
         for (j, e) in a.entries.iter().enumerate() {
-            if !is_safe_token(e) {
-                errs.push(
-                    format!("acls[{i}].entries[{j}]"),
-                    format!("invalid pattern {e:?}: no spaces, quotes or '#'"),
-                );
+            if let Err(e) = grammar::check_key(e, "pattern") {
+                errs.push(format!("acls[{i}].entries[{j}]"), e);
             }
         }
         if let Some(name) = name {
@@ -899,7 +903,7 @@ fn validate(
     if !errs.0.is_empty() {
         return Err(ValidationErrors(errs.0));
     }
-    Ok(DesiredState {
+    let d = DesiredState {
         revision,
         group,
         force: w.force,
@@ -910,7 +914,50 @@ fn validate(
         maps,
         acls,
         certificates,
-    })
+    };
+    check_logic(&d, &w, host)?;
+    Ok(d)
+}
+
+/// Renders every snippet for every frontend it is attached to, as the
+/// renderer will, and refuses the document if one exceeds its bounds or
+/// leaves its section (`logic::check`). The error names the logic's JSON
+/// path and the frontend it was rendered for.
+fn check_logic(
+    d: &DesiredState,
+    w: &WireDocument,
+    host: &LogicHost,
+) -> Result<(), ValidationErrors> {
+    let Err(problems) = crate::logic::render_frontend_logic(d, host) else {
+        return Ok(());
+    };
+    let index = |names: Vec<Option<&String>>, n: &Name| {
+        names
+            .iter()
+            .position(|x| x.map(String::as_str) == Some(n.as_str()))
+            .unwrap_or(0)
+    };
+    let logic_names: Vec<Option<&String>> = w.logic.iter().map(|l| l.name.as_ref()).collect();
+    let fe_names: Vec<Option<&String>> = w.frontends.iter().map(|f| f.name.as_ref()).collect();
+    let errors = problems
+        .into_iter()
+        .map(|p| {
+            let path = format!("logic[{}].template", index(logic_names.clone(), &p.logic));
+            let mut message = match &p.frontend {
+                Some(f) => format!(
+                    "rendered for frontends[{}] ({f}): ",
+                    index(fe_names.clone(), f)
+                ),
+                None => String::new(),
+            };
+            match &p.problem {
+                crate::logic::Problem::Template(e) => message.push_str(&e.to_string()),
+                crate::logic::Problem::Violation(v) => message.push_str(&v.to_string()),
+            }
+            ValidationError { path, message }
+        })
+        .collect();
+    Err(ValidationErrors(errors))
 }
 
 fn parse_bind(s: &str) -> Option<SocketAddr> {

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::model::grammar::cli_value;
 use crate::model::ServerState;
 
 /// One runtime-socket command.
@@ -220,8 +221,13 @@ impl fmt::Display for Command {
                 write!(f, "enable health {backend}/{server}")
             }
             Command::DelServer { backend, server } => write!(f, "del server {backend}/{server}"),
-            Command::AddMap { file, key, value } => write!(f, "add map {file} {key} {value}"),
-            Command::SetMap { file, key, value } => write!(f, "set map {file} {key} {value}"),
+            // Inner spaces of a value are escaped for HAProxy's CLI tokenizer.
+            Command::AddMap { file, key, value } => {
+                write!(f, "add map {file} {key} {}", cli_value(value))
+            }
+            Command::SetMap { file, key, value } => {
+                write!(f, "set map {file} {key} {}", cli_value(value))
+            }
             Command::DelMap { file, key } => write!(f, "del map {file} {key}"),
             Command::AddAcl { file, pattern } => write!(f, "add acl {file} {pattern}"),
             Command::DelAcl { file, pattern } => write!(f, "del acl {file} {pattern}"),

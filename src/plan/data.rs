@@ -130,11 +130,10 @@ pub fn plan_data(d: &DesiredState, data_dir: &Path, obs: &ObservedData, p: &mut 
             continue;
         };
         if pem_fingerprint(&c.pem).as_deref() != Some(have.as_str()) {
-            if c.pem.len() > crate::haproxy::runtime::MAX_PAYLOAD {
-                p.reload.push(format!(
-                    "certificate {} is too large for the runtime socket",
-                    c.name
-                ));
+            if c.pem.len() > crate::model::grammar::MAX_PAYLOAD {
+                p.reload.push(super::ReloadReason::CertificateTooLarge {
+                    name: c.name.to_string(),
+                });
             } else {
                 p.commands.push(Command::SetCert {
                     file,

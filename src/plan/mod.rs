@@ -21,6 +21,7 @@
 pub mod command;
 pub mod data;
 pub mod layout;
+pub mod reason;
 pub mod sim;
 mod structure;
 
@@ -31,6 +32,7 @@ use crate::model::{DesiredState, Pool, Server, ServerState};
 
 pub use command::Command;
 pub use layout::{check_keywords, is_slot_name, pool_layout, slot_count, SlotLine, SLOT_PREFIX};
+pub use reason::{Change, ReloadReason};
 pub use structure::Structure;
 
 /// The outcome of planning: runtime commands, and whether a reload is needed.
@@ -42,17 +44,17 @@ pub struct Plan {
     /// maintenance); HAProxy may refuse while connections linger, which is fine.
     pub cleanup: Vec<Command>,
     /// Why the rendered config must be reloaded; empty = no reload needed.
-    pub reload: Vec<String>,
+    pub reload: Vec<ReloadReason>,
 }
 
 impl Plan {
     /// A change needing more runtime commands than `max` reloads instead (SPEC §2.3).
     pub fn limit_runtime_ops(&mut self, max: usize) {
         if self.commands.len() > max {
-            self.reload.push(format!(
-                "{} runtime commands exceed max_runtime_ops {max}",
-                self.commands.len()
-            ));
+            self.reload.push(ReloadReason::RuntimeOpsLimit {
+                commands: self.commands.len(),
+                max,
+            });
             self.commands.clear();
             self.cleanup.clear();
         }
@@ -115,7 +117,7 @@ fn plan_servers(
 ) -> Plan {
     let mut p = Plan::default();
     match loaded {
-        None => p.reload.push("running configuration unknown".into()),
+        None => p.reload.push(ReloadReason::RunningUnknown),
         Some(l) => p.reload.extend(l.diff(desired_structure)),
     }
     for pool in desired.pools.values() {
@@ -124,10 +126,9 @@ fn plan_servers(
             None => {
                 // Only worth saying when the structure claims the pool is loaded.
                 if loaded.is_some_and(|l| l.has_pool(pool.name.as_str())) {
-                    p.reload.push(format!(
-                        "backend {} missing in the running HAProxy",
-                        pool.name
-                    ));
+                    p.reload.push(ReloadReason::BackendMissing {
+                        pool: pool.name.to_string(),
+                    });
                 }
             }
         }
@@ -227,10 +228,11 @@ fn plan_pool(pool: &Pool, be: &ObservedBackend, p: &mut Plan) {
                 });
             }
         } else {
-            p.reload.push(format!(
-                "pool {backend}: no free server slot for {} (balance {} cannot add servers at runtime)",
-                s.name, pool.balance.0
-            ));
+            p.reload.push(ReloadReason::NoFreeSlot {
+                pool: backend.to_string(),
+                server: s.name.to_string(),
+                balance: pool.balance.0.clone(),
+            });
         }
     }
     let hosting: BTreeSet<&str> = a.hosted.values().map(|o| o.name.as_str()).collect();

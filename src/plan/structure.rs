@@ -14,6 +14,8 @@ use sha2::{Digest, Sha256};
 
 use crate::model::DesiredState;
 
+use super::reason::{Change, ReloadReason};
+
 /// Per-object digests of everything that needs a reload to change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Structure {
@@ -72,8 +74,8 @@ impl Structure {
         self.pools.contains_key(name)
     }
 
-    /// Human reasons why `next` needs a reload over `self` (empty: none).
-    pub fn diff(&self, next: &Structure) -> Vec<String> {
+    /// Why `next` needs a reload over `self` (empty: none).
+    pub fn diff(&self, next: &Structure) -> Vec<ReloadReason> {
         let mut out = Vec::new();
         diff_map(&mut out, "frontend", &self.frontends, &next.frontends);
         diff_map(&mut out, "pool", &self.pools, &next.pools);
@@ -87,35 +89,48 @@ impl Structure {
             &next.certificates,
         );
         if self.global != next.global {
-            out.push("templates or global settings changed".into());
+            out.push(ReloadReason::Global);
         }
         out
     }
 }
 
 fn diff_map(
-    out: &mut Vec<String>,
-    what: &str,
+    out: &mut Vec<ReloadReason>,
+    what: &'static str,
     a: &BTreeMap<String, String>,
     b: &BTreeMap<String, String>,
 ) {
     for (k, v) in b {
         match a.get(k) {
-            None => out.push(format!("{what} {k} added")),
-            Some(old) if old != v => out.push(format!("{what} {k} changed")),
+            None => out.push(change(what, k, Change::Added)),
+            Some(old) if old != v => out.push(change(what, k, Change::Changed)),
             _ => {}
         }
     }
     for k in a.keys().filter(|k| !b.contains_key(*k)) {
-        out.push(format!("{what} {k} removed"));
+        out.push(change(what, k, Change::Removed));
     }
 }
 
-fn diff_set(out: &mut Vec<String>, what: &str, a: &BTreeSet<String>, b: &BTreeSet<String>) {
+fn change(object: &'static str, name: &str, change: Change) -> ReloadReason {
+    ReloadReason::Structure {
+        object,
+        name: name.to_string(),
+        change,
+    }
+}
+
+fn diff_set(
+    out: &mut Vec<ReloadReason>,
+    what: &'static str,
+    a: &BTreeSet<String>,
+    b: &BTreeSet<String>,
+) {
     for k in b.difference(a) {
-        out.push(format!("{what} {k} added"));
+        out.push(change(what, k, Change::Added));
     }
     for k in a.difference(b) {
-        out.push(format!("{what} {k} removed"));
+        out.push(change(what, k, Change::Removed));
     }
 }

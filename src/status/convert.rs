@@ -57,6 +57,8 @@ impl From<&crate::reconcile::HaproxyStatus> for HaproxyStatus {
             runtime_failures: h.runtime_failures,
             convergence_failures: h.convergence_failures,
             pending_reload: h.pending_reload.clone(),
+            reload_attempts: h.reload_attempts,
+            next_reload_at: h.next_reload_at.map(Timestamp),
             worker_pid: h.worker_pid,
             old_workers: u32::try_from(h.old_workers).unwrap_or(u32::MAX),
             last_apply: h.last_apply.map(Timestamp),

@@ -268,9 +268,15 @@ pub struct HaproxyStatus {
     /// Extra: passes whose read-back disagreed with what was sent.
     #[serde(default)]
     pub convergence_failures: u64,
-    /// Extra: reasons of a reload waiting for `min_reload_interval`.
+    /// Extra: reasons of the wanted reload (coalescing, backoff).
     #[serde(default)]
     pub pending_reload: Vec<String>,
+    /// Extra: failed reload attempts in a row (0 after a confirmed reload).
+    #[serde(default)]
+    pub reload_attempts: u32,
+    /// Extra: when the wanted reload is attempted next.
+    #[serde(default)]
+    pub next_reload_at: Option<Timestamp>,
     /// Extra: pid of the current worker.
     #[serde(default)]
     pub worker_pid: Option<u32>,
@@ -339,6 +345,10 @@ pub struct VipStatus {
     /// Extra: true while in the graceful drain set.
     #[serde(default)]
     pub draining: bool,
+    /// Extra: true while in the demote set (`on_unhealthy = "demote"`):
+    /// announced with a longer AS path because a service is unhealthy.
+    #[serde(default)]
+    pub demoted: bool,
 }
 
 /// One service (frontend) behind a VIP, with its rise/fall state.
@@ -368,6 +378,14 @@ pub struct ServiceStatus {
     /// Extra: when `healthy` last changed.
     #[serde(default)]
     pub since: Option<Timestamp>,
+    /// Extra: true while new behind an announced VIP and still having its
+    /// chance (not installed yet, not yet risen): it does not withdraw the VIP.
+    #[serde(default)]
+    pub pending: bool,
+    /// Extra: why it does not count as healthy (`not installed: reload
+    /// failed: ...`, `HAProxy does not list frontend x`, the check's error).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// Body of `POST /v1/drain`.

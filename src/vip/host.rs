@@ -100,17 +100,20 @@ impl HostObserver {
 #[derive(Debug, Clone)]
 pub struct HostValidator {
     ctx: ValidateContext,
+    logic: crate::logic::LogicHost,
     policy: VipPolicy,
     observer: HostObserver,
 }
 
 impl HostValidator {
-    /// The validator for this agent.toml (group, `[vip]`, `[bird]`, state dir).
+    /// The validator for this agent.toml (group and node facts for logic,
+    /// `[vip]`, `[bird]`, state dir).
     pub fn new(cfg: &Config) -> HostValidator {
         HostValidator {
             ctx: ValidateContext {
                 group: cfg.node.group.clone(),
             },
+            logic: crate::logic::LogicHost::from_config(cfg),
             policy: VipPolicy::from_config(&cfg.vip, &cfg.bird),
             observer: HostObserver::new(&cfg.vip, &cfg.node.state_dir),
         }
@@ -130,7 +133,7 @@ impl HostValidator {
             host: Some(host),
             ..self.policy.clone()
         };
-        parse_document_on_host(body, &self.ctx, &policy)
+        parse_document_on_host(body, &self.ctx, &self.logic, &policy)
     }
 }
 

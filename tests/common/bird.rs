@@ -168,22 +168,72 @@ fn which(program: &str) -> bool {
 pub const TIMERS: &str =
     "hold time 30; keepalive time 10; connect delay time 1; connect retry time 2; error wait time 1, 10;";
 
-/// The ToR: kernel protocol with `merge paths on` (G1), one eBGP session per LB.
+/// BFD for the lab's ToR sessions, on both sides (`bfd on` in each BGP
+/// protocol). 100 ms like the packaged bird.conf, but 5 missed packets
+/// rather than 3: a BFD flap in these labs would reset a session and fail
+/// assertions that are about something else, so they get more slack against
+/// a starved CI machine. The BFD figures themselves are measured with the
+/// packaged timers (tests/bird_packaged.rs).
+pub const LAB_BFD: &str = "protocol bfd {\n    interface \"*\" { min rx interval 100 ms; \
+     min tx interval 100 ms; multiplier 5; };\n}\n";
+
+/// The ToR: kernel protocol with `merge paths on` (G1), one eBGP session per
+/// LB, BFD on every session.
 pub fn tor_bird_conf(dir: &Path, lbs: u32) -> String {
+    tor_bird_conf_bfd(dir, &vec![true; lbs as usize])
+}
+
+/// [`tor_bird_conf`] with BFD chosen per LB session (`bfd[n - 1]` for lbN),
+/// for comparing a session with BFD to one without in the same run.
+pub fn tor_bird_conf_bfd(dir: &Path, bfd: &[bool]) -> String {
     let mut conf = format!(
-        "router id 10.0.0.254;\n{log}protocol device {{ }}\n\
+        "router id 10.0.0.254;\n{log}protocol device {{ }}\n{LAB_BFD}\
          protocol kernel kernel4 {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
          template bgp lbs {{\n    {TIMERS}\n\
              ipv4 {{ import where net ~ [ 192.0.2.0/24{{32,32}} ]; export none; }};\n}}\n",
         log = Bird::log_line(dir)
     );
-    for n in 1..=lbs {
+    for (i, on) in bfd.iter().enumerate() {
+        let n = i + 1;
         conf.push_str(&format!(
-            "protocol bgp lb{n} from lbs {{ local 10.0.{n}.1 as 65000; neighbor 10.0.{n}.2 as {}; }}\n",
-            65000 + n
+            "protocol bgp lb{n} from lbs {{ local 10.0.{n}.1 as 65000; neighbor 10.0.{n}.2 as {}; bfd {}; }}\n",
+            65000 + n,
+            if *on { "on" } else { "off" }
         ));
     }
     conf
+}
+
+/// One row of `show bfd sessions`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BfdSession {
+    /// Neighbour address.
+    pub peer: String,
+    /// `Up`, `Down`, `Init`, `AdminDown`.
+    pub state: String,
+    /// Detection time for the neighbour, in seconds (the `Timeout` column):
+    /// multiplier × interval once the session runs at its fast rate, longer
+    /// while it still runs at the idle rate.
+    pub timeout: f64,
+}
+
+/// `show bfd sessions` of a BIRD.
+pub async fn bfd_sessions(ctl: &mut lb_agent::bird::BirdControl) -> Vec<BfdSession> {
+    let reply = ctl.request("show bfd sessions").await.unwrap();
+    assert!(!reply.is_error(), "show bfd sessions: {reply}");
+    reply
+        .lines
+        .iter()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.text.split_whitespace().collect();
+            let peer: std::net::IpAddr = w.first()?.parse().ok()?;
+            Some(BfdSession {
+                peer: peer.to_string(),
+                state: w.get(2)?.to_string(),
+                timeout: w.last()?.parse().ok()?,
+            })
+        })
+        .collect()
 }
 
 /// Asserts that no BGP session was reset between two `show protocols`

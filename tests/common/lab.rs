@@ -36,12 +36,12 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-use crate::bird::{tor_bird_conf, Bird, TIMERS};
+use crate::bird::{tor_bird_conf, Bird, LAB_BFD, TIMERS};
 use crate::netns::{veth, Netns};
 use lb_agent::bird::control::ProtocolRow;
 use lb_agent::bird::include::{self, IncludeLayout};
 use lb_agent::bird::{BirdControl, ControlOptions, DesiredAnnouncements};
-use lb_agent::config::{BirdConfig, OnStop};
+use lb_agent::config::{BirdConfig, OnStop, OnUnhealthy};
 
 /// The VIP every LB serves.
 pub const VIP: &str = "192.0.2.10";
@@ -706,13 +706,15 @@ fn lb_bird_config(dir: &Path) -> BirdConfig {
         dummy_ipv6: "2001:db8:ffff::1/128".parse().unwrap(),
         drain_variable: None,
         drain_grace: Duration::from_secs(30),
+        demote_variable: None,
+        on_unhealthy: OnUnhealthy::Withdraw,
         on_stop: OnStop::Withdraw,
         export_protocols: vec!["tor".into()],
     }
 }
 
-/// The LB's bird.conf: the packaging pattern (static blackholes for every VIP
-/// this host may serve, export filter `net ~ ACAST_PS_ADVERTISE`), eBGP to the ToR.
+/// The LB's bird.conf: static blackholes for every VIP this host may serve,
+/// export filter `net ~ ACAST_PS_ADVERTISE`, eBGP with BFD to the ToR.
 fn lb_bird_conf(dir: &Path, cfg: &BirdConfig, n: u32) -> String {
     let statics: String = STATIC_VIPS
         .map(|i| format!("    route 192.0.2.{i}/32 blackhole;\n"))
@@ -721,11 +723,11 @@ fn lb_bird_conf(dir: &Path, cfg: &BirdConfig, n: u32) -> String {
         "router id 10.0.{n}.2;\n{log}include \"{inc}\";\n\
          # An operator's own constant (a test provokes a clash with it).\n\
          define LB_RESERVED = 1;\n\
-         protocol device {{ }}\n\
+         protocol device {{ }}\n{LAB_BFD}\
          protocol static static_acast {{\n    ipv4;\n{statics}}}\n\
          filter acast_export {{\n    if source != RTS_STATIC then reject;\n\
              if net ~ ACAST_PS_ADVERTISE then accept;\n    reject;\n}}\n\
-         protocol bgp tor {{\n    local 10.0.{n}.2 as {asn}; neighbor 10.0.{n}.1 as 65000;\n    {TIMERS}\n\
+         protocol bgp tor {{\n    local 10.0.{n}.2 as {asn}; neighbor 10.0.{n}.1 as 65000;\n    {TIMERS}\n    bfd on;\n\
              ipv4 {{ import none; export filter acast_export; next hop self; }};\n}}\n",
         log = Bird::log_line(dir),
         inc = cfg.include_file.display(),
