@@ -1,6 +1,8 @@
-//! The status socket server: axum on a `tokio::net::UnixListener`, plus an
-//! optional TCP listener that serves only `/metrics` (for a Prometheus that
-//! cannot reach a UNIX socket).
+//! The status socket server: axum routes on a `tokio::net::UnixListener`,
+//! plus an optional TCP listener that serves only `/metrics` (for a
+//! Prometheus that cannot reach a UNIX socket). Both are served by the
+//! capped accept loop of `status::listener` (connection cap, header/idle
+//! timeout, maximum connection age: the descriptor budget).
 //!
 //! [`StatusServer::bind`] does every side effect that can fail at startup
 //! (directory, stale socket, bind, group, mode) so the daemon can refuse to

@@ -15,6 +15,9 @@
 //! - [`VipManager`]: the executor: [`VipManager::ensure`] adds what is
 //!   missing and records ownership, [`VipManager::release`] removes only owned
 //!   addresses, [`VipManager::present`] observes for the gate.
+//!   A corrupt ownership file makes it fail closed ([`VipOpenError`]).
+//! - [`host`]: the host's own addresses and routes, observed for VIP
+//!   validation ([`HostValidator`], used by the document parser).
 //!
 //! What "the address of a VIP" is: the VIP prefix itself, network address and
 //! prefix length, exactly like `ip addr add <network>/<len> dev <interface>`
