@@ -47,7 +47,7 @@ pub enum Cmd {
         /// agent.toml to check.
         #[arg(long, short, env = "LB_AGENT_CONFIG", default_value = DEFAULT_PATH)]
         config: PathBuf,
-        /// Also validate the cached last-known-good document ([source] cache)
+        /// Also validate the cached last-known-good document (`source.cache`)
         /// the way this version would at start, VIP rules and this host
         /// included (the packages run it before an upgrade's restart).
         #[arg(long)]
@@ -82,7 +82,7 @@ pub enum Cmd {
         /// agent.toml for paths and templates; built-in defaults when absent.
         #[arg(long, short, env = "LB_AGENT_CONFIG")]
         config: Option<PathBuf>,
-        /// Check the VIPs against agent.toml's [vip] rules only, not against
+        /// Check the VIPs against the `vip` rules of agent.toml only, not against
         /// this host's addresses and routes (to render a document for another host).
         #[arg(long)]
         skip_host_check: bool,
