@@ -130,6 +130,27 @@ impl crate::health::monitor::CheckRunner for MeteredChecker {
     }
 }
 
+/// Creates the directories of every agent-owned file at start, so a missing
+/// one is a clear start-up error (naming the key) rather than a warning on
+/// every pass.
+fn ensure_dirs(cfg: &Config) -> anyhow::Result<()> {
+    let parent = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dirs = [
+        ("node.state_dir", cfg.node.state_dir.clone()),
+        ("source.cache", parent(&cfg.source.cache)),
+        ("haproxy.state_file", parent(&cfg.haproxy.state_file)),
+        ("haproxy.data_dir", cfg.haproxy.data_dir.clone()),
+    ];
+    for (key, dir) in dirs {
+        if dir.as_os_str().is_empty() {
+            continue;
+        }
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the directory of {key} ({})", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// How a generation ended.
 enum Outcome {
     Stop,
@@ -188,8 +209,7 @@ async fn run_generation(
     generation: u64,
     signals: &mut Signals,
 ) -> anyhow::Result<Outcome> {
-    std::fs::create_dir_all(&cfg.node.state_dir)
-        .with_context(|| format!("creating state_dir {}", cfg.node.state_dir.display()))?;
+    ensure_dirs(cfg)?;
     let renderer = renderer(cfg)?;
     info!(config = %config_path.display(), node = %cfg.node.name, group = %cfg.node.group, generation, "lb-agent starting");
 

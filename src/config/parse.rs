@@ -782,7 +782,7 @@ fn walk(cx: &mut Cx<'_>, doc: &Table<'_>) -> Config {
             }
         },
     };
-    let d = defaults(name);
+    let mut d = defaults(name);
 
     let node_cfg = NodeConfig {
         group: node.take(cx, "group", identifier).unwrap_or(d.node.group),
@@ -790,9 +790,12 @@ fn walk(cx: &mut Cx<'_>, doc: &Table<'_>) -> Config {
         state_dir: node
             .take(cx, "state_dir", abs_path)
             .unwrap_or(d.node.state_dir),
-        name: d.node.name,
+        name: d.node.name.clone(),
     };
     node.finish(cx);
+    // Agent-owned files live in state_dir unless set explicitly.
+    d.source.cache = node_cfg.state_dir.join("last-good.json");
+    d.haproxy.state_file = node_cfg.state_dir.join("haproxy-server-state");
 
     let source = walk_source(cx, &mut root, d.source);
     let haproxy = walk_haproxy(cx, &mut root, d.haproxy);
@@ -1338,6 +1341,29 @@ fn hostname() -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn agent_owned_files_follow_state_dir_unless_set() {
+        let c = super::parse_str("[node]\ngroup = \"blue\"\nstate_dir = \"/srv/lb\"\n", "a.toml")
+            .unwrap();
+        assert_eq!(c.source.cache, std::path::Path::new("/srv/lb/last-good.json"));
+        assert_eq!(
+            c.haproxy.state_file,
+            std::path::Path::new("/srv/lb/haproxy-server-state")
+        );
+        let c = super::parse_str(
+            "[node]\ngroup = \"blue\"\nstate_dir = \"/srv/lb\"\n[haproxy]\nstate_file = \"/run/hs\"\n[source]\ncache = \"/var/cache/doc.json\"\n",
+            "a.toml",
+        )
+        .unwrap();
+        assert_eq!(c.haproxy.state_file, std::path::Path::new("/run/hs"));
+        assert_eq!(c.source.cache, std::path::Path::new("/var/cache/doc.json"));
+        let c = super::parse_str("[node]\ngroup = \"blue\"\n", "a.toml").unwrap();
+        assert_eq!(
+            c.haproxy.state_file,
+            std::path::Path::new("/var/lib/lb-agent/haproxy-server-state")
+        );
+    }
+
     use super::*;
 
     fn errors(text: &str) -> Vec<String> {
