@@ -1343,9 +1343,15 @@ fn hostname() -> Result<String, String> {
 mod tests {
     #[test]
     fn agent_owned_files_follow_state_dir_unless_set() {
-        let c = super::parse_str("[node]\ngroup = \"blue\"\nstate_dir = \"/srv/lb\"\n", "a.toml")
-            .unwrap();
-        assert_eq!(c.source.cache, std::path::Path::new("/srv/lb/last-good.json"));
+        let c = super::parse_str(
+            "[node]\ngroup = \"blue\"\nstate_dir = \"/srv/lb\"\n",
+            "a.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.source.cache,
+            std::path::Path::new("/srv/lb/last-good.json")
+        );
         assert_eq!(
             c.haproxy.state_file,
             std::path::Path::new("/srv/lb/haproxy-server-state")
