@@ -36,7 +36,6 @@ use crate::health::monitor::HealthSnapshot;
 use crate::health::{CheckResult, Checker};
 use crate::metrics::CheckOutcome;
 use crate::metrics::Metrics;
-use crate::model::validate::ValidateContext;
 use crate::model::DesiredState;
 use crate::reconcile::{
     Candidate, FrontendInstall, HaproxyStatus, Reconciler, ReconcilerSettings, Trigger,
@@ -70,14 +69,11 @@ pub fn renderer(cfg: &Config) -> anyhow::Result<Renderer> {
 }
 
 /// The document parser the source uses: JSON → validated [`DesiredState`],
-/// with logic snippets rendered and checked for this host (`host`).
-pub fn parser(group: &str, host: crate::logic::LogicHost) -> Parser<DesiredState> {
-    let ctx = ValidateContext {
-        group: group.to_string(),
-    };
-    Arc::new(move |body: &[u8]| {
-        crate::model::validate::parse_document_for(body, &ctx, &host).map_err(|e| e.to_string())
-    })
+/// with logic snippets rendered and checked for this host and the VIPs
+/// checked against `[vip]` and this host's networks (`vip::HostValidator`).
+pub fn parser(cfg: &Config) -> Parser<DesiredState> {
+    let validator = crate::vip::HostValidator::new(cfg);
+    Arc::new(move |body: &[u8]| validator.parse(body).map_err(|e| e.to_string()))
 }
 
 /// Offers every document the source accepted to the reconciler, with its raw
@@ -247,7 +243,7 @@ async fn run_generation(
     tracker.spawn(source::run(
         cfg.source.clone(),
         cfg.node.name.clone(),
-        parser(&cfg.node.group, crate::logic::LogicHost::from_config(cfg)),
+        parser(cfg),
         doc_tx,
         source_status_tx,
         cancel.clone(),
@@ -310,11 +306,19 @@ async fn run_generation(
         monitor_cancel.clone(),
     )
     .context("starting the health monitor")?;
-    let vips = crate::vip::VipManager::open(
+    let vips = match crate::vip::VipManager::open(
         crate::vip::NetlinkAddressOps::connect()?,
         &cfg.vip,
         &cfg.node.state_dir,
-    )?;
+    ) {
+        Ok(m) => m,
+        // Fail closed, loudly: the manager touches no address and every
+        // VIP stays withdrawn (with this reason) until the file is fixed.
+        Err(e) => {
+            error!(error = %e.error, "VIP ownership file unusable; every VIP stays withdrawn");
+            *e.manager
+        }
+    };
     let h = &cfg.health;
     let anycast_task = tokio::spawn(anycast::run(
         AnycastSettings {

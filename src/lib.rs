@@ -15,7 +15,8 @@
 //!   [`drain`]: the persisted drain flag.
 //! - [`anycast`]: health → gate → BIRD and the VIP addresses, wired into one task.
 //! - [`reconcile`]: the HAProxy loop (observe → plan → apply → read back → reload or persist).
-//! - [`status`], [`metrics`], [`cli`], [`daemon`], [`telemetry`]: the operating surface.
+//! - [`status`], [`metrics`], [`cli`], [`daemon`], [`telemetry`]: the operating surface;
+//!   [`fdbudget`]: the descriptor limit raised at start and checked against the listener caps.
 
 pub mod anycast;
 pub mod bird;
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod drain;
+pub mod fdbudget;
 pub mod fsutil;
 pub mod gate;
 pub mod haproxy;

@@ -7,8 +7,12 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run { config } => run(&config),
-        Cmd::CheckConfig { config } => cli::check_config(&config),
-        Cmd::Render { desired, config } => cli::render(&desired, config.as_deref()),
+        Cmd::CheckConfig { config, cache } => cli::check_config(&config, cache),
+        Cmd::Render {
+            desired,
+            config,
+            skip_host_check,
+        } => cli::render(&desired, config.as_deref(), skip_host_check),
         Cmd::Reset { config, if_failed } => cli::reset(&config, if_failed),
         Cmd::Handover { config } => cli::handover(&config),
         Cmd::Client(c) => cli::client::run(c),
@@ -22,6 +26,7 @@ fn main() {
 fn run(config: &std::path::Path) -> Result<(), Failure> {
     lb_agent::telemetry::init("info");
     let cfg = cli::load_config(config)?;
+    cli::startup_checks(&cfg);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("lb-agent")

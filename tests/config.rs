@@ -103,6 +103,7 @@ fn full_fixture_sets_every_value() {
         Path::new("/srv/lb-agent/state/last-good.json")
     );
     assert_eq!(c.source.max_removal_ratio, 0.25);
+    assert_eq!(c.source.max_document_size, 4 << 20);
 
     assert_eq!(c.haproxy.config, Path::new("/etc/haproxy/lb.cfg"));
     assert_eq!(
@@ -148,6 +149,17 @@ fn full_fixture_sets_every_value() {
 
     assert_eq!(c.vip.interface, "dummy0");
     assert!(!c.vip.manage);
+    // A repeated prefix is kept once.
+    assert_eq!(
+        c.vip
+            .allowed_prefixes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["192.0.2.0/24", "2001:db8:10::/48"]
+    );
+    assert!(!c.vip.allows_everything());
+    assert_eq!((c.vip.min_prefix_len_v4, c.vip.min_prefix_len_v6), (28, 56));
 
     assert_eq!(c.status.socket, Path::new("/run/lb-agent/agent.sock"));
     assert_eq!(c.status.mode, 0o600);
@@ -156,6 +168,8 @@ fn full_fixture_sets_every_value() {
         c.status.metrics_listen,
         Some("127.0.0.1:9477".parse::<SocketAddr>().unwrap())
     );
+    assert_eq!(c.status.max_connections, 32);
+    assert_eq!(c.status.metrics_max_connections, 4);
 
     assert_eq!(c.checks.len(), 3);
     let uplink = &c.checks[0];

@@ -1,15 +1,32 @@
 //! Every fixture document: the valid ones parse, the invalid ones are rejected
 //! with exactly the expected messages (SPEC §7's classes each have one).
+//!
+//! Documents are validated the way the agent does, with the VIP policy of
+//! the built-in `[vip]` and `[bird]` defaults (no host view: the host's own
+//! networks are covered by `tests/vip_policy.rs` in a namespace).
 
 use std::fs;
 use std::path::Path;
 
-use lb_agent::model::validate::{parse_document, ValidateContext};
+use lb_agent::model::hostnet::VipPolicy;
+use lb_agent::model::validate::ValidationErrors;
+use lb_agent::model::validate::{parse_document_on_host, ValidateContext};
+use lb_agent::model::DesiredState;
 
 fn ctx() -> ValidateContext {
     ValidateContext {
         group: "blue".into(),
     }
+}
+
+fn parse_document(body: &[u8], ctx: &ValidateContext) -> Result<DesiredState, ValidationErrors> {
+    let cfg = lb_agent::config::parse_str("", "agent.toml").unwrap();
+    parse_document_on_host(
+        body,
+        ctx,
+        &lb_agent::logic::LogicHost::unknown(&ctx.group),
+        &VipPolicy::from_config(&cfg.vip, &cfg.bird),
+    )
 }
 
 #[test]

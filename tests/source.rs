@@ -81,6 +81,7 @@ fn config(url: SourceUrl, dir: &Path) -> SourceConfig {
         cache: dir.join("last-good.json"),
         max_removal_ratio: 0.5,
         connect_timeout: 2 * S,
+        max_document_size: 16 << 20,
     }
 }
 
@@ -494,6 +495,92 @@ async fn https_with_a_custom_ca() {
     assert!(error.to_lowercase().contains("certificate"), "{error}");
     p.stop().await;
     api.finish().await;
+}
+
+/// Issue 14: reqwest's default policy follows a redirect from https to
+/// http, which would hand the poll (and the document it returns) to anyone
+/// on the path. The agent refuses it, and the plain-HTTP server never sees
+/// a request.
+#[tokio::test]
+async fn a_redirect_from_https_to_http_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki::Ca::new("lb-agent test CA");
+    let tls = pki::server_config(&ca.server(), None);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    // The downgrade target: any request reaching it fails `finish()`.
+    let plain = FakeApi::start(vec![]).await;
+    let api =
+        FakeApi::start_tls(
+            vec![first("redirected to http")
+                .reply(Reply::status(302).header("location", &plain.url()))],
+            tls,
+        )
+        .await;
+    let mut cfg = http(api.url(), dir.path());
+    cfg.ca_file = Some(ca_file);
+    let mut p = spawn(cfg);
+    let st = p.status_until(5 * S, |s| s.consecutive_failures >= 1).await;
+    let error = st.error.unwrap();
+    println!("https -> http redirect: {error}");
+    assert!(error.contains("leaves https"), "{error}");
+    assert!(p.out.borrow().is_none());
+    p.stop().await;
+    api.finish().await;
+    plain.finish().await;
+}
+
+/// `[source] max_document_size` reaches the fetcher through `source::run`
+/// (the production entry point): a document one byte over it is refused
+/// before it is parsed, one at the limit is accepted.
+#[tokio::test]
+async fn max_document_size_from_the_config_bounds_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("desired.json");
+    let limit = 64 << 10;
+    let padded = |revision: u64, len: usize| {
+        let head = format!(r#"{{"schema": 1, "revision": {revision}, "group": "blue", "pad": ""#);
+        let pad = "x".repeat(len - head.len() - 2);
+        format!("{head}{pad}\"}}")
+    };
+    std::fs::write(&path, padded(1, limit + 1)).unwrap();
+    let mut cfg = config(SourceUrl::File(path.clone()), dir.path());
+    cfg.poll_interval = 50 * MS;
+    cfg.max_document_size = limit;
+    let (out_tx, mut out) = watch::channel(None);
+    let (status_tx, mut status) = watch::channel(SourceStatus::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(source::run(
+        cfg,
+        NODE.into(),
+        parser(),
+        out_tx,
+        status_tx,
+        cancel.clone(),
+    ));
+    let st = tokio::time::timeout(5 * S, status.wait_for(|s| s.error.is_some()))
+        .await
+        .expect("an error within 5 s")
+        .unwrap()
+        .clone();
+    let error = st.error.unwrap();
+    assert!(
+        error.contains(&format!("larger than {limit} bytes")),
+        "{error}"
+    );
+    assert!(out.borrow().is_none());
+
+    std::fs::write(&path, padded(2, limit)).unwrap();
+    tokio::time::timeout(
+        5 * S,
+        out.wait_for(|a| a.as_ref().is_some_and(|a| a.doc.revision == 2)),
+    )
+    .await
+    .expect("the document at the limit is accepted")
+    .unwrap();
+    cancel.cancel();
+    tokio::time::timeout(5 * S, task).await.unwrap().unwrap();
 }
 
 #[tokio::test]

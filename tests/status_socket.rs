@@ -140,6 +140,10 @@ impl Harness {
             group: SocketGroup::Unmanaged,
             metrics_listen: None,
             request_timeout: Duration::from_secs(10),
+            max_connections: 64,
+            metrics_max_connections: 16,
+            header_timeout: lb_agent::status::DEFAULT_HEADER_TIMEOUT,
+            max_connection_age: lb_agent::status::DEFAULT_MAX_CONNECTION_AGE,
         };
         tune(&mut opts);
         let (snapshot, snap_rx) = watch::channel(snap);
@@ -1233,6 +1237,126 @@ async fn status_renders_timestamps_at_or_after_now() {
         text(&o.stdout).contains("last success 0s ago"),
         "{}",
         text(&o.stdout)
+    );
+    h.stop().await;
+}
+
+// ------------------------------------------------------- descriptor budget
+
+/// Reads until EOF or `limit`; returns what arrived and whether EOF came.
+async fn read_to_eof<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    limit: Duration,
+) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(limit, s.read_to_end(&mut buf)).await;
+    (String::from_utf8_lossy(&buf).into_owned(), r.is_ok())
+}
+
+/// Issue 14, finding 4: idle connections used to be kept forever and without
+/// limit, so a flood of them used every descriptor of the agent. Now both
+/// listeners cap their connections (the next one gets a 503 and is closed at
+/// once), close a connection that sends no complete request head in time
+/// (idle keep-alive and slowloris alike), and end connections at their
+/// maximum age; normal requests work again as soon as slots free up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_and_idle_ones_closed() {
+    use tokio::io::AsyncWriteExt;
+    let header_timeout = Duration::from_millis(400);
+    let h = Harness::start(Daemon::Normal, |o| {
+        o.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        o.max_connections = 4;
+        o.metrics_max_connections = 2;
+        o.header_timeout = header_timeout;
+        o.max_connection_age = Duration::from_secs(2);
+    })
+    .await;
+    let tcp = h.metrics_addr.expect("metrics listener");
+
+    // Fill the socket's four slots with idle connections (one slowloris).
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::UnixStream::connect(&h.socket).await.unwrap());
+    }
+    idle[0]
+        .write_all(b"GET /v1/status HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    // Let the server accept them before the fifth arrives.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = std::time::Instant::now();
+    let mut over = tokio::net::UnixStream::connect(&h.socket).await.unwrap();
+    let (answer, eof) = read_to_eof(&mut over, Duration::from_secs(2)).await;
+    assert!(eof, "the connection over the cap is closed at once");
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer:?}");
+    assert!(answer.contains("too many connections"), "{answer:?}");
+    println!("over the cap: 503 and closed after {:?}", t0.elapsed());
+
+    // The idle ones (and the half-sent head) are closed after the header timeout.
+    for (i, s) in idle.iter_mut().enumerate() {
+        let (_, eof) = read_to_eof(s, header_timeout * 5).await;
+        assert!(
+            eof,
+            "idle connection {i} still open after {:?}",
+            header_timeout * 5
+        );
+    }
+    let idle_closed = t0.elapsed();
+    println!("4 idle connections closed {idle_closed:?} after the refusal (header timeout {header_timeout:?})");
+    assert!(
+        idle_closed >= header_timeout / 2,
+        "closed too early: {idle_closed:?}"
+    );
+
+    // Slots are free again: a normal request works.
+    let r = raw(&h.socket, Method::GET, "/v1/status", "").await;
+    assert_eq!(r.0, StatusCode::OK);
+
+    // The metrics listener: two slots.
+    let a = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    let b = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    let (answer, eof) = read_to_eof(&mut c, Duration::from_secs(2)).await;
+    assert!(eof && answer.starts_with("HTTP/1.1 503 "), "{answer:?}");
+    drop((a, b));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        raw_tcp(tcp, Method::GET, "/metrics").await.0,
+        StatusCode::OK
+    );
+
+    // A busy keep-alive connection still ends at its maximum age (2 s).
+    let mut busy = tokio::net::UnixStream::connect(&h.socket).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let mut closed = false;
+    while t0.elapsed() < Duration::from_secs(6) {
+        let sent = busy
+            .write_all(b"GET /v1/vips HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+        if sent.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        use tokio::io::AsyncReadExt;
+        match tokio::time::timeout(Duration::from_secs(1), busy.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let age = t0.elapsed();
+    println!(
+        "keep-alive connection sending a request every ~100 ms closed after {age:?} (max age 2 s)"
+    );
+    assert!(closed, "still open after {age:?}");
+    assert!(
+        age >= Duration::from_millis(1500),
+        "closed too early: {age:?}"
     );
     h.stop().await;
 }

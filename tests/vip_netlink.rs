@@ -42,10 +42,14 @@ fn set(items: &[&str]) -> BTreeSet<IpNet> {
 }
 
 fn lo(manage: bool) -> VipConfig {
-    VipConfig {
-        interface: "lo".into(),
-        manage,
-    }
+    iface("lo", manage)
+}
+
+fn iface(interface: &str, manage: bool) -> VipConfig {
+    let mut c = lb_agent::config::parse_str("", "agent.toml").unwrap().vip;
+    c.interface = interface.into();
+    c.manage = manage;
+    c
 }
 
 /// Runs `f` inside `ns` on a current-thread runtime, bounded to 20 s.
@@ -358,10 +362,7 @@ fn a_missing_interface_is_a_clear_error() {
             // Longer than IFNAMSIZ: cannot exist.
             ops.list("a-very-long-interface-name").await.unwrap_err(),
         ];
-        let cfg = VipConfig {
-            interface: "vipx0".into(),
-            manage: true,
-        };
+        let cfg = iface("vipx0", true);
         let mut m = VipManager::open(ops, &cfg, dir).unwrap();
         errors.push(m.ensure(&set(&[V4])).await.unwrap_err());
         errors.push(m.present().await.unwrap_err());

@@ -270,7 +270,11 @@ pub fn adopted_prefixes(cfg: &BirdConfig) -> BTreeSet<IpNet> {
 fn handover_requested(state_dir: &std::path::Path) -> bool {
     let p = state_dir.join(HANDOVER_FILE);
     match std::fs::metadata(&p).and_then(|m| m.modified()) {
-        Ok(t) => SystemTime::now().duration_since(t).unwrap_or_default() < HANDOVER_VALIDITY,
+        // A flag from the future (a clock gone wrong) is not fresh: keeping
+        // announcements is the fail-open direction.
+        Ok(t) => SystemTime::now()
+            .duration_since(t)
+            .is_ok_and(|age| age < HANDOVER_VALIDITY),
         Err(_) => false,
     }
 }
@@ -281,6 +285,8 @@ struct Observed {
     services: Services,
     present: BTreeSet<IpNet>,
     vip_errors: Vec<String>,
+    /// A state file the gate depends on is unusable: nothing may be announced.
+    host_fault: Option<String>,
 }
 
 /// The anycast task: see the module docs. Returns after `cancel` fired and
@@ -317,6 +323,7 @@ pub async fn run<A: AddressOps, B: Announcer>(
         services: Services::default(),
         present: BTreeSet::new(),
         vip_errors: Vec::new(),
+        host_fault: None,
     };
     let mut announced_since: std::collections::BTreeMap<IpNet, SystemTime> = Default::default();
     let mut tick = tokio::time::interval(TICK);
@@ -354,9 +361,16 @@ pub async fn run<A: AddressOps, B: Announcer>(
         match vips.present().await {
             Ok(p) => seen.present = p,
             Err(e) => {
+                // Unknown is absent (fail closed).
+                seen.present = BTreeSet::new();
                 seen.vip_errors = vec![format!("listing addresses on {}: {e}", s.vip.interface)]
             }
         }
+        seen.host_fault = vips.fail_closed().map(|r| {
+            format!(
+                "VIP ownership file unusable ({r}); every VIP stays withdrawn until it is fixed or moved aside"
+            )
+        });
         let turn = Turn {
             s: &s,
             graceful,
@@ -440,7 +454,7 @@ impl Turn<'_> {
         let input = GateInput {
             vips: &views,
             haproxy_up: haproxy.up == Some(true),
-            host_fault: None,
+            host_fault: seen.host_fault.as_deref(),
             drain: &drain_state,
             graceful: self.graceful,
             drain_grace: s.bird.drain_grace,

@@ -101,10 +101,17 @@ struct Harness {
 
 impl Harness {
     fn start(adopted: &[&str]) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
+        Harness::start_in(adopted, tempfile::tempdir().unwrap())
+    }
+
+    /// Starts with `dir` as state_dir (its files as a test left them).
+    fn start_in(adopted: &[&str], dir: tempfile::TempDir) -> Harness {
         let cfg = crate::config::parse_str("[node]\ngroup = \"blue\"\n", "agent.toml").unwrap();
         let ops = MemoryAddressOps::with_interfaces(&["lo"]);
-        let vips = VipManager::open(ops, &cfg.vip, dir.path()).unwrap();
+        let vips = match VipManager::open(ops, &cfg.vip, dir.path()) {
+            Ok(m) => m,
+            Err(e) => *e.manager,
+        };
         let (bird_tx, _) = watch::channel(BirdStatus::default());
         let log = Log::default();
         let announcer = MemoryAnnouncer {
@@ -409,4 +416,23 @@ async fn an_adopted_vip_keeps_its_route_through_a_restart_and_stop_withdraws() {
     let log = h.stop().await;
     let last = log.0.lock().unwrap().last().unwrap().1.clone();
     assert!(last.is_empty(), "on_stop = withdraw: {last:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_corrupt_ownership_file_keeps_every_vip_withdrawn_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(crate::vip::OWNED_FILE_NAME), b"{not json").unwrap();
+    let h = Harness::start_in(&[VIP], dir);
+    h.applied.send_replace(Some(doc(1, &["www"])));
+    h.installed(&[("www", Install::Running)]);
+    h.haproxy_runs(&["www"]);
+    run_for(100).await;
+    h.checked(|_| up());
+    run_for(2_000).await;
+    assert!(!h.advertised(), "{:?}", h.log.0.lock().unwrap());
+    let st = h.status.borrow().clone();
+    let reason = st.decisions[0].reason.clone().unwrap_or_default();
+    assert!(reason.contains("VIP ownership file unusable"), "{reason}");
+    assert!(h.log.0.lock().unwrap().iter().all(|(_, a)| a.is_empty()));
+    h.stop().await;
 }

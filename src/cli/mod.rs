@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, DEFAULT_PATH};
-use crate::model::validate::{parse_document_for, ValidateContext};
 
 // --- status-socket client (h/status-cli) ---
 pub mod client;
@@ -48,6 +47,11 @@ pub enum Cmd {
         /// agent.toml to check.
         #[arg(long, short, env = "LB_AGENT_CONFIG", default_value = DEFAULT_PATH)]
         config: PathBuf,
+        /// Also validate the cached last-known-good document (`source.cache`)
+        /// the way this version would at start, VIP rules and this host
+        /// included (the packages run it before an upgrade's restart).
+        #[arg(long)]
+        cache: bool,
     },
     /// Withdraw everything: write the dummy-only BIRD include and reconfigure BIRD.
     ///
@@ -78,6 +82,10 @@ pub enum Cmd {
         /// agent.toml for paths and templates; built-in defaults when absent.
         #[arg(long, short, env = "LB_AGENT_CONFIG")]
         config: Option<PathBuf>,
+        /// Check the VIPs against the `vip` rules of agent.toml only, not against
+        /// this host's addresses and routes (to render a document for another host).
+        #[arg(long)]
+        skip_host_check: bool,
     },
     // --- status-socket client (h/status-cli): status, vips, drain, undrain,
     // reconcile, completions, man; see `client::ClientCmd` ---
@@ -123,9 +131,46 @@ pub fn print(text: &str) -> Result<(), Failure> {
     }
 }
 
-/// `lb-agent check-config`.
-pub fn check_config(path: &Path) -> Result<(), Failure> {
+/// What `lb-agent run` does before anything else: raise the descriptor
+/// limit (see [`crate::fdbudget`]) and log the warnings of
+/// [`config::warnings`]. Nothing here stops the start.
+pub fn startup_checks(cfg: &Config) {
+    match crate::fdbudget::raise_nofile_limit() {
+        Ok(l) => {
+            tracing::info!(
+                soft = l.soft,
+                hard = l.hard,
+                before = l.before,
+                "descriptor limit"
+            );
+            let metrics = cfg
+                .status
+                .metrics_listen
+                .map(|_| cfg.status.metrics_max_connections);
+            if let Err(problem) =
+                crate::fdbudget::budget(l.soft, cfg.status.max_connections, metrics)
+            {
+                tracing::warn!("{problem}");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot raise the descriptor limit"),
+    }
+    for w in config::warnings(cfg) {
+        tracing::warn!("{w}");
+    }
+}
+
+/// `lb-agent check-config [--cache]`: errors fail it; warnings are printed,
+/// and do not. With `cache`, a cached document this version would refuse
+/// fails it, naming every problem.
+pub fn check_config(path: &Path, cache: bool) -> Result<(), Failure> {
     let cfg = load_config(path)?;
+    for w in config::warnings(&cfg) {
+        eprintln!("warning: {}: {w}", path.display());
+    }
+    if cache {
+        check_cache(&cfg)?;
+    }
     print(&format!(
         "{}: OK (node {}, group {}, source {})\n",
         path.display(),
@@ -136,6 +181,34 @@ pub fn check_config(path: &Path) -> Result<(), Failure> {
             config::SourceUrl::File(p) => format!("file://{}", p.display()),
         }
     ))
+}
+
+/// Validates `[source] cache` as the agent would at start; a missing cache
+/// is fine (nothing to keep serving).
+fn check_cache(cfg: &Config) -> Result<(), Failure> {
+    let path = &cfg.source.cache;
+    let body = match crate::fsutil::read_optional(path) {
+        Ok(Some(b)) => b,
+        Ok(None) => return print(&format!("{}: no cached document\n", path.display())),
+        Err(e) => return Err(Failure::runtime(format!("reading {}: {e}", path.display()))),
+    };
+    match crate::vip::HostValidator::new(cfg).parse(&body) {
+        Ok(d) => print(&format!(
+            "{}: revision {} is valid for this host ({} VIPs)\n",
+            path.display(),
+            d.revision,
+            d.vips.len()
+        )),
+        Err(e) => Err(Failure::runtime(format!(
+            "{} (the cached document) would be REFUSED by this version: at start the agent would have \
+             no desired state and withdraw every VIP until the API serves a document that passes:\n{}",
+            path.display(),
+            e.0.iter()
+                .map(|x| format!("  {x}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ))),
+    }
 }
 
 /// `lb-agent reset [--if-failed]`.
@@ -190,28 +263,45 @@ pub fn handover(config_path: &Path) -> Result<(), Failure> {
 }
 
 /// `lb-agent render --desired FILE`.
-pub fn render(desired: &Path, config_path: Option<&Path>) -> Result<(), Failure> {
+/// VIPs are checked as the agent on this host would, unless `skip_host_check`.
+pub fn render(
+    desired: &Path,
+    config_path: Option<&Path>,
+    skip_host_check: bool,
+) -> Result<(), Failure> {
     let body = std::fs::read(desired)
         .map_err(|e| Failure::usage(format!("reading {}: {e}", desired.display())))?;
-    let (cfg, group) = match config_path {
-        Some(p) => {
-            let c = load_config(p)?;
-            let g = c.node.group.clone();
-            (c, g)
-        }
+    let cfg = match config_path {
+        Some(p) => load_config(p)?,
         None => {
-            let c =
+            let mut c =
                 config::parse_str("", "<defaults>").map_err(|e| Failure::usage(e.to_string()))?;
             // Without an agent.toml, accept the document's own group.
-            let g = serde_json::from_slice::<serde_json::Value>(&body)
+            if let Some(g) = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("group").and_then(|g| g.as_str()).map(str::to_string))
-                .unwrap_or_else(|| c.node.group.clone());
-            (c, g)
+            {
+                c.node.group = g;
+            }
+            c
         }
     };
-    let host = crate::logic::LogicHost::from_config(&cfg);
-    let d = parse_document_for(&body, &ValidateContext { group }, &host).map_err(|e| {
+    // Validated exactly as the agent would on this host: logic rendered
+    // with this host's facts, [vip] rules and this host's addresses and
+    // routes included (unless asked not to).
+    let parsed = if skip_host_check {
+        crate::model::validate::parse_document_on_host(
+            &body,
+            &crate::model::validate::ValidateContext {
+                group: cfg.node.group.clone(),
+            },
+            &crate::logic::LogicHost::from_config(&cfg),
+            &crate::model::hostnet::VipPolicy::from_config(&cfg.vip, &cfg.bird),
+        )
+    } else {
+        crate::vip::HostValidator::new(&cfg).parse(&body)
+    };
+    let d = parsed.map_err(|e| {
         Failure::runtime(format!(
             "{} is invalid:\n{}",
             desired.display(),

@@ -7,6 +7,7 @@
 //! operator fixes a broken file in one round trip.
 
 mod parse;
+mod warnings;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 pub use parse::{load, parse_str, ConfigError, ConfigErrors};
+pub use warnings::{warnings, warnings_for};
 
 /// Default location of the agent configuration.
 pub const DEFAULT_PATH: &str = "/etc/lb-agent/agent.toml";
@@ -77,6 +79,9 @@ pub struct SourceConfig {
     pub max_removal_ratio: f64,
     /// Connect timeout for the API (the request timeout is `long_poll` + this).
     pub connect_timeout: Duration,
+    /// Largest document accepted from the API, a `file://` source or the
+    /// cache, in bytes: a bigger one is refused before it is parsed.
+    pub max_document_size: usize,
 }
 
 /// How backend server slots are allocated in the rendered config.
@@ -177,11 +182,29 @@ pub struct BirdConfig {
     pub export_protocols: Vec<String>,
 }
 
-/// `[vip]`: VIP addresses on the local interface.
+/// `[vip]`: VIP addresses on the local interface, and which VIPs the API
+/// may ask for (see `docs/security.md`, "VIP restrictions").
 #[derive(Debug, Clone, PartialEq)]
 pub struct VipConfig {
     pub interface: String,
     pub manage: bool,
+    /// A document VIP must lie inside one of these prefixes. Empty: every
+    /// VIP is refused. A VIP in a special-purpose range (loopback,
+    /// link-local, ...) needs an entry inside that range, not just `0.0.0.0/0`.
+    pub allowed_prefixes: Vec<IpNet>,
+    /// Shortest IPv4 VIP prefix accepted (24: a /24 or longer).
+    pub min_prefix_len_v4: u8,
+    /// Shortest IPv6 VIP prefix accepted (64: a /64 or longer).
+    pub min_prefix_len_v6: u8,
+}
+
+impl VipConfig {
+    /// True when `allowed_prefixes` lets every prefix of a family through
+    /// (the built-in default, kept for fleets upgrading from versions
+    /// without the key); the agent warns about it at start.
+    pub fn allows_everything(&self) -> bool {
+        self.allowed_prefixes.iter().any(|p| p.prefix_len() == 0)
+    }
 }
 
 /// `[status]`: the local status socket.
@@ -194,6 +217,11 @@ pub struct StatusConfig {
     pub group: String,
     /// Optional TCP listener for Prometheus.
     pub metrics_listen: Option<SocketAddr>,
+    /// Most connections open at once on the status socket; more are
+    /// answered 503 and closed (the descriptor budget, `docs/security.md`).
+    pub max_connections: usize,
+    /// Most connections open at once on `metrics_listen`.
+    pub metrics_max_connections: usize,
 }
 
 /// Kind of a local `[[check]]`.

@@ -136,6 +136,7 @@ fn defaults(node_name: String) -> Config {
             cache: "/var/lib/lb-agent/last-good.json".into(),
             max_removal_ratio: 0.5,
             connect_timeout: Duration::from_secs(3),
+            max_document_size: 16 << 20,
         },
         haproxy: HaproxyConfig {
             config: "/etc/haproxy/haproxy.cfg".into(),
@@ -177,12 +178,23 @@ fn defaults(node_name: String) -> Config {
         vip: VipConfig {
             interface: "lo".into(),
             manage: true,
+            // Every prefix (with the length cap and the host checks still
+            // applied): hosts upgraded from a version without the key keep
+            // their VIPs; the agent warns until it is set.
+            allowed_prefixes: vec![
+                "0.0.0.0/0".parse().expect("valid literal"),
+                "::/0".parse().expect("valid literal"),
+            ],
+            min_prefix_len_v4: 24,
+            min_prefix_len_v6: 64,
         },
         status: StatusConfig {
             socket: "/run/lb-agent/status.sock".into(),
             mode: 0o660,
             group: "lb-agent".into(),
             metrics_listen: None,
+            max_connections: 64,
+            metrics_max_connections: 16,
         },
         checks: Vec::new(),
     }
@@ -528,6 +540,80 @@ fn prefix(v: &DeValue<'_>) -> Result<IpNet, String> {
     Ok(net)
 }
 
+/// A list of canonical prefixes (`[vip] allowed_prefixes`).
+fn prefixes(v: &DeValue<'_>) -> Result<Vec<IpNet>, String> {
+    let items = v.as_array().ok_or_else(|| {
+        format!(
+            "expected an array of IP prefixes such as [\"192.0.2.0/24\", \"2001:db8:10::/48\"], found {}",
+            found(v)
+        )
+    })?;
+    let mut out: Vec<IpNet> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let net = prefix(item.get_ref()).map_err(|e| format!("item {i}: {e}"))?;
+        if !out.contains(&net) {
+            out.push(net);
+        }
+    }
+    Ok(out)
+}
+
+/// A connection cap of a listener: at least 1, at most 4096 (each open
+/// connection holds a descriptor; see the descriptor budget).
+fn connection_cap(v: &DeValue<'_>) -> Result<usize, String> {
+    int_in(v, 1, 4096).map(|i| i as usize)
+}
+
+/// A size in bytes in `min..=max`: an integer (bytes) or a string with a
+/// binary unit (`"512KiB"`, `"16MiB"`, `"1GiB"`; `"B"` or no unit: bytes).
+fn byte_size(min: usize, max: usize) -> impl Fn(&DeValue<'_>) -> Result<usize, String> {
+    move |v| {
+        let expected = format!(
+            "expected a size such as \"16MiB\" or \"512KiB\" (from {} to {})",
+            fmt_size(min),
+            fmt_size(max)
+        );
+        let bytes: u128 = match v {
+            DeValue::Integer(_) => int_in(v, 0, i64::MAX)
+                .map_err(|_| format!("{expected}, found {}", found(v)))?
+                as u128,
+            DeValue::String(s) => {
+                parse_size(s).ok_or_else(|| format!("{expected}, found {s:?}"))?
+            }
+            other => return Err(format!("{expected}, found {}", found(other))),
+        };
+        if bytes < min as u128 || bytes > max as u128 {
+            return Err(format!("{expected}, found {}", found(v)));
+        }
+        Ok(bytes as usize)
+    }
+}
+
+fn parse_size(s: &str) -> Option<u128> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u128 = digits.parse().ok()?;
+    let mult: u128 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// `16777216` → `"16MiB"` (for messages and the packaged defaults).
+fn fmt_size(n: usize) -> String {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if n >= 1 << shift && n % (1 << shift) == 0 {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    format!("{n}B")
+}
+
 fn prefix_v4(v: &DeValue<'_>) -> Result<IpNet, String> {
     let net = prefix(v)?;
     match net {
@@ -716,14 +802,7 @@ fn walk(cx: &mut Cx<'_>, doc: &Table<'_>) -> Config {
     let health = walk_health(cx, &mut root, d.health);
     let bird = walk_bird(cx, &mut root, d.bird);
 
-    let mut vip = root.section(cx, "vip");
-    let vip_cfg = VipConfig {
-        interface: vip
-            .take(cx, "interface", linux_ifname)
-            .unwrap_or(d.vip.interface),
-        manage: vip.take(cx, "manage", boolean).unwrap_or(d.vip.manage),
-    };
-    vip.finish(cx);
+    let vip_cfg = walk_vip(cx, &mut root, d.vip);
 
     let mut status = root.section(cx, "status");
     let status_cfg = StatusConfig {
@@ -737,6 +816,12 @@ fn walk(cx: &mut Cx<'_>, doc: &Table<'_>) -> Config {
         metrics_listen: status
             .take(cx, "metrics_listen", opt_socket_addr)
             .unwrap_or(d.status.metrics_listen),
+        max_connections: status
+            .take(cx, "max_connections", connection_cap)
+            .unwrap_or(d.status.max_connections),
+        metrics_max_connections: status
+            .take(cx, "metrics_max_connections", connection_cap)
+            .unwrap_or(d.status.metrics_max_connections),
     };
     status.finish(cx);
 
@@ -782,6 +867,9 @@ fn walk_source(cx: &mut Cx<'_>, root: &mut Section<'_, '_>, d: SourceConfig) -> 
         connect_timeout: s
             .take(cx, "connect_timeout", positive_duration)
             .unwrap_or(d.connect_timeout),
+        max_document_size: s
+            .take(cx, "max_document_size", byte_size(64 << 10, 1 << 30))
+            .unwrap_or(d.max_document_size),
     };
     // mTLS needs both halves. Only complain when the set half parsed (a bad
     // value already has its own error).
@@ -808,6 +896,29 @@ fn set_non_empty(s: &Section<'_, '_>, key: &str) -> bool {
     s.table
         .and_then(|t| t.get(key))
         .is_some_and(|v| v.get_ref().as_str() != Some(""))
+}
+
+fn walk_vip(cx: &mut Cx<'_>, root: &mut Section<'_, '_>, d: VipConfig) -> VipConfig {
+    let mut s = root.section(cx, "vip");
+    let cfg = VipConfig {
+        interface: s.take(cx, "interface", linux_ifname).unwrap_or(d.interface),
+        manage: s.take(cx, "manage", boolean).unwrap_or(d.manage),
+        allowed_prefixes: s
+            .take(cx, "allowed_prefixes", prefixes)
+            .unwrap_or(d.allowed_prefixes),
+        min_prefix_len_v4: s
+            .take(cx, "min_prefix_len_v4", |v| {
+                int_in(v, 8, 32).map(|i| i as u8)
+            })
+            .unwrap_or(d.min_prefix_len_v4),
+        min_prefix_len_v6: s
+            .take(cx, "min_prefix_len_v6", |v| {
+                int_in(v, 16, 128).map(|i| i as u8)
+            })
+            .unwrap_or(d.min_prefix_len_v6),
+    };
+    s.finish(cx);
+    cfg
 }
 
 fn walk_haproxy(cx: &mut Cx<'_>, root: &mut Section<'_, '_>, d: HaproxyConfig) -> HaproxyConfig {

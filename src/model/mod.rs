@@ -6,6 +6,7 @@
 //! file or on the runtime socket, references resolve, binds sit inside a VIP.
 
 pub mod grammar;
+pub mod hostnet;
 mod names;
 pub mod observed;
 pub mod validate;

@@ -19,6 +19,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use super::hostnet::VipPolicy;
 use super::*;
 use crate::logic::LogicHost;
 
@@ -67,17 +68,18 @@ pub struct ValidateContext {
     pub group: String,
 }
 
-/// Parses and validates a document body (JSON bytes), rendering its logic
-/// snippets with placeholder host facts ([`LogicHost::unknown`]).
+/// Parses and validates a document body (JSON bytes) on its own, rendering
+/// its logic snippets with placeholder host facts ([`LogicHost::unknown`])
+/// and checking no VIP against any host.
 ///
-/// The renderer checks the snippets again with the real host facts; use
-/// [`parse_document_for`] to catch a snippet that only misbehaves on this
-/// host (`{% if node.name == ... %}`) already at validation.
+/// The agent validates with [`parse_document_on_host`]; the renderer checks
+/// the snippets again with the real host facts. This is for tools and tests
+/// that only care about the document's own consistency.
 pub fn parse_document(
     body: &[u8],
     ctx: &ValidateContext,
 ) -> Result<DesiredState, ValidationErrors> {
-    parse_document_for(body, ctx, &LogicHost::unknown(&ctx.group))
+    parse_with(body, ctx, &LogicHost::unknown(&ctx.group), None)
 }
 
 /// Parses and validates a document body, rendering every logic snippet for
@@ -86,6 +88,49 @@ pub fn parse_document_for(
     body: &[u8],
     ctx: &ValidateContext,
     host: &LogicHost,
+) -> Result<DesiredState, ValidationErrors> {
+    parse_with(body, ctx, host, None)
+}
+
+/// Parses and validates a document body for this host: on top of
+/// [`parse_document_for`], every VIP must pass `policy` (allow-list, length
+/// cap, the host's own addresses and routes; see `model::hostnet`), each
+/// problem reported at the VIP's path (`vips[3].address`).
+pub fn parse_document_on_host(
+    body: &[u8],
+    ctx: &ValidateContext,
+    host: &LogicHost,
+    policy: &VipPolicy,
+) -> Result<DesiredState, ValidationErrors> {
+    parse_with(body, ctx, host, Some(policy))
+}
+
+/// The VIP prefixes a body names, without validating anything else: what
+/// the host observation needs to know before validation (it keeps only the
+/// host's addresses and routes that could collide with them). Unparsable
+/// bodies and entries give an empty or partial list; validation reports them.
+pub fn document_vips(body: &[u8]) -> Vec<IpNet> {
+    #[derive(Deserialize)]
+    struct OnlyVips {
+        #[serde(default)]
+        vips: Vec<WireVip>,
+    }
+    serde_json::from_slice::<OnlyVips>(body)
+        .map(|d| {
+            d.vips
+                .iter()
+                .filter_map(|v| v.address.as_deref()?.parse::<IpNet>().ok())
+                .map(|n| n.trunc())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn parse_with(
+    body: &[u8],
+    ctx: &ValidateContext,
+    host: &LogicHost,
+    policy: Option<&VipPolicy>,
 ) -> Result<DesiredState, ValidationErrors> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     let wire: WireDocument = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -100,7 +145,7 @@ pub fn parse_document_for(
             message: e.into_inner().to_string(),
         }])
     })?;
-    validate(wire, ctx, host)
+    validate(wire, ctx, host, policy)
 }
 
 // ---------------------------------------------------------------------------
@@ -353,6 +398,7 @@ fn validate(
     w: WireDocument,
     ctx: &ValidateContext,
     host: &LogicHost,
+    policy: Option<&VipPolicy>,
 ) -> Result<DesiredState, ValidationErrors> {
     let mut errs = Errs(Vec::new());
 
@@ -394,6 +440,11 @@ fn validate(
     };
 
     // VIPs.
+    let document_vips: BTreeSet<IpNet> = w
+        .vips
+        .iter()
+        .filter_map(|v| v.address.as_deref()?.parse::<IpNet>().ok())
+        .collect();
     let mut vips: Vec<Vip> = Vec::new();
     for (i, v) in w.vips.iter().enumerate() {
         let path = format!("vips[{i}].address");
@@ -406,6 +457,12 @@ fn validate(
                 format!("{a} has host bits set (did you mean {}?)", net.trunc()),
             ),
             Ok(net) => {
+                for problem in policy
+                    .map(|p| p.check(net, &document_vips))
+                    .unwrap_or_default()
+                {
+                    errs.push(path.clone(), problem);
+                }
                 if vips.iter().any(|x| x.address == net) {
                     errs.push(path, format!("duplicate VIP {net}"));
                 } else if let Some(o) = vips

@@ -67,6 +67,36 @@ pub(crate) fn poll_url(base: &Url, long_poll: Duration, revision: Option<u64>) -
     url
 }
 
+/// Most redirects followed for one poll.
+const MAX_REDIRECTS: usize = 5;
+
+/// Redirects are followed (an API behind a load balancer may move), but
+/// never from `https` to anything else: that would send the poll, and the
+/// document it returns, over plain text, so anyone on the path could feed
+/// this host its desired state. reqwest's default policy follows that
+/// downgrade; this one stops with an error naming both URLs.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.previous().iter().any(|u| u.scheme() == "https")
+            && attempt.url().scheme() != "https";
+        if downgrade {
+            let from = attempt
+                .previous()
+                .last()
+                .map(|u| redact(u.as_str()))
+                .unwrap_or_default();
+            let to = redact(attempt.url().as_str());
+            attempt.error(format!(
+                "refusing the redirect from {from} to {to}: it leaves https"
+            ))
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 /// `url` for logs and the status socket: a password in it is masked.
 pub(crate) fn redact(url: &str) -> String {
     match Url::parse(url) {
@@ -156,7 +186,8 @@ impl HttpFetcher {
         let mut builder = reqwest::Client::builder()
             .user_agent(self.user_agent.clone())
             .connect_timeout(self.cfg.connect_timeout)
-            .timeout(self.request_timeout());
+            .timeout(self.request_timeout())
+            .redirect(redirect_policy());
         if let Some(ca) = &self.cfg.ca_file {
             let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?).map_err(|e| {
                 FetchError::Client(format!("ca_file {}: {}", ca.display(), error_chain(&e)))

@@ -199,16 +199,11 @@ pub async fn run<T: Document>(
     status: watch::Sender<SourceStatus>,
     cancel: CancellationToken,
 ) {
-    run_with(
-        cfg,
-        node_name,
-        parser,
-        out,
-        status,
-        cancel,
-        Tuning::default(),
-    )
-    .await;
+    let tuning = Tuning {
+        max_document_bytes: cfg.max_document_size,
+        ..Tuning::default()
+    };
+    run_with(cfg, node_name, parser, out, status, cancel, tuning).await;
 }
 
 /// [`run`] with explicit timing knobs (tests use a short backoff).

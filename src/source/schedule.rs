@@ -43,7 +43,9 @@ pub struct Tuning {
     pub backoff_floor: Duration,
     /// Smallest time between the starts of two requests.
     pub min_poll_gap: Duration,
-    /// Largest document accepted, in bytes (a runaway body must not eat the host's memory).
+    /// Largest document accepted, in bytes (a runaway body must not eat the
+    /// host's memory). [`crate::source::run`] takes it from
+    /// `[source] max_document_size`.
     pub max_document_bytes: usize,
 }
 
@@ -54,7 +56,7 @@ impl Default for Tuning {
             backoff_cap: Duration::from_secs(30),
             backoff_floor: Duration::from_millis(100),
             min_poll_gap: Duration::from_millis(50),
-            max_document_bytes: 64 << 20,
+            max_document_bytes: 16 << 20,
         }
     }
 }

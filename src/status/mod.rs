@@ -51,6 +51,7 @@
 
 pub mod access;
 mod convert;
+mod listener;
 pub mod server;
 pub mod types;
 
@@ -59,7 +60,10 @@ use std::fmt;
 use tokio::sync::oneshot;
 
 pub use access::Peer;
-pub use server::{ServeError, ServerOptions, SocketGroup, StatusServer};
+pub use server::{
+    ServeError, ServerOptions, SocketGroup, StatusServer, DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CONNECTION_AGE,
+};
 pub use types::Snapshot;
 
 /// A mutation asked for on the socket, for the daemon to carry out.

@@ -1,6 +1,8 @@
-//! The status socket server: axum on a `tokio::net::UnixListener`, plus an
-//! optional TCP listener that serves only `/metrics` (for a Prometheus that
-//! cannot reach a UNIX socket).
+//! The status socket server: axum routes on a `tokio::net::UnixListener`,
+//! plus an optional TCP listener that serves only `/metrics` (for a
+//! Prometheus that cannot reach a UNIX socket). Both are served by the
+//! capped accept loop of `status::listener` (connection cap, header/idle
+//! timeout, maximum connection age: the descriptor budget).
 //!
 //! [`StatusServer::bind`] does every side effect that can fail at startup
 //! (directory, stale socket, bind, group, mode) so the daemon can refuse to
@@ -24,13 +26,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
-use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::access::{self, AccessPolicy, Peer};
+use super::listener::{self, Limits};
 use super::types::{DrainBody, ErrorBody, OkBody, Snapshot};
 use super::{Action, Request};
 use crate::config::StatusConfig;
@@ -77,7 +79,22 @@ pub struct ServerOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// How long a mutation waits for the daemon's answer.
     pub request_timeout: Duration,
+    /// Most connections open at once on the socket (`status.max_connections`).
+    pub max_connections: usize,
+    /// Most connections open at once on the metrics listener.
+    pub metrics_max_connections: usize,
+    /// Longest wait for a request head, idle keep-alive included.
+    pub header_timeout: Duration,
+    /// Longest life of a connection (longer than `request_timeout`).
+    pub max_connection_age: Duration,
 }
+
+/// Default [`ServerOptions::header_timeout`]: the CLI and Prometheus send
+/// their request at once; anything slower is idle or hostile.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default [`ServerOptions::max_connection_age`]: a drain waits up to
+/// [`DEFAULT_REQUEST_TIMEOUT`] for the daemon, plus room to send the answer.
+pub const DEFAULT_MAX_CONNECTION_AGE: Duration = Duration::from_secs(90);
 
 impl ServerOptions {
     /// The options agent.toml asks for (the group must exist).
@@ -88,6 +105,10 @@ impl ServerOptions {
             group: SocketGroup::Named(cfg.group.clone()),
             metrics_listen: cfg.metrics_listen,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_connections: cfg.max_connections,
+            metrics_max_connections: cfg.metrics_max_connections,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            max_connection_age: DEFAULT_MAX_CONNECTION_AGE,
         }
     }
 }
@@ -192,6 +213,7 @@ pub struct StatusServer {
     unix: UnixListener,
     tcp: Option<TcpListener>,
     state: AppState,
+    limits: (Limits, Limits),
 }
 
 #[derive(Debug, Clone)]
@@ -257,8 +279,24 @@ impl StatusServer {
             group,
             nix::unistd::Uid::effective().as_raw(),
         ));
-        info!(socket = %path.display(), mode = format!("{:04o}", opts.mode), group = ?opts.group, "status socket listening");
+        info!(
+            socket = %path.display(),
+            mode = format!("{:04o}", opts.mode),
+            group = ?opts.group,
+            max_connections = opts.max_connections,
+            "status socket listening"
+        );
+        let limits = |what, max_connections| Limits {
+            what,
+            max_connections,
+            header_timeout: opts.header_timeout,
+            max_age: opts.max_connection_age,
+        };
         Ok(StatusServer {
+            limits: (
+                limits("status socket", opts.max_connections),
+                limits("metrics listener", opts.metrics_max_connections),
+            ),
             socket: path,
             socket_id,
             unix,
@@ -293,35 +331,36 @@ impl StatusServer {
             unix,
             tcp,
             state,
+            limits: (uds_limits, tcp_limits),
         } = self;
-        let uds = axum::serve(
+        let uds = listener::serve(
             unix,
-            router(state.clone()).into_make_service_with_connect_info::<PeerInfo>(),
-        )
-        .with_graceful_shutdown(cancel.clone().cancelled_owned());
+            router(state.clone()),
+            uds_limits,
+            |s: &tokio::net::UnixStream| {
+                PeerInfo(s.peer_cred().ok().map(|c| Peer {
+                    uid: c.uid(),
+                    gid: c.gid(),
+                    pid: c.pid(),
+                }))
+            },
+            cancel.clone(),
+        );
         let metrics_only = async {
-            match tcp {
-                Some(l) => axum::serve(l, metrics_router(state.clone()))
-                    .with_graceful_shutdown(cancel.clone().cancelled_owned())
-                    .await
-                    .map_err(|source| ServeError::Serve {
-                        what: "the metrics listener",
-                        source,
-                    }),
-                None => Ok(()),
+            if let Some(l) = tcp {
+                listener::serve(
+                    l,
+                    metrics_router(state.clone()),
+                    tcp_limits,
+                    |_: &tokio::net::TcpStream| (),
+                    cancel.clone(),
+                )
+                .await;
             }
         };
         let both = async {
-            let (a, b) = tokio::join!(
-                async {
-                    uds.await.map_err(|source| ServeError::Serve {
-                        what: "the status socket",
-                        source,
-                    })
-                },
-                metrics_only
-            );
-            a.and(b)
+            tokio::join!(uds, metrics_only);
+            Ok(())
         };
         let result = tokio::select! {
             r = both => r,
@@ -438,16 +477,6 @@ fn remove_if_ours(path: &Path, id: FileId) {
 /// The peer of a UNIX-socket connection, captured at accept time.
 #[derive(Debug, Clone, Copy)]
 struct PeerInfo(Option<Peer>);
-
-impl Connected<IncomingStream<'_, UnixListener>> for PeerInfo {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> PeerInfo {
-        PeerInfo(stream.io().peer_cred().ok().map(|c| Peer {
-            uid: c.uid(),
-            gid: c.gid(),
-            pid: c.pid(),
-        }))
-    }
-}
 
 /// The UNIX-socket routes.
 fn router(state: AppState) -> Router {
@@ -739,6 +768,10 @@ mod tests {
             group: SocketGroup::Unmanaged,
             metrics_listen: None,
             request_timeout: Duration::from_secs(1),
+            max_connections: 8,
+            metrics_max_connections: 4,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            max_connection_age: DEFAULT_MAX_CONNECTION_AGE,
         }
     }
 

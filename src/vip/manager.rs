@@ -15,6 +15,18 @@
 //! The manager never decides anything: the daemon passes the desired set to
 //! [`VipManager::ensure`], and calls [`VipManager::release`] for each address
 //! the gate has withdrawn and BIRD has confirmed gone (SPEC §3 ordering).
+//!
+//! A corrupt or unreadable ownership file must never turn into "owns
+//! nothing, carry on": the gate depends on the manager (an address must be
+//! present before its VIP is announced), and a task that gave up on the file
+//! left BIRD announcing with nobody gating (issue 14). So
+//! [`VipManager::open`] then returns a [`VipOpenError`] carrying a manager
+//! in *fail-closed* mode, the way `DrainStore::load` does for the drain
+//! flag: it touches no address, [`VipManager::present`] reports the error
+//! (so no VIP counts as present and the gate withdraws every one), and the
+//! file is left as it is for the operator. Each [`VipManager::ensure`]
+//! re-reads the file; once it is fixed or moved aside the manager works
+//! normally again, without a restart.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -97,46 +109,118 @@ pub struct VipManager<A> {
     owned: BTreeMap<String, BTreeSet<IpNet>>,
     /// The file is behind memory (a write failed); written on the next call.
     dirty: bool,
+    /// Fail-closed: why the ownership file cannot be trusted. While set the
+    /// manager touches no address and reports no address present.
+    untrusted: Option<String>,
 }
 
-impl<A: AddressOps> VipManager<A> {
+/// [`VipManager::open`] could not trust the ownership file: `manager` is
+/// in fail-closed mode (see the module docs) and is what the caller must
+/// continue with; `error` says what is wrong and how to start over.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}; every VIP stays withdrawn and no address is added or removed until the file is fixed or moved aside")]
+pub struct VipOpenError<A: std::fmt::Debug> {
+    /// What was wrong with the file.
+    #[source]
+    pub error: VipError,
+    /// The fail-closed manager to continue with (boxed: it is large next to
+    /// the error).
+    pub manager: Box<VipManager<A>>,
+}
+
+/// Reads an ownership file: addresses the agent added, per interface. A
+/// missing file means the agent owns nothing.
+pub(crate) fn read_owned(path: &Path) -> Result<BTreeMap<String, BTreeSet<IpNet>>, VipError> {
+    let bytes = match crate::fsutil::read_optional(path) {
+        Ok(None) => return Ok(BTreeMap::new()),
+        Ok(Some(bytes)) => bytes,
+        Err(source) => {
+            return Err(VipError::OwnershipRead {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let wire: WireOwned =
+        serde_json::from_slice(&bytes).map_err(|e| VipError::OwnershipCorrupt {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+    if wire.version != WIRE_VERSION {
+        return Err(VipError::OwnershipCorrupt {
+            path: path.to_path_buf(),
+            detail: format!(
+                "version {} (this agent writes version {WIRE_VERSION})",
+                wire.version
+            ),
+        });
+    }
+    Ok(wire.owned)
+}
+
+impl<A: AddressOps + std::fmt::Debug> VipManager<A> {
     /// Creates the manager and loads ownership from `state_dir`.
     ///
     /// A missing file means the agent owns nothing. An unreadable or corrupt
-    /// file is an error: guessing could only make the agent remove an address
-    /// it did not add (or forget ones it did), and the operator is better
-    /// placed to judge; the error says how to start over.
-    pub fn open(ops: A, config: &VipConfig, state_dir: &Path) -> Result<Self, VipError> {
+    /// file is a [`VipOpenError`] carrying a fail-closed manager: guessing
+    /// could only make the agent remove an address it did not add (or forget
+    /// ones it did), and the operator is better placed to judge; the error
+    /// says how to start over.
+    pub fn open(ops: A, config: &VipConfig, state_dir: &Path) -> Result<Self, VipOpenError<A>> {
         let path = state_dir.join(OWNED_FILE_NAME);
-        let owned = match crate::fsutil::read_optional(&path) {
-            Ok(None) => BTreeMap::new(),
-            Ok(Some(bytes)) => {
-                let wire: WireOwned =
-                    serde_json::from_slice(&bytes).map_err(|e| VipError::OwnershipCorrupt {
-                        path: path.clone(),
-                        detail: e.to_string(),
-                    })?;
-                if wire.version != WIRE_VERSION {
-                    return Err(VipError::OwnershipCorrupt {
-                        path,
-                        detail: format!(
-                            "version {} (this agent writes version {WIRE_VERSION})",
-                            wire.version
-                        ),
-                    });
-                }
-                wire.owned
-            }
-            Err(source) => return Err(VipError::OwnershipRead { path, source }),
+        let (owned, untrusted) = match read_owned(&path) {
+            Ok(owned) => (owned, None),
+            Err(e) => (BTreeMap::new(), Some(e)),
         };
-        Ok(VipManager {
+        let manager = VipManager {
             ops,
             interface: config.interface.clone(),
             manage: config.manage,
             path,
             owned,
             dirty: false,
-        })
+            untrusted: untrusted.as_ref().map(ToString::to_string),
+        };
+        match untrusted {
+            None => Ok(manager),
+            Some(error) => Err(VipOpenError {
+                error,
+                manager: Box::new(manager),
+            }),
+        }
+    }
+}
+
+impl<A: AddressOps> VipManager<A> {
+    /// The ownership problem that keeps the manager fail-closed, if any.
+    pub fn fail_closed(&self) -> Option<&str> {
+        self.untrusted.as_deref()
+    }
+
+    /// The error every operation returns while fail-closed.
+    fn untrusted_error(&self) -> Option<VipError> {
+        self.untrusted
+            .as_ref()
+            .map(|reason| VipError::OwnershipUntrusted {
+                path: self.path.clone(),
+                reason: reason.clone(),
+            })
+    }
+
+    /// Leaves fail-closed mode when the file reads cleanly again (fixed,
+    /// or moved aside: then the agent owns nothing).
+    fn retry_untrusted(&mut self) {
+        if self.untrusted.is_none() {
+            return;
+        }
+        match read_owned(&self.path) {
+            Ok(owned) => {
+                tracing::info!(file = %self.path.display(), "VIP ownership file readable again; managing VIP addresses");
+                self.owned = owned;
+                self.untrusted = None;
+            }
+            Err(e) => self.untrusted = Some(e.to_string()),
+        }
     }
 
     /// The interface VIPs live on.
@@ -161,7 +245,13 @@ impl<A: AddressOps> VipManager<A> {
 
     /// Every address on the interface, owned or not: the gate's "address
     /// present" input. A VIP is present when its exact prefix is in the set.
+    ///
+    /// While fail-closed this is an error, so that no VIP counts as present
+    /// and the gate withdraws every one.
     pub async fn present(&self) -> Result<BTreeSet<IpNet>, VipError> {
+        if let Some(e) = self.untrusted_error() {
+            return Err(e);
+        }
         self.ops.list(&self.interface).await
     }
 
@@ -174,7 +264,14 @@ impl<A: AddressOps> VipManager<A> {
     /// to each. Fails as a whole only when the interface cannot be listed
     /// (e.g. [`VipError::InterfaceNotFound`]). With `manage = false` it only
     /// observes: nothing is added and no file is written.
+    ///
+    /// While fail-closed it first re-reads the ownership file; if that still
+    /// fails it does nothing and returns the error.
     pub async fn ensure(&mut self, desired: &BTreeSet<IpNet>) -> Result<EnsureReport, VipError> {
+        self.retry_untrusted();
+        if let Some(e) = self.untrusted_error() {
+            return Err(e);
+        }
         // What the kernel holds is the network address (see the module docs);
         // compare and record in that form.
         let desired: BTreeSet<IpNet> = desired.iter().map(IpNet::trunc).collect();
@@ -244,6 +341,9 @@ impl<A: AddressOps> VipManager<A> {
         if !self.manage {
             return Ok(ReleaseOutcome::NotManaged);
         }
+        if let Some(e) = self.untrusted_error() {
+            return Err(e);
+        }
         if !self.owned().contains(&address) {
             return Ok(ReleaseOutcome::NotOwned);
         }
@@ -300,10 +400,14 @@ mod tests {
     }
 
     fn cfg(manage: bool) -> VipConfig {
-        VipConfig {
-            interface: "lo".into(),
-            manage,
-        }
+        iface_cfg("lo", manage)
+    }
+
+    fn iface_cfg(interface: &str, manage: bool) -> VipConfig {
+        let mut c = crate::config::parse_str("", "agent.toml").unwrap().vip;
+        c.interface = interface.into();
+        c.manage = manage;
+        c
     }
 
     const A: &str = "192.0.2.10/32";
@@ -508,10 +612,7 @@ mod tests {
     #[test]
     fn missing_interface_fails_ensure_clearly() {
         let dir = tempfile::tempdir().unwrap();
-        let c = VipConfig {
-            interface: "vip0".into(),
-            manage: true,
-        };
+        let c = iface_cfg("vip0", true);
         let mut m = VipManager::open(lo(), &c, dir.path()).unwrap();
         let err = block_on(m.ensure(&set(&[A]))).unwrap_err();
         assert_eq!(err.to_string(), "interface vip0 not found");
@@ -522,10 +623,7 @@ mod tests {
     fn ownership_of_other_interfaces_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let ops = MemoryAddressOps::with_interfaces(&["lo", "vip0"]);
-        let c0 = VipConfig {
-            interface: "vip0".into(),
-            manage: true,
-        };
+        let c0 = iface_cfg("vip0", true);
         let mut m = VipManager::open(ops, &c0, dir.path()).unwrap();
         block_on(m.ensure(&set(&[A]))).unwrap();
         let VipManager { ops, .. } = m;
@@ -554,13 +652,64 @@ mod tests {
             std::fs::write(&path, body).unwrap();
             let err = VipManager::open(lo(), &cfg(true), dir.path()).unwrap_err();
             assert!(
-                matches!(err, VipError::OwnershipCorrupt { .. }),
+                matches!(err.error, VipError::OwnershipCorrupt { .. }),
                 "{body}: {err}"
             );
             let msg = err.to_string();
             assert!(msg.contains(&path.display().to_string()), "{msg}");
             assert!(msg.contains("move it aside"), "{msg}");
+            assert!(msg.contains("every VIP stays withdrawn"), "{msg}");
+            assert!(err.manager.fail_closed().is_some());
         }
+    }
+
+    /// Issue 14: a corrupt owned-vips.json used to end the anycast task
+    /// (`?`), leaving BIRD announcing with nobody gating. Now the manager
+    /// carries on fail-closed: no address is touched, nothing counts as
+    /// present (so the gate withdraws every VIP), the file is left for the
+    /// operator; once it is moved aside, the next `ensure` works normally.
+    #[test]
+    fn corrupt_ownership_file_keeps_the_manager_fail_closed_until_fixed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(OWNED_FILE_NAME);
+        std::fs::write(&path, "{ garbage").unwrap();
+        let ops = lo();
+        ops.insert("lo", net(A)); // added by an earlier run, ownership unknown now
+        let mut m = *VipManager::open(ops, &cfg(true), dir.path())
+            .unwrap_err()
+            .manager;
+        let reason = m.fail_closed().unwrap().to_string();
+        assert!(reason.contains("is corrupt"), "{reason}");
+
+        let present = block_on(m.present()).unwrap_err();
+        assert!(
+            matches!(present, VipError::OwnershipUntrusted { .. }),
+            "{present}"
+        );
+        assert!(
+            present.to_string().contains(&path.display().to_string()),
+            "{present}"
+        );
+        let ensured = block_on(m.ensure(&set(&[A, B]))).unwrap_err();
+        assert!(
+            matches!(ensured, VipError::OwnershipUntrusted { .. }),
+            "{ensured}"
+        );
+        assert!(block_on(m.release(net(A))).is_err());
+        assert!(m.releasable(&BTreeSet::new()).is_empty());
+        // Nothing was added or removed, and the evidence is kept.
+        assert!(m.ops().mutations().is_empty(), "{:?}", m.ops().mutations());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{ garbage");
+
+        // The operator moves the file aside: the manager recovers by itself.
+        std::fs::rename(&path, dir.path().join("owned-vips.json.broken")).unwrap();
+        let r = block_on(m.ensure(&set(&[A, B]))).unwrap();
+        assert!(m.fail_closed().is_none());
+        assert_eq!(r.added, set(&[B]));
+        assert_eq!(r.present, set(&[A]));
+        // A was there before: not ours, never removed.
+        assert_eq!(m.owned(), set(&[B]));
+        assert!(block_on(m.present()).unwrap().contains(&net(A)));
     }
 
     #[test]

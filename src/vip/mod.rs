@@ -15,6 +15,9 @@
 //! - [`VipManager`]: the executor: [`VipManager::ensure`] adds what is
 //!   missing and records ownership, [`VipManager::release`] removes only owned
 //!   addresses, [`VipManager::present`] observes for the gate.
+//!   A corrupt ownership file makes it fail closed ([`VipOpenError`]).
+//! - [`host`]: the host's own addresses and routes, observed for VIP
+//!   validation ([`HostValidator`], used by the document parser).
 //!
 //! What "the address of a VIP" is: the VIP prefix itself, network address and
 //! prefix length, exactly like `ip addr add <network>/<len> dev <interface>`
@@ -28,6 +31,7 @@
 
 #![warn(missing_docs)]
 
+pub mod host;
 mod manager;
 mod memory;
 mod netlink;
@@ -38,7 +42,8 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 
-pub use manager::{EnsureReport, ReleaseOutcome, VipManager, OWNED_FILE_NAME};
+pub use host::{HostObserver, HostValidator};
+pub use manager::{EnsureReport, ReleaseOutcome, VipManager, VipOpenError, OWNED_FILE_NAME};
 pub use memory::{Call, MemoryAddressOps};
 pub use netlink::NetlinkAddressOps;
 
@@ -96,6 +101,18 @@ pub enum VipError {
         path: PathBuf,
         /// What is wrong with it.
         detail: String,
+    },
+    /// The manager is fail-closed because the ownership file could not be
+    /// trusted at start (see [`VipOpenError`]).
+    #[error(
+        "VIP ownership file {path} cannot be trusted ({reason}); VIP addresses are \
+         left alone and no VIP counts as present until it is fixed or moved aside"
+    )]
+    OwnershipUntrusted {
+        /// The ownership file.
+        path: PathBuf,
+        /// Why (the original read or parse error).
+        reason: String,
     },
     /// Writing the ownership file failed; the previous file is intact.
     #[error("cannot write VIP ownership file {path}: {source}")]

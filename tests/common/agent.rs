@@ -57,6 +57,9 @@ control_socket = "{d}/bird/bird.ctl"
 
 [vip]
 manage = false
+# The tests' VIPs are loopback addresses (127.0.0.3x) in the root namespace:
+# a special-purpose range, so it must be listed explicitly.
+allowed_prefixes = ["127.0.0.0/24"]
 
 [status]
 socket = "{d}/status.sock"

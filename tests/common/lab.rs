@@ -324,10 +324,22 @@ pub struct NsAgent {
 }
 
 impl NsAgent {
-    fn start(ns: &Netns, config: &Path, log: &Path) -> NsAgent {
+    fn start(ns: &Netns, config: &Path, log: &Path, nofile: Option<u64>) -> NsAgent {
         let out = std::fs::File::create(log).unwrap();
-        let child = ns
-            .command(env!("CARGO_BIN_EXE_lb-agent"))
+        let mut cmd = ns.command(env!("CARGO_BIN_EXE_lb-agent"));
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs
+            // between fork and exec. The limit is inherited through the
+            // exec of `ip netns exec` into the agent.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(config)
@@ -457,6 +469,11 @@ pub struct LbHost {
     starts: u32,
     revision: u64,
     web_weight: u16,
+    /// Extra `[status]` lines of agent.toml (e.g. `metrics_listen`).
+    pub status_extra: String,
+    /// `RLIMIT_NOFILE` (soft = hard) the agent is started with; `None`
+    /// inherits the test's.
+    pub agent_nofile: Option<u64>,
     pub ns: Netns,
 }
 
@@ -508,11 +525,14 @@ on_stop = "{on_stop}"
 [vip]
 interface = "lo"
 manage = true
+allowed_prefixes = ["192.0.2.0/24"]
 
 [status]
 socket = "{status}"
 group = "root"
+{status_extra}
 "#,
+            status_extra = self.status_extra,
             n = self.n,
             desired = self.desired.display(),
             cfg = self.haproxy.config.display(),
@@ -572,7 +592,12 @@ group = "root"
         assert!(self.agent.is_none(), "lb{}: agent already running", self.n);
         self.starts += 1;
         let log = self.dir.join(format!("agent.{}.log", self.starts));
-        self.agent = Some(NsAgent::start(&self.ns, &self.agent_toml, &log));
+        self.agent = Some(NsAgent::start(
+            &self.ns,
+            &self.agent_toml,
+            &log,
+            self.agent_nofile,
+        ));
     }
 
     /// SIGTERM to the agent; waits (bounded) for it to exit.
@@ -854,6 +879,8 @@ impl Lab {
                 starts: 0,
                 revision: 0,
                 web_weight: 1,
+                status_extra: String::new(),
+                agent_nofile: None,
                 ns,
             };
             lb.write_agent_toml(OnStop::Withdraw, "");

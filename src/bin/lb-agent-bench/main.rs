@@ -811,9 +811,13 @@ async fn publish_latencies(
             .await;
     });
 
-    let mut source_cfg = lb_agent::config::parse_str("", "<bench>")
-        .map_err(|e| anyhow!("{e}"))?
-        .source;
+    // The VIP is a loopback address (no namespace needed): allow it explicitly.
+    let agent_cfg = lb_agent::config::parse_str(
+        "[node]\ngroup = \"blue\"\n[vip]\nallowed_prefixes = [\"127.0.0.0/24\"]\n",
+        "<bench>",
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    let mut source_cfg = agent_cfg.source.clone();
     source_cfg.url = lb_agent::config::SourceUrl::Http(url);
     source_cfg.poll_interval = poll_interval;
     source_cfg.cache = cache;
@@ -823,7 +827,7 @@ async fn publish_latencies(
     tokio::spawn(lb_agent::source::run(
         source_cfg,
         "bench".into(),
-        lb_agent::daemon::parser("blue", lb_agent::logic::LogicHost::unknown("blue")),
+        lb_agent::daemon::parser(&agent_cfg),
         acc_tx,
         src_status,
         cancel.clone(),
