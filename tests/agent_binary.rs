@@ -431,3 +431,121 @@ async fn every_cli_command_against_a_running_agent() {
     let status = agent.stop();
     assert!(status.success(), "{status:?}");
 }
+
+/// `lb-agent status --json` of the agent whose status socket is `sock`.
+fn status_json(sock: &std::path::Path) -> Value {
+    let (code, out) = cli(&["status", "--json", "--socket", sock.to_str().unwrap()]);
+    assert_eq!(code, 0, "status: {out}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Polls the status (bounded) until `pred` holds; returns that status.
+fn wait_status(
+    sock: &std::path::Path,
+    what: &str,
+    limit: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let st = status_json(sock);
+        if pred(&st) {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not seen within {limit:?}: {st:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The fault suite's API cases: an API that fails (503), answers garbage,
+/// and accepts a request but never answers. Each time HAProxy keeps serving
+/// the last applied document, the status says what is wrong, and the next
+/// good document is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_faults_never_touch_what_haproxy_serves() {
+    if !haproxy::available("api_faults_never_touch_what_haproxy_serves") {
+        return;
+    }
+    let lab = Lab::new();
+    let _hp = Haproxy::start(&lab);
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let vip = "127.0.0.36";
+    let fe: SocketAddr = format!("{vip}:{}", free_port(vip)).parse().unwrap();
+    let d1 = doc(1, vip, fe, &[("s_a", &a, 1)]);
+    // Revision 2 moves the traffic to b (a stays, at weight 0).
+    let d2 = doc(2, vip, fe, &[("s_a", &a, 0), ("s_b", &b, 1)]);
+    let api = FakeApi::start(vec![
+        Step::get("initial").reply(Reply::json(&d1.to_string()).etag("\"r1\"")),
+        Step::get("503")
+            .query("wait", "1s")
+            .query("revision", "1")
+            .reply(Reply::status(503)),
+        Step::get("garbage")
+            .query("wait", "1s")
+            .query("revision", "1")
+            .reply(Reply::json("{\"schema\": 1, \"revision\": ")),
+        Step::get("accepts, never answers")
+            .query("wait", "1s")
+            .query("revision", "1")
+            .reply(Reply::idle()),
+        Step::get("good again")
+            .query("wait", "1s")
+            .query("revision", "1")
+            .reply(Reply::json(&d2.to_string()).etag("\"r2\"")),
+        Step::get("quiet")
+            .query("wait", "1s")
+            .query("revision", "2")
+            .reply(Reply::idle()),
+    ])
+    .await;
+    let cfg = agent_toml(&lab, api.url());
+    // A short long-poll, so a request that is never answered times out in
+    // long_poll + connect_timeout = 2 s.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "long_poll = \"30s\"",
+        "long_poll = \"1s\"\nconnect_timeout = \"1s\"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let sock = lab.dir.path().join("status.sock");
+    let agent = Agent::start(&cfg, &[]);
+    wait_body(fe, "a", Duration::from_secs(20), &agent).await;
+    let t0 = Instant::now();
+    let mut served_a = 0;
+    let mut errors_seen = std::collections::BTreeSet::new();
+    // Through the three faults: HAProxy serves "a" on every request, the
+    // agent answers on its socket, the source reports each error.
+    while api.arrivals().len() < 5 {
+        assert_eq!(get(fe).await.as_deref(), Ok("a"), "HAProxy keeps serving");
+        served_a += 1;
+        let st = status_json(&sock);
+        assert_eq!(st["revision"], 1, "{st:#}");
+        if let Some(e) = st["source"]["error"].as_str() {
+            errors_seen.insert(e.split(':').next().unwrap_or(e).to_string());
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "faults took too long: {:?}",
+            api.report()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let through_faults = t0.elapsed();
+    wait_body(fe, "b", Duration::from_secs(20), &agent).await;
+    let st = wait_status(&sock, "source ok", Duration::from_secs(10), |s| {
+        s["source"]["state"] == "ok" && s["revision"] == 2
+    });
+    println!(
+        "API faults (503, garbage, accepted and never answered): {served_a} requests through the VIP all served by the last good document over {:.1} s; source errors reported: {errors_seen:?}; the next good document applied",
+        through_faults.as_secs_f64()
+    );
+    assert!(
+        errors_seen.len() >= 2,
+        "the status named the faults: {errors_seen:?} {st:#}"
+    );
+    let status = agent.stop();
+    assert!(status.success(), "{status:?}");
+    api.finish().await;
+}
