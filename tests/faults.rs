@@ -409,3 +409,71 @@ async fn an_agent_killed_with_sigkill_keeps_or_fails_closed_as_configured() {
     );
     assert_eq!(lab.tor_nexthops(VIP).await, [LB2]);
 }
+
+/// `reloads` and `runtime_commands` of an LB's agent.
+fn counters(lb: &LbHost) -> (u64, u64) {
+    let (_, out, _) = lb.cli(&["status", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_default();
+    (
+        v["haproxy"]["reloads"].as_u64().unwrap_or(0),
+        v["haproxy"]["runtime_commands"].as_u64().unwrap_or(0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_load_through_50_runtime_and_5_reload_changes_loses_nothing() {
+    if skip_without_netns_loudly(
+        "client_load_through_50_runtime_and_5_reload_changes_loses_nothing",
+    ) {
+        return;
+    }
+    let mut lab = Lab::start(LabOptions {
+        client: true,
+        ..Default::default()
+    })
+    .await;
+    let before: Vec<(u64, u64)> = lab.lbs.iter().map(counters).collect();
+    let mon = RouteMonitor::start(&lab.tor);
+    let load = lab.client_load(&format!("{VIP}:80"), 1_000_000);
+    let t0 = Instant::now();
+    let mut extra: Vec<(String, u16)> = Vec::new();
+    for i in 1..=55u16 {
+        // Every 11th change adds a frontend (a reload); the others change
+        // the web server's weight (runtime commands only).
+        if i % 11 == 0 {
+            extra.push((format!("extra{}", i / 11), 8100 + i / 11));
+        }
+        let names: Vec<(&str, u16)> = extra.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+        for lb in &mut lab.lbs {
+            lb.write_desired_doc(&names, 1 + i % 7);
+        }
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    for lb in &lab.lbs {
+        lb.wait_vip_status("every extra frontend healthy", Duration::from_secs(30), |v| {
+            (1..=5).all(|k| healthy(v, &format!("extra{k}")))
+        });
+    }
+    // At least 2,000 requests in all (bounded).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while load.done() < 2_000 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let report = load.finish();
+    let after: Vec<(u64, u64)> = lab.lbs.iter().map(counters).collect();
+    let lost = losses(&mon, 2);
+    let reloads: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.0 - b.0).collect();
+    let commands: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.1 - b.1).collect();
+    eprintln!(
+        "55 changes in {:.1} s (50 runtime, 5 reload-needing) on 2 LBs under load: reloads per LB {reloads:?} \
+         (coalesced), runtime commands per LB {commands:?}; client requests {} ok, {} failed; ToR route losses {}",
+        ms(t0.elapsed()) / 1e3,
+        report.ok,
+        report.failed.len(),
+        lost.len()
+    );
+    assert!(report.ok >= 2_000, "not enough load: {report:?}");
+    assert!(report.failed.is_empty(), "failed requests: {:?}", report.failed);
+    assert!(lost.is_empty(), "{lost:?}");
+    assert!(reloads.iter().all(|r| (1..=5).contains(r)), "{reloads:?}");
+}

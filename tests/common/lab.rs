@@ -1029,6 +1029,8 @@ impl Lab {
         let addr: SocketAddr = addr.parse().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
+        let done = Arc::new(AtomicU64::new(0));
+        let d = done.clone();
         let handle = std::thread::spawn(move || {
             let fd = std::fs::File::open(&path).unwrap();
             nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
@@ -1041,12 +1043,14 @@ impl Lab {
                     }
                     Err(e) => r.failed.push((Instant::now(), e)),
                 }
+                d.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(2));
             }
             r
         });
         Load {
             stop,
+            done,
             handle: Some(handle),
         }
     }
@@ -1069,6 +1073,7 @@ impl Lab {
 /// A client load running on a thread (see [`Lab::client_load`]).
 pub struct Load {
     stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
     handle: Option<std::thread::JoinHandle<LoadReport>>,
 }
 
@@ -1083,6 +1088,11 @@ pub struct LoadReport {
 }
 
 impl Load {
+    /// Requests completed so far (answered or failed).
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
     /// Stops the load and returns what it saw.
     pub fn finish(mut self) -> LoadReport {
         self.stop.store(true, Ordering::Relaxed);
