@@ -450,9 +450,11 @@ async fn client_load_through_50_runtime_and_5_reload_changes_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(120)).await;
     }
     for lb in &lab.lbs {
-        lb.wait_vip_status("every extra frontend healthy", Duration::from_secs(30), |v| {
-            (1..=5).all(|k| healthy(v, &format!("extra{k}")))
-        });
+        lb.wait_vip_status(
+            "every extra frontend healthy",
+            Duration::from_secs(30),
+            |v| (1..=5).all(|k| healthy(v, &format!("extra{k}"))),
+        );
     }
     // At least 2,000 requests in all (bounded).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -473,7 +475,129 @@ async fn client_load_through_50_runtime_and_5_reload_changes_loses_nothing() {
         lost.len()
     );
     assert!(report.ok >= 2_000, "not enough load: {report:?}");
-    assert!(report.failed.is_empty(), "failed requests: {:?}", report.failed);
+    assert!(
+        report.failed.is_empty(),
+        "failed requests: {:?}",
+        report.failed
+    );
     assert!(lost.is_empty(), "{lost:?}");
     assert!(reloads.iter().all(|r| (1..=5).contains(r)), "{reloads:?}");
+}
+
+/// Runs `sh -c script` in the mount namespace of `pid` (an agent started
+/// by `ip netns exec`, which gives it a private one): file-system faults
+/// for the agent alone, invisible to BIRD and the test.
+fn in_mount_ns(pid: u32, script: &str) {
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "--", "sh", "-c", script])
+        .output()
+        .expect("nsenter");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_include_directory_is_reported_and_recovered_from() {
+    if skip_without_netns_loudly("a_read_only_include_directory_is_reported_and_recovered_from") {
+        return;
+    }
+    let lab = Lab::start(LabOptions::default()).await;
+    let pid = lab.lbs[0].agent.as_ref().unwrap().pid;
+    let dir = lab.lbs[0]
+        .bird_cfg
+        .include_file
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    // The include's directory turns read-only for the agent; then its web
+    // service fails, so it must withdraw but cannot write the include.
+    in_mount_ns(
+        pid,
+        &format!("mount --bind {dir} {dir} && mount -o remount,bind,ro {dir}"),
+    );
+    lab.lbs[0].web.set_status(503);
+    let v = lab.lbs[0].wait_vip_status("withdrawal not confirmed", Duration::from_secs(10), |v| {
+        v["reason"].as_str().is_some_and(|r| {
+            r.contains("BIRD still announces") && r.contains("service web unhealthy")
+        })
+    });
+    assert_eq!(v["announced"], true, "status says what BIRD runs: {v:#}");
+    let (_, out, _) = lab.lbs[0].cli(&["status", "--json"]);
+    let st: Value = serde_json::from_str(&out).unwrap();
+    let err = st["bird"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.to_lowercase().contains("read-only"), "{st:#}");
+    // Writable again: the retry withdraws.
+    let t0 = Instant::now();
+    in_mount_ns(pid, &format!("umount {dir}"));
+    lab.wait_nexthops(VIP, 1, Duration::from_secs(10)).await;
+    eprintln!(
+        "read-only include directory: the withdrawal could not be written; status said \"{}\" (BIRD error: {err}); \
+         once writable, withdrawn {:.0} ms later",
+        v["reason"].as_str().unwrap_or_default(),
+        ms(t0.elapsed())
+    );
+    assert_eq!(lab.tor_nexthops(VIP).await, [LB2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_dir_loses_no_decision() {
+    if skip_without_netns_loudly("a_full_state_dir_loses_no_decision") {
+        return;
+    }
+    let mut lab = Lab::start(LabOptions::default()).await;
+    let pid = lab.lbs[0].agent.as_ref().unwrap().pid;
+    let state = lab.lbs[0].dir.join("state").display().to_string();
+    // A 64 KiB tmpfs over state_dir, filled up: every write there fails with ENOSPC.
+    in_mount_ns(
+        pid,
+        &format!("mount -t tmpfs -o size=64k tmpfs {state} && (dd if=/dev/zero of={state}/filler bs=4k 2>/dev/null || true)"),
+    );
+    // A drain cannot be persisted, but it applies.
+    let (code, _, err) = lab.lbs[0].cli(&["drain", "--reason", "full disk test"]);
+    assert_eq!(code, 0, "drain: {err}");
+    lab.wait_nexthops(VIP, 1, Duration::from_secs(5)).await;
+    // An undrain that cannot be persisted is refused: the host stays
+    // drained (fail safe), and the operator is told why.
+    let (code, out, err) = lab.lbs[0].cli(&["undrain"]);
+    assert_ne!(code, 0, "undrain on a full disk: {out}");
+    assert!(err.contains("No space left on device"), "{err}");
+    lab.hold_nexthops(VIP, 1, Duration::from_millis(500), "still drained")
+        .await;
+    in_mount_ns(pid, &format!("rm {state}/filler"));
+    let (code, _, err) = lab.lbs[0].cli(&["undrain"]);
+    assert_eq!(code, 0, "undrain once there is space: {err}");
+    lab.wait_nexthops(VIP, 2, Duration::from_secs(10)).await;
+    in_mount_ns(
+        pid,
+        &format!("dd if=/dev/zero of={state}/filler bs=4k 2>/dev/null || true"),
+    );
+    // A new document (the cache cannot be written) still applies.
+    lab.lbs[0].write_desired_with(&[("extra", 8081)]);
+    lab.lbs[0].wait_vip_status("extra healthy", Duration::from_secs(20), |v| {
+        healthy(v, "extra") && v["announced"] == true
+    });
+    // Health decisions too: a failing service withdraws.
+    lab.lbs[0].web.set_status(503);
+    let t0 = Instant::now();
+    lab.wait_nexthops(VIP, 1, Duration::from_secs(5)).await;
+    let logs = lab.lbs[0].agent_logs();
+    eprintln!(
+        "full state_dir (ENOSPC): a drain applied, an undrain was refused (stays drained) until there \
+         was space, a new document and a withdrawal took effect (withdrawn {:.0} ms after the failure); \
+         write errors logged: {}",
+        ms(t0.elapsed()),
+        logs.matches("No space left on device").count()
+    );
+    assert!(
+        logs.contains("No space left on device"),
+        "the failures are reported:\n{logs}"
+    );
+    assert!(
+        lab.lbs[0].agent.as_mut().unwrap().try_exit().is_none(),
+        "the agent runs on"
+    );
 }
