@@ -535,10 +535,10 @@ async fn a_read_only_include_directory_is_reported_and_recovered_from() {
     in_mount_ns(pid, &format!("umount {dir}"));
     lab.wait_nexthops(VIP, 1, Duration::from_secs(10)).await;
     eprintln!(
-        "read-only include directory: the withdrawal could not be written; status said \"{}\" (BIRD error: {err}); \
-         once writable, withdrawn {:.0} ms later",
+        "read-only include directory: the withdrawal could not be written; once writable, withdrawn {:.0} ms later; \
+         meanwhile the status said \"{}\"",
+        ms(t0.elapsed()),
         v["reason"].as_str().unwrap_or_default(),
-        ms(t0.elapsed())
     );
     assert_eq!(lab.tor_nexthops(VIP).await, [LB2]);
 }
