@@ -601,3 +601,56 @@ async fn a_full_state_dir_loses_no_decision() {
         "the agent runs on"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demote_keeps_a_vip_reachable_when_every_host_fails_at_once() {
+    if skip_without_netns_loudly("demote_keeps_a_vip_reachable_when_every_host_fails_at_once") {
+        return;
+    }
+    let mut lab = Lab::start(LabOptions {
+        start_agents: false,
+        ..Default::default()
+    })
+    .await;
+    for lb in &mut lab.lbs {
+        lb.write_agent_toml(OnStop::Withdraw, "on_unhealthy = \"demote\"");
+        lb.start_agent();
+    }
+    lab.wait_nexthops(VIP, 2, Duration::from_secs(30)).await;
+    // One host's service fails: it is demoted, the ToR prefers the healthy one.
+    let t0 = Instant::now();
+    lab.lbs[0].web.set_status(503);
+    lab.wait_nexthops(VIP, 1, Duration::from_secs(5)).await;
+    let one = t0.elapsed();
+    assert_eq!(lab.tor_nexthops(VIP).await, [LB2]);
+    let v = lab.lbs[0].wait_vip_status("demoted", Duration::from_secs(5), |v| v["demoted"] == true);
+    assert!(
+        v["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("demoted: service web unhealthy")),
+        "{v:#}"
+    );
+    // Every host fails at once (a backend-wide outage): the VIP stays
+    // reachable through both demoted hosts; the route is never deleted.
+    let mon = RouteMonitor::start(&lab.tor);
+    lab.lbs[1].web.set_status(503);
+    lab.wait_nexthops(VIP, 2, Duration::from_secs(5)).await;
+    lab.hold_nexthops(VIP, 2, Duration::from_millis(500), "both demoted")
+        .await;
+    let deleted: Vec<String> = mon
+        .events(VIP)
+        .into_iter()
+        .filter(|e| e.is_delete() || e.nexthops() == 0)
+        .map(|e| e.text)
+        .collect();
+    assert!(deleted.is_empty(), "the route vanished: {deleted:?}");
+    // Host-local failures still withdraw: HAProxy down on lb1.
+    lab.lbs[0].haproxy.kill9();
+    lab.wait_nexthops(VIP, 1, Duration::from_secs(5)).await;
+    assert_eq!(lab.tor_nexthops(VIP).await, [LB2]);
+    eprintln!(
+        "on_unhealthy = demote: a failing service demoted lb1 and the ToR used lb2 alone after {:.0} ms; \
+         both failing: the ToR kept both (demoted) nexthops, route never deleted; HAProxy down on lb1 withdrew it",
+        ms(one)
+    );
+}

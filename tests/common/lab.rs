@@ -519,6 +519,7 @@ fast_interval = "{fast}ms"
 include_file = "{include}"
 control_socket = "{ctl}"
 export_protocols = ["tor"]
+demote_variable = "ACAST_PS_DEMOTE"
 on_stop = "{on_stop}"
 {bird_extra}
 
@@ -784,7 +785,9 @@ fn lb_bird_config(dir: &Path) -> BirdConfig {
         dummy_ipv6: "2001:db8:ffff::1/128".parse().unwrap(),
         drain_variable: None,
         drain_grace: Duration::from_secs(30),
-        demote_variable: None,
+        // Always defined, so the lab's bird.conf can export the demote set;
+        // agents demote only with `on_unhealthy = "demote"`.
+        demote_variable: Some("ACAST_PS_DEMOTE".into()),
         on_unhealthy: OnUnhealthy::Withdraw,
         on_stop: OnStop::Withdraw,
         export_protocols: vec!["tor".into()],
@@ -792,7 +795,8 @@ fn lb_bird_config(dir: &Path) -> BirdConfig {
 }
 
 /// The LB's bird.conf: static blackholes for every VIP this host may serve,
-/// export filter `net ~ ACAST_PS_ADVERTISE`, eBGP with BFD to the ToR.
+/// export filter `net ~ ACAST_PS_ADVERTISE` (and the demote set with the AS
+/// path prepended 6 times), eBGP with BFD to the ToR.
 fn lb_bird_conf(dir: &Path, cfg: &BirdConfig, n: u32) -> String {
     let statics: String = STATIC_VIPS
         .map(|i| format!("    route 192.0.2.{i}/32 blackhole;\n"))
@@ -804,12 +808,14 @@ fn lb_bird_conf(dir: &Path, cfg: &BirdConfig, n: u32) -> String {
          protocol device {{ }}\n{LAB_BFD}\
          protocol static static_acast {{\n    ipv4;\n{statics}}}\n\
          filter acast_export {{\n    if source != RTS_STATIC then reject;\n\
-             if net ~ ACAST_PS_ADVERTISE then accept;\n    reject;\n}}\n\
+             if net ~ ACAST_PS_ADVERTISE then accept;\n\
+             if net ~ ACAST_PS_DEMOTE then {{ {prepend} accept; }}\n    reject;\n}}\n\
          protocol bgp tor {{\n    local 10.0.{n}.2 as {asn}; neighbor 10.0.{n}.1 as 65000;\n    {TIMERS}\n    bfd on;\n\
              ipv4 {{ import none; export filter acast_export; next hop self; }};\n}}\n",
         log = Bird::log_line(dir),
         inc = cfg.include_file.display(),
         asn = 65000 + n,
+        prepend = format!("bgp_path.prepend({});", 65000 + n).repeat(6),
     )
 }
 
