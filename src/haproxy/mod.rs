@@ -4,7 +4,10 @@
 //! - `render`: desired state → haproxy.cfg + map/ACL/certificate files (pure, tera).
 //! - `runtime`: the admin socket (prompt mode, pipelined, strict replies).
 //! - `master`: the master CLI (`show proc`, `reload`).
+//! - `bindcheck`: refuses a reload whose new binds would fail (a port held by
+//!   another process), which in 2.6 pauses every existing listener.
 
+pub mod bindcheck;
 pub mod master;
 pub mod parse;
 pub mod reload;
