@@ -20,7 +20,7 @@
 //!   (probe results + listening sockets → conflicts);
 //! - I/O, thin: [`observe`] binds a throw-away socket to each address the way
 //!   HAProxy does (SO_REUSEADDR + SO_REUSEPORT, never `listen`), and lists the
-//!   listening TCP sockets of `/proc/net/tcp{,6}` with the process owning each.
+//!   listening TCP sockets (sock_diag) with the process owning each (`/proc/*/fd`).
 //!
 //! Why both: a probe with SO_REUSEPORT fails with EADDRINUSE on a foreign
 //! listener without SO_REUSEPORT (or of another uid), like HAProxy's bind will.
@@ -344,7 +344,7 @@ pub fn check(
     if targets.is_empty() {
         return Ok(());
     }
-    let (probes, listeners) = observe(&targets);
+    let (probes, listeners) = observe(&targets, haproxy_pids);
     let conflicts = judge(
         &probes,
         &listeners,
@@ -358,15 +358,20 @@ pub fn check(
     }
 }
 
-/// Probes every target and lists the listening sockets that overlap any of them.
-pub fn observe(targets: &[Bind]) -> (Vec<(Bind, ProbeResult)>, Vec<Listener>) {
+/// Probes every target and lists the listening sockets that overlap any of
+/// them, with their owners (`haproxy_pids` are looked through last).
+pub fn observe(
+    targets: &[Bind],
+    haproxy_pids: &BTreeSet<u32>,
+) -> (Vec<(Bind, ProbeResult)>, Vec<Listener>) {
     let probes = targets.iter().map(|b| (*b, probe(b))).collect();
     let mut listeners: Vec<Listener> = listening_sockets()
         .into_iter()
         .filter(|l| targets.iter().any(|b| overlaps(b, l.addr)))
         .collect();
     if !listeners.is_empty() {
-        let owners = socket_owners(&listeners.iter().map(|l| l.inode).collect());
+        let inodes = listeners.iter().map(|l| l.inode).collect();
+        let owners = socket_owners(&inodes, haproxy_pids);
         for l in &mut listeners {
             l.owner = owners.get(&l.inode).cloned();
         }
@@ -394,35 +399,127 @@ pub fn probe(bind: &Bind) -> ProbeResult {
     s.bind(&bind.addr.into()).map_err(errno)
 }
 
-/// Listening TCP sockets of this network namespace (`/proc/net/tcp{,6}`);
-/// a table that cannot be read (no IPv6) is skipped.
+/// Listening TCP sockets of this network namespace.
+///
+/// Asked of the kernel over sock_diag with a LISTEN-only filter (what
+/// `ss -ltn` does), so the cost does not grow with the host's connections:
+/// `/proc/net/tcp` lists every connection and took seconds to read under the
+/// test's client load. Falls back to `/proc/net/tcp{,6}` if sock_diag fails.
 pub fn listening_sockets() -> Vec<Listener> {
     let mut out = Vec::new();
-    for table in [procfs::net::tcp(), procfs::net::tcp6()] {
-        let Ok(entries) = table else { continue };
-        out.extend(
-            entries
-                .into_iter()
-                .filter(|e| e.state == procfs::net::TcpState::Listen)
-                .map(|e| Listener {
-                    addr: e.local_address,
-                    uid: e.uid,
-                    inode: e.inode,
-                    owner: None,
-                }),
-        );
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        match sock_diag_listeners(family) {
+            Ok(mut l) => out.append(&mut l),
+            Err(error) => {
+                tracing::debug!(%error, family, "sock_diag failed; reading /proc/net/tcp");
+                out.extend(proc_net_listeners(family));
+            }
+        }
     }
     out
 }
 
+fn sock_diag_listeners(family: u8) -> std::io::Result<Vec<Listener>> {
+    use netlink_packet_core::{
+        NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+    };
+    use netlink_packet_sock_diag::constants::IPPROTO_TCP;
+    use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+    use netlink_packet_sock_diag::SockDiagMessage;
+    use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
+
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&NlAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut request = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::LISTEN,
+            socket_id: if family == libc::AF_INET as u8 {
+                SocketId::new_v4()
+            } else {
+                SocketId::new_v6()
+            },
+        })
+        .into(),
+    );
+    request.finalize();
+    let mut buf = vec![0; request.buffer_len()];
+    request.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let mut out = Vec::new();
+    let mut rx = vec![0u8; 1 << 16];
+    // A dump ends with NLMSG_DONE; the bound only guards against a kernel bug.
+    for _ in 0..100_000 {
+        let size = socket.recv(&mut &mut rx[..], 0)?;
+        let mut offset = 0;
+        while offset < size {
+            let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[offset..size])
+                .map_err(|e| bad(e.to_string()))?;
+            match msg.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                    let id = &r.header.socket_id;
+                    out.push(Listener {
+                        addr: SocketAddr::new(id.source_address, id.source_port),
+                        uid: r.header.uid,
+                        inode: u64::from(r.header.inode),
+                        owner: None,
+                    });
+                }
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) => return Err(bad(format!("sock_diag: {e:?}"))),
+                _ => {}
+            }
+            if msg.header.length == 0 {
+                break;
+            }
+            offset += msg.header.length as usize;
+        }
+    }
+    Err(bad("sock_diag dump did not end".into()))
+}
+
+fn proc_net_listeners(family: u8) -> Vec<Listener> {
+    let table = if family == libc::AF_INET as u8 {
+        procfs::net::tcp()
+    } else {
+        procfs::net::tcp6()
+    };
+    table
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.state == procfs::net::TcpState::Listen)
+        .map(|e| Listener {
+            addr: e.local_address,
+            uid: e.uid,
+            inode: e.inode,
+            owner: None,
+        })
+        .collect()
+}
+
 /// The processes that have these socket inodes open, from `/proc/*/fd`;
-/// processes whose descriptors we may not read are skipped.
-fn socket_owners(inodes: &BTreeSet<u64>) -> BTreeMap<u64, Owner> {
+/// processes whose descriptors we may not read are skipped. HAProxy's own
+/// processes (`last`) are walked last: they hold by far the most descriptors
+/// and a foreign owner is usually found before them.
+fn socket_owners(inodes: &BTreeSet<u64>, last: &BTreeSet<u32>) -> BTreeMap<u64, Owner> {
     let mut found = BTreeMap::new();
     let Ok(all) = procfs::process::all_processes() else {
         return found;
     };
-    for p in all.flatten() {
+    let (mut first, mut then): (Vec<_>, Vec<_>) =
+        all.flatten().partition(|p| !last.contains(&(p.pid as u32)));
+    first.append(&mut then);
+    for p in first {
+        if found.len() == inodes.len() {
+            break;
+        }
         let Ok(fds) = p.fd() else { continue };
         for fd in fds.flatten() {
             if let procfs::process::FDTarget::Socket(inode) = fd.target {
@@ -430,18 +527,10 @@ fn socket_owners(inodes: &BTreeSet<u64>) -> BTreeMap<u64, Owner> {
                     let command = std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
                         .map(|c| c.trim().to_string())
                         .unwrap_or_default();
-                    found.insert(
-                        inode,
-                        Owner {
-                            pid: p.pid as u32,
-                            command,
-                        },
-                    );
+                    let pid = p.pid as u32;
+                    found.insert(inode, Owner { pid, command });
                 }
             }
-        }
-        if found.len() == inodes.len() {
-            break;
         }
     }
     found
@@ -678,7 +767,11 @@ frontend web
             v6only: None,
         };
         assert_eq!(probe(&shared), Ok(()));
-        let (probes, listeners) = observe(&[held, shared]);
+        let diag = sock_diag_listeners(libc::AF_INET as u8).expect("sock_diag works here");
+        assert!(
+            diag.iter().any(|l| l.addr == held.addr) && diag.iter().any(|l| l.addr == shared.addr)
+        );
+        let (probes, listeners) = observe(&[held, shared], &BTreeSet::new());
         let c = judge(&probes, &listeners, &[], &BTreeSet::new());
         assert_eq!(c.len(), 2, "{c:?}");
         assert_eq!(
