@@ -380,3 +380,133 @@ async fn bind_check_keeps_existing_frontends_serving() {
     );
     wait_serving(web);
 }
+
+/// True when ::1 can be bound here (IPv6 enabled); prints a loud skip otherwise.
+fn ipv6_available(test: &str) -> bool {
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        return true;
+    }
+    eprintln!("!!! SKIPPED {test} (IPv6 part): ::1 cannot be bound here");
+    false
+}
+
+fn haproxy_pids(lab: &Lab) -> BTreeSet<u32> {
+    let p = lb_agent::haproxy::parse::show_proc(&Haproxy::cli(&lab.master, "show proc")).unwrap();
+    std::iter::once(p.master_pid)
+        .chain(p.workers.iter().chain(&p.old_workers).map(|w| w.pid))
+        .collect()
+}
+
+/// Connections to `addr` that the foreign `listener` accepted, out of `n`.
+fn taken_by(listener: &socket2::Socket, addr: SocketAddr, n: usize) -> usize {
+    listener.set_nonblocking(true).unwrap();
+    let mut taken = 0;
+    for _ in 0..n {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).unwrap();
+        // The kernel queues it on one listener of the SO_REUSEPORT group; see which.
+        std::thread::sleep(Duration::from_millis(2));
+        while listener.accept().is_ok() {
+            taken += 1;
+        }
+        drop(s);
+    }
+    taken
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_check_against_real_haproxy() {
+    if !haproxy::available("bind_check_against_real_haproxy") {
+        return;
+    }
+    let v6 = ipv6_available("bind_check_against_real_haproxy");
+    let lab = Lab::new();
+    let b1 = Backend::start("b1").await;
+    let web: SocketAddr = format!("{VIP}:{}", free_port(VIP)).parse().unwrap();
+    let mut new: Vec<SocketAddr> = vec![format!("{VIP}:{}", free_port(VIP)).parse().unwrap()];
+    if v6 {
+        new.push(format!("[::1]:{}", free_port("::1")).parse().unwrap());
+    }
+    let _hap = Haproxy::start(&lab);
+    let inst = installer(&lab);
+    let d1 = document(1, web, &[], &b1);
+    apply(&lab, &inst, &d1).await;
+    wait_serving(web);
+    let pids = haproxy_pids(&lab);
+    let running = std::fs::read_to_string(&lab.config).unwrap();
+    let c1 = render(&lab, &d1).config;
+
+    // Nothing new to bind.
+    assert_eq!(bindcheck::check(&c1, Some(&running), &pids), Ok(()));
+    // Running config unknown: HAProxy's own port is probed; the probe binds
+    // next to it (SO_REUSEPORT, same uid) and the socket's owner is HAProxy.
+    assert_eq!(bindcheck::check(&c1, None, &pids), Ok(()));
+    // Knowing neither, HAProxy's own listener is taken for a foreign one: safe side.
+    let blind = bindcheck::check(&c1, None, &BTreeSet::new()).unwrap_err();
+    assert_eq!(blind.0[0].kind, ConflictKind::Shared, "{blind}");
+
+    // New frontends on free ports.
+    let d2 = document(2, web, &new, &b1);
+    let rendered = render(&lab, &d2);
+    inst.check_binds(&rendered).await.expect("free ports pass");
+
+    // Foreign listeners without SO_REUSEPORT: held, the holder named.
+    let me = format!("pid {}", std::process::id());
+    {
+        let _held: Vec<_> = new.iter().map(|a| foreign_listener(*a, false)).collect();
+        let Err(ReloadError::Binds(c)) = inst.check_binds(&rendered).await else {
+            panic!("held ports must be refused");
+        };
+        println!("held: {c}");
+        assert_eq!(c.0.len(), new.len(), "{c}");
+        for (conflict, addr) in c.0.iter().zip(&new) {
+            assert_eq!(
+                (conflict.kind.clone(), conflict.addr),
+                (ConflictKind::Held, *addr)
+            );
+            let want = format!(
+                "port {} on {} held by another process",
+                addr.port(),
+                addr.ip()
+            );
+            assert!(conflict.to_string().starts_with(&want), "{conflict}");
+            assert!(conflict.to_string().contains(&me), "{conflict}");
+        }
+    }
+
+    // Foreign listeners with SO_REUSEPORT under HAProxy's uid: every bind
+    // succeeds, so only the socket table can tell.
+    let shared: Vec<_> = new.iter().map(|a| foreign_listener(*a, true)).collect();
+    for a in &new {
+        let probe = bindcheck::probe(&bindcheck::Bind {
+            addr: *a,
+            v6only: None,
+        });
+        assert_eq!(
+            probe,
+            Ok(()),
+            "{a}: the probe binds next to a SO_REUSEPORT listener"
+        );
+    }
+    let Err(ReloadError::Binds(c)) = inst.check_binds(&rendered).await else {
+        panic!("shared ports must be refused");
+    };
+    println!("shared: {c}");
+    assert!(
+        c.0.iter()
+            .all(|c| c.kind == ConflictKind::Shared && c.to_string().contains(&me)),
+        "{c}"
+    );
+    assert_eq!(c.0.len(), new.len());
+
+    // What refusing it prevents: the reload succeeds and the foreign process
+    // takes part of the new frontend's connections.
+    apply(&lab, &inst, &d2).await;
+    let n = 40;
+    let taken = taken_by(&shared[0], new[0], n);
+    println!(
+        "without the check: the reload succeeded and {taken} of {n} connections to the new \
+         frontend {} went to the foreign SO_REUSEPORT listener",
+        new[0]
+    );
+    assert!(taken > 0 && taken < n, "the port is shared: {taken} of {n}");
+}
