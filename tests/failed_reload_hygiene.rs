@@ -26,6 +26,7 @@ mod haproxy;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,7 +54,9 @@ struct Tally {
     reset: AtomicU64,
     timeout: AtomicU64,
     other: AtomicU64,
-    /// When each failed request failed, to measure the outage windows.
+    /// Ticks not sent: every client thread was busy.
+    skipped: AtomicU64,
+    /// When each failed request started, to measure the outage windows.
     failures: Mutex<Vec<Instant>>,
 }
 
@@ -65,11 +68,12 @@ struct Counts {
     reset: u64,
     timeout: u64,
     other: u64,
+    skipped: u64,
 }
 
 impl Counts {
     fn failed(&self) -> u64 {
-        self.refused + self.reset + self.timeout + self.other
+        self.refused + self.reset + self.timeout + self.other + self.skipped
     }
     fn since(&self, before: &Counts) -> Counts {
         Counts {
@@ -78,6 +82,7 @@ impl Counts {
             reset: self.reset - before.reset,
             timeout: self.timeout - before.timeout,
             other: self.other - before.other,
+            skipped: self.skipped - before.skipped,
         }
     }
 }
@@ -90,6 +95,7 @@ impl Tally {
             reset: self.reset.load(Ordering::Relaxed),
             timeout: self.timeout.load(Ordering::Relaxed),
             other: self.other.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
         }
     }
 }
@@ -102,18 +108,27 @@ struct Load {
 }
 
 impl Load {
+    /// Open loop: one request every [`LOAD_PERIOD`], handed to the first of
+    /// `clients` idle threads; a tick that finds them all busy (stuck on
+    /// connections nobody accepts) is counted as `skipped`, so a variant that
+    /// hangs connections is not measured with fewer requests than one that
+    /// refuses them.
     fn start(addr: SocketAddr, clients: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Tally::default());
-        let threads = (0..clients)
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Instant>(0);
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads: Vec<_> = (0..clients)
             .map(|_| {
-                let (stop, tally) = (stop.clone(), tally.clone());
+                let (stop, tally, rx) = (stop.clone(), tally.clone(), rx.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
+                        let tick = rx.lock().unwrap().recv_timeout(Duration::from_millis(100));
+                        let Ok(at) = tick else { continue };
                         let c = match request(addr) {
                             Ok(()) => &tally.ok,
                             Err(e) => {
-                                tally.failures.lock().unwrap().push(Instant::now());
+                                tally.failures.lock().unwrap().push(at);
                                 match e.kind() {
                                     std::io::ErrorKind::ConnectionRefused => &tally.refused,
                                     std::io::ErrorKind::ConnectionReset
@@ -126,11 +141,21 @@ impl Load {
                             }
                         };
                         c.fetch_add(1, Ordering::Relaxed);
-                        std::thread::sleep(Duration::from_millis(1));
                     }
                 })
             })
             .collect();
+        let (stop2, tally2) = (stop.clone(), tally.clone());
+        threads.push(std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                std::thread::sleep(LOAD_PERIOD);
+                let now = Instant::now();
+                if tx.try_send(now).is_err() {
+                    tally2.failures.lock().unwrap().push(now);
+                    tally2.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
         Load {
             stop,
             tally,
@@ -169,9 +194,13 @@ impl Drop for Load {
     }
 }
 
-/// One HTTP/1.0 request on a new connection; Ok only for a 200 answer.
+/// Time between two requests of the client load (200 per second).
+const LOAD_PERIOD: Duration = Duration::from_millis(5);
+
+/// One HTTP/1.0 request on a new connection; Ok only for a 200 answer
+/// within a second (loopback answers take well under 10 ms).
 fn request(addr: SocketAddr) -> std::io::Result<()> {
-    let limit = Duration::from_secs(2);
+    let limit = Duration::from_secs(1);
     let mut s = TcpStream::connect_timeout(&addr, limit)?;
     s.set_read_timeout(Some(limit))?;
     s.set_write_timeout(Some(limit))?;
@@ -265,7 +294,10 @@ fn foreign_listener(addr: SocketAddr, reuseport: bool) -> socket2::Socket {
 }
 
 fn master_reloads(lab: &Lab) -> (u64, u64) {
-    let p = lb_agent::haproxy::parse::show_proc(&Haproxy::cli(&lab.master, "show proc")).unwrap();
+    let p = lb_agent::haproxy::parse::show_proc(
+        &try_cli(&lab.master, "show proc").expect("master CLI"),
+    )
+    .unwrap();
     (p.master_reloads, p.failed)
 }
 
@@ -296,7 +328,7 @@ async fn bind_check_keeps_existing_frontends_serving() {
         .await
         .expect("haproxy -c accepts the candidate");
 
-    let load = Load::start(web, 2);
+    let load = Load::start(web, 16);
     std::thread::sleep(Duration::from_millis(300));
 
     // With the bind check, as the reconciler runs it before `install`.
@@ -353,15 +385,15 @@ async fn bind_check_keeps_existing_frontends_serving() {
     let (windows, longest) = load.outages(t1, t2);
     drop(load);
     println!(
-        "failed-reload hygiene, client load on an existing frontend (2 clients, one connection per request):\n\
-         | path | attempts | requests ok | refused | reset | timeout | other |\n\
-         |---|---|---|---|---|---|---|\n\
-         | bind check first (reload not started) | {checked_attempts} | {} | {} | {} | {} | {} |\n\
-         | reload without the check (fails: port held) | {unchecked_attempts} | {} | {} | {} | {} | {} |\n\
+        "failed-reload hygiene, client load on an existing frontend (200 requests/s, one connection each):\n\
+         | path | attempts | requests ok | refused | reset | timeout | other | skipped |\n\
+         |---|---|---|---|---|---|---|---|\n\
+         | bind check first (reload not started) | {checked_attempts} | {} | {} | {} | {} | {} | {} |\n\
+         | reload without the check (fails: port held) | {unchecked_attempts} | {} | {} | {} | {} | {} | {} |\n\
          checked phase {:.1} s, unchecked phase {:.1} s, mean failed reload {:.2} s, \
          {windows} outage windows, longest {longest:.0} ms; bind check {:.1} ms mean, {:.1} ms max",
-        checked.ok, checked.refused, checked.reset, checked.timeout, checked.other,
-        unchecked.ok, unchecked.refused, unchecked.reset, unchecked.timeout, unchecked.other,
+        checked.ok, checked.refused, checked.reset, checked.timeout, checked.other, checked.skipped,
+        unchecked.ok, unchecked.refused, unchecked.reset, unchecked.timeout, unchecked.other, unchecked.skipped,
         t1.duration_since(t0).as_secs_f64(),
         t2.duration_since(t1).as_secs_f64(),
         took.iter().sum::<f64>() / took.len().max(1) as f64,
@@ -391,7 +423,10 @@ fn ipv6_available(test: &str) -> bool {
 }
 
 fn haproxy_pids(lab: &Lab) -> BTreeSet<u32> {
-    let p = lb_agent::haproxy::parse::show_proc(&Haproxy::cli(&lab.master, "show proc")).unwrap();
+    let p = lb_agent::haproxy::parse::show_proc(
+        &try_cli(&lab.master, "show proc").expect("master CLI"),
+    )
+    .unwrap();
     std::iter::once(p.master_pid)
         .chain(p.workers.iter().chain(&p.old_workers).map(|w| w.pid))
         .collect()
@@ -509,4 +544,260 @@ async fn bind_check_against_real_haproxy() {
         new[0]
     );
     assert!(taken > 0 && taken < n, "the port is shared: {taken} of {n}");
+}
+
+// ------------------------------------------------------------ HAProxy-side variants
+
+/// How HAProxy runs and reloads in one variant of the measurement.
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    name: &'static str,
+    /// `-W -S master.sock`, reload on the master CLI; else one process per
+    /// generation, reloaded by starting `haproxy -sf <old pid>`.
+    master_worker: bool,
+    /// `expose-fd listeners` on a second stats socket.
+    expose_fd: bool,
+    /// Classic mode only: `-x <that socket>`, so the new process takes the
+    /// old one's listening sockets instead of binding its own.
+    transfer_x: bool,
+    /// The failing frontend comes before the existing one in the config.
+    held_first: bool,
+    /// Run the agent's bind check first and skip the reload when it refuses.
+    bind_check: bool,
+}
+
+fn variant_config(dir: &Path, v: &Variant, web: SocketAddr, held: Option<SocketAddr>) -> String {
+    let mut global = format!(
+        "global\n    stats socket {} mode 600 level admin\n",
+        dir.join("admin.sock").display()
+    );
+    if v.expose_fd {
+        global += &format!(
+            "    stats socket {} mode 600 level admin expose-fd listeners\n",
+            dir.join("expose.sock").display()
+        );
+    }
+    let fe = |name: &str, a: SocketAddr| {
+        format!("frontend {name}\n    bind {a}\n    http-request return status 200 content-type text/plain string {name}\n\n")
+    };
+    let mut frontends = vec![fe("web", web)];
+    if let Some(h) = held {
+        let f = fe("new", h);
+        if v.held_first {
+            frontends.insert(0, f);
+        } else {
+            frontends.push(f);
+        }
+    }
+    format!(
+        "{global}\ndefaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n\n{}",
+        frontends.concat()
+    )
+}
+
+/// A process started by the variant measurement; killed by PID on drop.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_haproxy(args: &[&str], cfg: &Path, log: &Path) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Proc(
+        std::process::Command::new(HAPROXY)
+            .args(args)
+            .arg("-f")
+            .arg(cfg)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// One command on a CLI socket; `None` while the socket refuses.
+fn try_cli(sock: &Path, cmd: &str) -> Option<String> {
+    let mut s = std::os::unix::net::UnixStream::connect(sock).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("{cmd}\n").as_bytes()).ok()?;
+    // The master CLI answers once it sees the end of our input.
+    s.shutdown(std::net::Shutdown::Write).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// One failed reload attempt of a variant; returns how long it took.
+fn failed_reload(v: &Variant, dir: &Path, cfg: &Path, serving: &Proc) -> Duration {
+    let started = Instant::now();
+    if v.master_worker {
+        let master = dir.join("master.sock");
+        let reloads =
+            |t: &str| lb_agent::haproxy::parse::show_proc(t).map(|p| (p.master_reloads, p.failed));
+        let (before, _) = reloads(&try_cli(&master, "show proc").unwrap()).unwrap();
+        let _ = try_cli(&master, "reload");
+        let deadline = started + Duration::from_secs(15);
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(
+                Instant::now() < deadline,
+                "{}: reload never finished",
+                v.name
+            );
+            let Some(text) = try_cli(&master, "show proc") else {
+                continue; // the master is re-executing
+            };
+            if let Ok((now, failed)) = reloads(&text) {
+                if now > before {
+                    assert!(failed > 0, "{}: the reload should fail", v.name);
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: reload never finished",
+                v.name
+            );
+        }
+    } else {
+        let old = serving.0.id().to_string();
+        let expose = dir.join("expose.sock").display().to_string();
+        let mut args = vec!["-sf", old.as_str()];
+        if v.transfer_x {
+            args.extend(["-x", expose.as_str()]);
+        }
+        let mut p = spawn_haproxy(&args, cfg, &dir.join("haproxy.log"));
+        let deadline = started + Duration::from_secs(15);
+        let status = loop {
+            if let Some(s) = p.0.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: new process never exited",
+                v.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success(), "{}: the new process should fail", v.name);
+    }
+    started.elapsed()
+}
+
+/// 20 failed reloads of one variant under client load: (counts, mean attempt s, longest outage ms).
+fn measure_variant(v: &Variant, attempts: usize) -> (Counts, f64, f64) {
+    let dir = tempfile::Builder::new()
+        .prefix("lb-agent-test.")
+        .tempdir()
+        .unwrap();
+    let cfg = dir.path().join("haproxy.cfg");
+    let web: SocketAddr = format!("{VIP}:{}", free_port(VIP)).parse().unwrap();
+    let held: SocketAddr = format!("{VIP}:{}", free_port(VIP)).parse().unwrap();
+    let _foreign = foreign_listener(held, false);
+    std::fs::write(&cfg, variant_config(dir.path(), v, web, None)).unwrap();
+    let master = dir.path().join("master.sock").display().to_string();
+    let args: Vec<&str> = if v.master_worker {
+        vec!["-W", "-S", &master]
+    } else {
+        vec![]
+    };
+    let serving = spawn_haproxy(&args, &cfg, &dir.path().join("haproxy.log"));
+    wait_serving(web);
+    let load = Load::start(web, 16);
+    std::thread::sleep(Duration::from_millis(300));
+    let running = std::fs::read_to_string(&cfg).unwrap();
+    let candidate = variant_config(dir.path(), v, web, Some(held));
+    std::fs::write(&cfg, &candidate).unwrap();
+    let (c0, t0) = (load.counts(), Instant::now());
+    let mut took = Vec::new();
+    for _ in 0..attempts {
+        if v.bind_check {
+            let started = Instant::now();
+            let r = bindcheck::check(&candidate, Some(&running), &BTreeSet::new());
+            assert!(r.is_err(), "{}: the check must refuse", v.name);
+            took.push(started.elapsed());
+            std::thread::sleep(Duration::from_millis(100));
+        } else {
+            took.push(failed_reload(v, dir.path(), &cfg, &serving));
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let (counts, t1) = (load.counts().since(&c0), Instant::now());
+    let (_, longest) = load.outages(t0, t1);
+    drop(load);
+    let mean = took.iter().map(|d| d.as_secs_f64()).sum::<f64>() / took.len() as f64;
+    (counts, mean, longest)
+}
+
+/// The HAProxy-side variants side by side (docs/reliability.md). About four
+/// minutes: `cargo test --test failed_reload_hygiene -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn failed_reload_variants() {
+    if !haproxy::available("failed_reload_variants") {
+        return;
+    }
+    let attempts: usize = std::env::var("LB_HYGIENE_ATTEMPTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let base = Variant {
+        name: "",
+        master_worker: true,
+        expose_fd: false,
+        transfer_x: false,
+        held_first: false,
+        bind_check: false,
+    };
+    let variants = [
+        Variant {
+            name: "master-worker (-W -S), defaults: sockets passed over the master's socketpair",
+            ..base
+        },
+        Variant {
+            name: "master-worker + `expose-fd listeners` on a stats socket",
+            expose_fd: true,
+            ..base
+        },
+        Variant {
+            name: "master-worker, the failing frontend first in the config",
+            held_first: true,
+            ..base
+        },
+        Variant {
+            name: "no master-worker, `haproxy -sf OLD`: no socket transfer",
+            master_worker: false,
+            ..base
+        },
+        Variant {
+            name: "no master-worker, `-sf OLD -x sock` (`expose-fd listeners`)",
+            master_worker: false,
+            expose_fd: true,
+            transfer_x: true,
+            ..base
+        },
+        Variant {
+            name: "agent bind check first: the reload is not started",
+            bind_check: true,
+            ..base
+        },
+    ];
+    println!("| variant | attempts | requests ok | refused | reset | timeout | other | skipped | mean attempt | longest outage |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for v in &variants {
+        let (c, mean, longest) = measure_variant(v, attempts);
+        println!(
+            "| {} | {attempts} | {} | {} | {} | {} | {} | {} | {:.2} s | {:.0} ms |",
+            v.name, c.ok, c.refused, c.reset, c.timeout, c.other, c.skipped, mean, longest
+        );
+    }
 }
