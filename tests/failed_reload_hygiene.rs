@@ -108,15 +108,16 @@ struct Load {
 }
 
 impl Load {
-    /// Open loop: one request every [`LOAD_PERIOD`], handed to the first of
-    /// `clients` idle threads; a tick that finds them all busy (stuck on
-    /// connections nobody accepts) is counted as `skipped`, so a variant that
-    /// hangs connections is not measured with fewer requests than one that
-    /// refuses them.
+    /// Open loop: one request every [`LOAD_PERIOD`], queued (up to `clients`
+    /// deep) for `clients` threads; a tick that finds the queue full (every
+    /// thread stuck on connections nobody accepts) is counted as `skipped`, so
+    /// a variant that hangs connections is not measured with fewer requests
+    /// than one that refuses them. The queue absorbs scheduling delays of a
+    /// busy machine.
     fn start(addr: SocketAddr, clients: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Tally::default());
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Instant>(0);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Instant>(clients);
         let rx = Arc::new(Mutex::new(rx));
         let mut threads: Vec<_> = (0..clients)
             .map(|_| {
