@@ -680,24 +680,24 @@ frontend web
         // A foreign listener without SO_REUSEPORT.
         let foreign = lis("127.0.0.1:8090", Some(4242));
         assert_eq!(
-            kinds(&[(new, inuse)], &[foreign.clone()]),
+            kinds(&[(new, inuse)], std::slice::from_ref(&foreign)),
             [ConflictKind::Held]
         );
         // Held by a socket that is bound but not listening: still held.
         assert_eq!(kinds(&[(new, inuse)], &[]), [ConflictKind::Held]);
         // A foreign SO_REUSEPORT listener under the same uid: the bind succeeds.
         assert_eq!(
-            kinds(&[(new, Ok(()))], &[foreign.clone()]),
+            kinds(&[(new, Ok(()))], std::slice::from_ref(&foreign)),
             [ConflictKind::Shared]
         );
         // ... unless the owner is HAProxy itself (an old worker, say).
         let haproxy = lis("127.0.0.1:8090", Some(101));
-        assert!(kinds(&[(new, Ok(()))], &[haproxy.clone()]).is_empty());
+        assert!(kinds(&[(new, Ok(()))], std::slice::from_ref(&haproxy)).is_empty());
         // EADDRINUSE only from HAProxy's own socket (probe from another uid): fine.
         assert!(kinds(&[(new, inuse)], &[haproxy]).is_empty());
         // A wildcard foreign listener does not take a specific bind's traffic...
         let wild = lis("0.0.0.0:8090", None);
-        assert!(kinds(&[(new, Ok(()))], &[wild.clone()]).is_empty());
+        assert!(kinds(&[(new, Ok(()))], std::slice::from_ref(&wild)).is_empty());
         // ... but is named when it makes the bind fail.
         let c = judge(&[(new, inuse)], &[wild], &running, &pids);
         assert_eq!(c[0].holders.len(), 1);
