@@ -245,6 +245,14 @@ async fn a_failed_reload_is_retried_once_the_port_is_free_and_a_foreign_listener
         );
     }
     assert!(recovered < Duration::from_secs(40));
+    // The bind check refuses the reload before HAProxy pauses its listeners
+    // (docs/reliability.md, "Failed reloads"): the existing frontend lost nothing.
+    assert!(
+        report.failed.is_empty(),
+        "{} requests to the existing frontend failed",
+        report.failed.len()
+    );
+    assert!(report.ok > 0, "the client load never got through");
 }
 
 /// SIGKILL the LB's HAProxy, check the withdrawal, restart it, check the recovery.

@@ -7,7 +7,10 @@
 //! - [`reload`]: validate → install keeping the last-known-good → reload → confirm → roll back.
 //! - [`state_file`]: the server-state file written before each reload.
 //! - [`watch`]: liveness, the current worker and the frontends it runs, as HAProxy says.
+//! - [`bindcheck`]: refuses a reload whose new binds would fail (a port held by
+//!   another process), which in 2.6 pauses every existing listener.
 
+pub mod bindcheck;
 pub mod master;
 pub mod parse;
 pub mod reload;

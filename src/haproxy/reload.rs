@@ -28,6 +28,7 @@ use tokio::time::{sleep, timeout, Instant};
 use crate::fsutil::{mode_of, read_optional, write_atomic};
 use crate::model::observed::ProcStatus;
 
+use super::bindcheck::{self, BindConflicts};
 use super::master::MasterClient;
 use super::render::Rendered;
 
@@ -58,6 +59,9 @@ pub enum ReloadError {
     Master(String),
     #[error("reload not confirmed: {0}")]
     NotConfirmed(String),
+    /// Found before the reload was started: nothing was installed or signalled.
+    #[error("reload not started: {0}")]
+    Binds(#[from] BindConflicts),
 }
 
 /// Paths and commands of the local HAProxy.
@@ -155,6 +159,37 @@ impl Installer {
                 .replace(&dir.path().display().to_string(), "<candidate>");
             Err(ReloadError::Invalid(last_lines(&text, 6)))
         }
+    }
+
+    /// Refuses a candidate whose new binds would fail or share a port with
+    /// another process ([`bindcheck`]): a failed bind makes HAProxy 2.6 pause
+    /// every existing listener for about two seconds. Call it after
+    /// [`validate`](Self::validate) and before [`install`](Self::install), so a
+    /// refusal touches nothing.
+    ///
+    /// The installed config stands for what the running HAProxy holds (it is
+    /// what the running worker loaded: a failed reload puts it back); the
+    /// master's `show proc` gives the PIDs whose sockets are HAProxy's own
+    /// (best effort: without them the installed config still says which).
+    pub async fn check_binds(&self, rendered: &Rendered) -> Result<(), ReloadError> {
+        let running = std::fs::read_to_string(&self.config).ok();
+        let pids = match self.master.show_proc().await {
+            Ok(p) => std::iter::once(p.master_pid)
+                .chain(p.workers.iter().chain(&p.old_workers).map(|w| w.pid))
+                .collect(),
+            Err(_) => Default::default(),
+        };
+        let candidate = rendered.config.clone();
+        // A walk of /proc/*/fd when a listener sits on a new port: off the runtime's threads.
+        tokio::task::spawn_blocking(move || {
+            bindcheck::check(&candidate, running.as_deref(), &pids)
+        })
+        .await
+        .map_err(|e| ReloadError::Spawn {
+            what: "bind check".into(),
+            source: std::io::Error::other(e),
+        })??;
+        Ok(())
     }
 
     /// Writes the data files and then the config, atomically each; returns

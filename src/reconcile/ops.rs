@@ -300,6 +300,9 @@ impl HaproxyOps for RealHaproxy {
     async fn reload(&mut self, d: &DesiredState) -> Result<ReloadOutcome, ReloadError> {
         self.validate(d).await?;
         let rendered = self.render(d)?;
+        // A bind that would fail pauses every existing listener for ~2 s
+        // (docs/reliability.md, "Failed reloads"): refuse before touching files.
+        self.installer.check_binds(&rendered).await?;
         let snapshot = self.installer.install(&rendered)?;
         self.write_state_file(d).await;
         match self.installer.reload_and_confirm().await {
