@@ -120,7 +120,8 @@ for t in "${targets[@]}"; do
     size=$(find "$corpus" -type f | wc -l)
     if [[ $rc -ne 0 ]]; then
         echo "!!! $t crashed (exit $rc); input under fuzz/artifacts/$t/"
-        tail -n 60 "$log"
+        grep -A12 -m1 -E 'panicked at|ERROR: (AddressSanitizer|libFuzzer)' "$log" || true
+        tail -n 25 "$log"
         failed+=("$t")
         summary+=("$(printf '%-16s %12s %10s  CRASH' "$t" "${execs:-?}" "$size")")
     else

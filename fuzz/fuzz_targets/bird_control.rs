@@ -77,7 +77,10 @@ fn check(reply: &Reply) {
         assert_eq!(reply.code, 23);
     }
     if let Ok(nets) = parse_route_export("show route export tor", reply) {
-        let texts: Vec<String> = nets.iter().map(|n| format!("{n} unicast [x] * (100)")).collect();
+        let texts: Vec<String> = nets
+            .iter()
+            .map(|n| format!("{n} unicast [x] * (100)"))
+            .collect();
         let again = parse_route_export("show route export tor", &reply_of(1007, &texts, ""));
         assert_eq!(again.ok().as_ref(), Some(&nets));
     }
@@ -92,7 +95,10 @@ fn check(reply: &Reply) {
         };
         match parse_eval_set("eval S", &printed) {
             Ok(EvalSet::Complete(again)) => assert_eq!(again.exact, dump.exact),
-            other => panic!("printed set {:?} does not parse: {other:?}", printed.message()),
+            other => panic!(
+                "printed set {:?} does not parse: {other:?}",
+                printed.message()
+            ),
         }
     }
     if let Ok(rows) = parse_protocols("show protocols", reply) {
@@ -104,7 +110,10 @@ fn check(reply: &Reply) {
     let rejection = ConfigRejection::parse(reply.message());
     assert_eq!(rejection.text, reply.message());
     if rejection.line.is_some() {
-        let file = rejection.file.as_deref().expect("a located error names a file");
+        let file = rejection
+            .file
+            .as_deref()
+            .expect("a located error names a file");
         assert!(reply.message().starts_with(file));
     }
 }

@@ -50,9 +50,16 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for d in &file.defines {
-        assert!(d.prefixes.iter().all(|n| n.trunc() == *n), "host bits in {}", d.name);
+        assert!(
+            d.prefixes.iter().all(|n| n.trunc() == *n),
+            "host bits in {}",
+            d.name
+        );
         if let Some(first) = d.prefixes.first() {
-            assert!(d.prefixes.iter().all(|n| Family::of(n) == Family::of(first)));
+            assert!(d
+                .prefixes
+                .iter()
+                .all(|n| Family::of(n) == Family::of(first)));
         }
     }
     let printed = print(&file);

@@ -64,6 +64,8 @@ fuzz_target!(|data: &[u8]| {
             rel.components().all(|c| matches!(c, Component::Normal(_))),
             "data file {rel:?} escapes data_dir"
         );
-        assert!(Path::new(&host.data_dir).join(rel).starts_with(&host.data_dir));
+        assert!(Path::new(&host.data_dir)
+            .join(rel)
+            .starts_with(&host.data_dir));
     }
 });

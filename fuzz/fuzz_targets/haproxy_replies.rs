@@ -7,7 +7,8 @@
 //! - `show_proc`: a `[failed: N]` with N > 0 is only read from a master row
 //!   that says so;
 //! - `map_entries` / `acl_entries`: one entry per non-blank line, and the
-//!   entries printed back the way HAProxy prints them parse to the same list;
+//!   entries printed back the way HAProxy prints them parse to the same list
+//!   (unless one ends in '\r', which a `\n` line end would swallow);
 //! - `info_pid`: a PID is never 0;
 //! - `stat_frontends`: names are non-empty CSV cells;
 //! - errors carry a line number within the reply.
@@ -56,11 +57,15 @@ fuzz_target!(|data: &[u8]| {
     match parse::map_entries(text) {
         Ok(entries) => {
             assert_eq!(entries.len(), non_blank);
-            let printed: String = entries
-                .iter()
-                .map(|(k, v)| format!("0x1 {k} {v}\n"))
-                .collect();
-            assert_eq!(parse::map_entries(&printed).as_ref(), Ok(&entries));
+            // Printed back one per `\n` line (a value ending in '\r' would
+            // read back as a "\r\n" line ending: not a round trip to test).
+            if entries.iter().all(|(k, v)| !k.ends_with('\r') && !v.ends_with('\r')) {
+                let printed: String = entries
+                    .iter()
+                    .map(|(k, v)| format!("0x1 {k} {v}\n"))
+                    .collect();
+                assert_eq!(parse::map_entries(&printed).as_ref(), Ok(&entries));
+            }
         }
         Err(e) => line_ok(&e, text),
     }
@@ -68,8 +73,10 @@ fuzz_target!(|data: &[u8]| {
     match parse::acl_entries(text) {
         Ok(entries) => {
             assert_eq!(entries.len(), non_blank);
-            let printed: String = entries.iter().map(|p| format!("0x1 {p}\n")).collect();
-            assert_eq!(parse::acl_entries(&printed).as_ref(), Ok(&entries));
+            if entries.iter().all(|p| !p.ends_with('\r')) {
+                let printed: String = entries.iter().map(|p| format!("0x1 {p}\n")).collect();
+                assert_eq!(parse::acl_entries(&printed).as_ref(), Ok(&entries));
+            }
         }
         Err(e) => line_ok(&e, text),
     }

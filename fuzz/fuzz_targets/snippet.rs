@@ -62,7 +62,10 @@ fuzz_target!(|data: &[u8]| {
             !line.chars().any(|c| c.is_control() && c != '\t'),
             "accepted a control character: {line:?}"
         );
-        assert!(!line.trim_start().starts_with('['), "accepted a scope: {line:?}");
+        assert!(
+            !line.trim_start().starts_with('['),
+            "accepted a scope: {line:?}"
+        );
         let words = lexer::words(line).expect("accepted text lexes");
         assert!(words.iter().all(|w| !w.text.contains(&0)));
         if let Some(first) = words

@@ -45,7 +45,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let (base, name) = base();
     let mut d = base.clone();
-    d.logic.get_mut(name).expect("attached logic exists").template = source.to_string();
+    d.logic
+        .get_mut(name)
+        .expect("attached logic exists")
+        .template = source.to_string();
     let host = LogicHost {
         node_name: "lb1".into(),
         node_group: "blue".into(),
