@@ -4,7 +4,10 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
 # Each target starts from its committed corpus (fuzz/corpus/TARGET, copied,
-# never written to) plus seeds made from fixtures/ at every run. Exits
+# never written to) plus seeds made from fixtures/ at every run. With
+# FUZZ_KEEP=1 (the long runs) the run writes into fuzz/corpus/TARGET and
+# minimizes it afterwards (`cargo fuzz cmin`), for committing. FUZZ_RUNS=N
+# stops a target after N executions (whichever of SECONDS and N comes first). Exits
 # non-zero when a target crashes (panic, abort, timeout, out of memory); the
 # input is kept under fuzz/artifacts/TARGET/ and the log is printed.
 # Prints executions per target. Needs a nightly toolchain and cargo-fuzz
@@ -107,15 +110,20 @@ summary=()
 for t in "${targets[@]}"; do
     corpus="$work/$t/corpus"
     seeds="$work/$t/seeds"
-    mkdir -p "$corpus"
-    if [[ -d fuzz/corpus/$t ]]; then cp -r "fuzz/corpus/$t/." "$corpus/"; fi
+    if [[ ${FUZZ_KEEP:-0} == 1 ]]; then
+        corpus="$root/fuzz/corpus/$t"
+        mkdir -p "$corpus"
+    else
+        mkdir -p "$corpus"
+        if [[ -d fuzz/corpus/$t ]]; then cp -r "fuzz/corpus/$t/." "$corpus/"; fi
+    fi
     seed "$t" "$seeds"
     log="$work/$t.log"
     echo "== $t: ${secs} s"
     rc=0
     cargo +nightly fuzz run "$t" "$corpus" "$seeds" -- \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
-        -max_len="$(max_len "$t")" -print_final_stats=1 >"$log" 2>&1 || rc=$?
+        -max_len="$(max_len "$t")" ${FUZZ_RUNS:+-runs=$FUZZ_RUNS} -print_final_stats=1 >"$log" 2>&1 || rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     size=$(find "$corpus" -type f | wc -l)
     if [[ $rc -ne 0 ]]; then
@@ -125,8 +133,13 @@ for t in "${targets[@]}"; do
         failed+=("$t")
         summary+=("$(printf '%-16s %12s %10s  CRASH' "$t" "${execs:-?}" "$size")")
     else
-        summary+=("$(printf '%-16s %12s %10s  ok (%s exec/s)' "$t" "${execs:-?}" "$size" \
-            "$(( ${execs:-0} / (secs > 0 ? secs : 1) ))")")
+        if [[ ${FUZZ_KEEP:-0} == 1 ]]; then
+            cargo +nightly fuzz cmin "$t" "$corpus" >"$work/$t.cmin.log" 2>&1 ||
+                { echo "!!! $t: corpus minimization failed"; tail -n 5 "$work/$t.cmin.log"; }
+            size=$(find "$corpus" -type f | wc -l)
+        fi
+        rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+        summary+=("$(printf '%-16s %12s %10s  ok (%s exec/s)' "$t" "${execs:-?}" "$size" "${rate:-?}")")
     fi
 done
 
