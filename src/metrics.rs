@@ -18,10 +18,12 @@
 //!   encoded and the others are dropped, so a removed service does not leave
 //!   a series behind forever.
 //!
-//! The exposition is OpenMetrics text (what prometheus-client writes):
+//! The encoding is OpenMetrics text (what prometheus-client writes):
 //! counters are declared without and sampled with `_total`, seconds carry
-//! a `# UNIT` line, and it ends with `# EOF`. Serve it with
-//! [`CONTENT_TYPE`]. Every name starts with `lb_agent_` and is stable.
+//! a `# UNIT` line, and it ends with `# EOF` ([`CONTENT_TYPE`]). `/metrics`
+//! serves it to scrapers that prefer it and the Prometheus text format to
+//! all others ([`crate::exposition`]). Every name starts with `lb_agent_`
+//! and is stable.
 
 #![warn(missing_docs)]
 
@@ -42,8 +44,8 @@ use tokio::sync::watch;
 
 use crate::status::types::{Snapshot, SourceState};
 
-/// The `Content-Type` of the exposition.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The `Content-Type` of [`Metrics::encode`]'s OpenMetrics.
+pub const CONTENT_TYPE: &str = crate::exposition::OPENMETRICS_CONTENT_TYPE;
 
 /// Buckets of `lb_agent_apply_duration_seconds`: a runtime-only pass takes
 /// milliseconds, a reload with `haproxy -c` and a new worker about a second,
