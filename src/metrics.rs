@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC §5), served at `/metrics` on the status socket
+//! Prometheus metrics (every family: docs/status.md, "Metrics"), served at `/metrics` on the status socket
 //! and, optionally, on `status.metrics_listen`.
 //!
 //! Two mechanisms, chosen by who owns the number:

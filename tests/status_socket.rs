@@ -1,6 +1,6 @@
 //! The status socket end to end: the real server on a UNIX socket in a temp
 //! dir, a fake daemon on the request channel, a raw hyper client for the
-//! HTTP contract (SPEC §4), and the built `lb-agent` binary for the CLI
+//! HTTP contract (docs/status.md), and the built `lb-agent` binary for the CLI
 //! (exit codes, output, `| head`), including a peer running as `nobody`
 //! through `setpriv` (needs root, as in CI).
 
@@ -384,7 +384,7 @@ async fn status_serves_the_snapshot_with_the_spec_keys() {
     );
     let v = json(&r.2);
 
-    // Every key of SPEC §4's example, by presence (null counts as present).
+    // Every key of docs/status.md's example, by presence (null counts as present).
     let has = |obj: &Value, keys: &[&str], at: &str| {
         let o = obj
             .as_object()

@@ -2,7 +2,7 @@
 //!
 //! The include is the *only* thing lb-agent changes in BIRD's configuration.
 //! It defines the prefix sets the operator's export filter matches on, in the
-//! anycast-healthchecker-compatible form (SPEC §3), dummy prefix first so a
+//! anycast-healthchecker-compatible form (docs/gating.md, "The include file"), dummy prefix first so a
 //! set is never empty:
 //!
 //! ```text
@@ -1170,7 +1170,7 @@ mod tests {
     }
 
     /// The broken variants BIRD answered with 8002 in
-    /// `notes/bird-control-transcripts/03-include-errors.txt`: every one must be
+    /// `fixtures/bird/03-include-errors.txt`: every one must be
     /// refused here too, on the right line.
     #[test]
     fn rejects_the_transcript_variants_bird_rejected() {

@@ -9,7 +9,7 @@
 //! scripts see exactly what the socket serves, including keys this CLI
 //! does not know yet.
 //!
-//! Exit codes (SPEC §4): 0 ok; 1 runtime error (the agent answered an
+//! Exit codes (docs/status.md, "CLI"): 0 ok; 1 runtime error (the agent answered an
 //! error, refused the request, or sent something unreadable; permission
 //! denied on the socket); 2 usage (clap); 3 agent unreachable (no socket,
 //! connection refused, or no answer within `--timeout`).

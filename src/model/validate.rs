@@ -1,7 +1,7 @@
 //! The schema-1 wire document → [`DesiredState`], or every reason why not.
 //!
 //! This is where untrusted input from the central API becomes trusted model
-//! data (SPEC §2.2, §7). The wire structs (`Wire*`) accept anything
+//! data (docs/api.md, docs/safety.md). The wire structs (`Wire*`) accept anything
 //! shape-compatible: unknown fields are ignored for forward compatibility and
 //! every field is optional, so that a missing required field is reported with
 //! its full JSON path (`pools[3].servers[7].port`) instead of serde's
@@ -976,7 +976,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Refuses a document that removes too much at once (SPEC §7), unless it is forced.
+/// Refuses a document that removes too much at once (docs/safety.md, "A document that removes too much is refused"), unless it is forced.
 ///
 /// Counts VIPs and servers (identified by pool + server name) present in
 /// `prev` and absent from `next`; if either share exceeds `max_ratio`, the

@@ -1,7 +1,7 @@
 //! PURE: desired state vs what HAProxy runs → a [`Plan`].
 //!
 //! The planner decides, for every difference, whether the runtime socket can
-//! carry it (SPEC §2.3) or whether the rendered config must be reloaded, and
+//! carry it (docs/api.md, "What is applied how") or whether the rendered config must be reloaded, and
 //! says why. It reads no clock, opens no socket and touches no file, so every
 //! decision is unit- and property-tested here: `plan(d, d)` is empty, and
 //! applying a plan to the simulated HAProxy in [`sim`] converges to `d`.
@@ -48,7 +48,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// A change needing more runtime commands than `max` reloads instead (SPEC §2.3).
+    /// A change needing more runtime commands than `max` reloads instead (docs/api.md, "What is applied how").
     pub fn limit_runtime_ops(&mut self, max: usize) {
         if self.commands.len() > max {
             self.reload.push(ReloadReason::RuntimeOpsLimit {

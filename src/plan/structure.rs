@@ -1,6 +1,6 @@
 //! The reload-relevant structure of a desired state, and why two differ.
 //!
-//! Everything the runtime socket cannot change (SPEC §2.3: frontends, binds,
+//! Everything the runtime socket cannot change (docs/api.md, "What is applied how": frontends, binds,
 //! pools' mode/balance/check, logic, the set of maps/ACLs/certificates,
 //! templates and global settings) is summarised per object as a digest. The
 //! structure of the running config is remembered after each confirmed reload

@@ -10,7 +10,7 @@
 //! cancellation token fires, lets in-flight requests finish for a bounded
 //! time, and removes the socket file if it is still the one it created.
 //!
-//! Routes (SPEC §4): `GET /v1/status`, `GET /v1/vips`, `GET /metrics`,
+//! Routes (docs/status.md): `GET /v1/status`, `GET /v1/vips`, `GET /metrics`,
 //! `POST /v1/drain` `{"reason": "..."}`, `POST /v1/undrain`,
 //! `POST /v1/reconcile`. Every error is `{"error": "..."}` with a status
 //! code: 400 bad body, 403 peer not allowed (naming the peer and the rule),

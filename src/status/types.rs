@@ -1,8 +1,8 @@
 //! Wire types of the status socket, shared by the server (which serializes
 //! them) and the CLI (which deserializes them).
 //!
-//! The key names are a contract (SPEC §4): scripts and dashboards read them.
-//! Everything beyond the SPEC's minimum is an *extra*: it carries
+//! The key names are a contract (docs/status.md, "GET /v1/status"): scripts and dashboards read them.
+//! Everything beyond the documented minimum is an *extra*: it carries
 //! `#[serde(default)]` so that a CLI of one version can read the answer of an
 //! agent of another, and the daemon can leave it at its default. Unknown keys
 //! are ignored on input for the same reason.
@@ -229,7 +229,7 @@ pub struct SourceStatus {
     pub ignored_older: u64,
 }
 
-/// A document refused as a whole (SPEC §7).
+/// A document refused as a whole (docs/safety.md).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rejected {
     /// Its revision.
