@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use parse::{load, parse_str, ConfigError, ConfigErrors};
+pub use parse::{load, parse_str, ConfigError, ConfigErrors, BIRD_SYMBOL_MAX_LEN};
 pub use warnings::{warnings, warnings_for};
 
 /// Default location of the agent configuration.
