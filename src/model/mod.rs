@@ -5,6 +5,7 @@
 //! other module may rely on its invariants: names are safe to put in a config
 //! file or on the runtime socket, references resolve, binds sit inside a VIP.
 
+pub mod az;
 pub mod grammar;
 pub mod hostnet;
 mod names;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Serialize;
 
+pub use az::{AzSection, Routing, Stickiness};
 pub use names::{Name, NameError};
 
 /// Monotonically increasing revision of the desired-state document.
@@ -38,6 +40,8 @@ pub struct DesiredState {
     pub maps: BTreeMap<Name, MapDef>,
     pub acls: BTreeMap<Name, AclDef>,
     pub certificates: BTreeMap<Name, Certificate>,
+    /// The group's availability zones (`availability_zones`), if any.
+    pub availability_zones: Option<AzSection>,
 }
 
 /// An anycast VIP prefix.
@@ -137,6 +141,9 @@ pub struct Pool {
     pub check: Option<PoolCheck>,
     /// Servers by name.
     pub servers: BTreeMap<Name, Server>,
+    /// `az`: a backend per zone plus the pool's own as the spill (`plan::az`).
+    pub routing: Routing,
+    pub stickiness: Stickiness,
 }
 
 /// Administrative state of a server.
@@ -213,6 +220,7 @@ impl DesiredState {
             maps: BTreeMap::new(),
             acls: BTreeMap::new(),
             certificates: BTreeMap::new(),
+            availability_zones: None,
         }
     }
 
