@@ -109,15 +109,13 @@ fn zone_pool(p: &Pool, az: &AzSection, zone: &Name) -> Pool {
 }
 
 fn spill_pool(p: &Pool, az: &AzSection) -> Pool {
+    // Weights from the document's states, before evacuation: evacuating a
+    // zone then changes only its own servers' states, nothing else.
+    let weights = spill_weights(p);
     let mut out = p.clone();
     for s in out.servers.values_mut() {
         s.state = effective_state(az, s.az.as_deref(), s.state);
-    }
-    let weights = spill_weights(&out);
-    for (name, w) in weights {
-        if let Some(s) = out.servers.get_mut(&name) {
-            s.weight = w;
-        }
+        s.weight = weights.get(&s.name).copied().unwrap_or(s.weight);
     }
     out
 }
