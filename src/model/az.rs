@@ -119,9 +119,11 @@ pub(crate) fn validate_section(w: &WireAz, errs: &mut Vec<ValidationError>) -> A
     }
     for (i, z) in w.zones.iter().enumerate() {
         match Name::try_new(z) {
-            Ok(n) if zones.contains(&n) => {
-                push(errs, format!("{BASE}.zones[{i}]"), format!("duplicate zone {z}"))
-            }
+            Ok(n) if zones.contains(&n) => push(
+                errs,
+                format!("{BASE}.zones[{i}]"),
+                format!("duplicate zone {z}"),
+            ),
             Ok(n) => zones.push(n),
             Err(e) => push(
                 errs,

@@ -19,10 +19,11 @@
 //! every backend (runtime commands): its zone backend has `nbsrv` 0, so its
 //! clients spill, and no spill reaches it.
 //!
-//! Stickiness (any pool): `source` is a stick table on the client address
-//! in each backend (so a spilled client stays on one server, hence one
-//! zone, while the first choice stays the pool's balance algorithm and thus
-//! even); `cookie` is an inserted cookie naming the server.
+//! Stickiness (any pool): `source` is `balance source` with `hash-type
+//! consistent` in each backend, so a client stays on one server, hence one
+//! zone, and every LB of the group picks the same one (a stick table would
+//! be per LB, and ECMP spreads a client's connections over the LBs);
+//! `cookie` is an inserted cookie naming the server.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -80,6 +81,11 @@ pub fn backends(d: &DesiredState) -> Vec<Backend<'_>> {
                     });
                 }
             }
+            _ if p.stickiness == Stickiness::Source => out.push(Backend {
+                pool: Cow::Owned(source_hashed(p.clone())),
+                base: p,
+                role: Role::Plain,
+            }),
             _ => out.push(Backend {
                 pool: Cow::Borrowed(p),
                 base: p,
@@ -98,10 +104,22 @@ fn effective_state(az: &AzSection, zone: Option<&str>, state: ServerState) -> Se
     }
 }
 
+/// Source stickiness is a consistent hash of the client address: every LB
+/// of the group computes the same server for a client (same servers, ids
+/// and weights), where a stick table would be per LB and the ToR's ECMP
+/// hash spreads one client's connections over the LBs.
+fn source_hashed(mut p: Pool) -> Pool {
+    if p.stickiness == Stickiness::Source {
+        p.balance = crate::model::Balance("source".into());
+    }
+    p
+}
+
 fn zone_pool(p: &Pool, az: &AzSection, zone: &Name) -> Pool {
-    let mut out = p.clone();
+    let mut out = source_hashed(p.clone());
     out.name = zone_backend(&p.name, zone);
-    out.servers.retain(|_, s| s.az.as_deref() == Some(zone.as_str()));
+    out.servers
+        .retain(|_, s| s.az.as_deref() == Some(zone.as_str()));
     for s in out.servers.values_mut() {
         s.state = effective_state(az, s.az.as_deref(), s.state);
     }
@@ -112,7 +130,7 @@ fn spill_pool(p: &Pool, az: &AzSection) -> Pool {
     // Weights from the document's states, before evacuation: evacuating a
     // zone then changes only its own servers' states, nothing else.
     let weights = spill_weights(p);
-    let mut out = p.clone();
+    let mut out = source_hashed(p.clone());
     for s in out.servers.values_mut() {
         s.state = effective_state(az, s.az.as_deref(), s.state);
         s.weight = weights.get(&s.name).copied().unwrap_or(s.weight);
@@ -159,10 +177,10 @@ pub fn spill_weights(p: &Pool) -> BTreeMap<Name, u16> {
 pub fn stickiness_lines(base: &Pool) -> Vec<String> {
     match base.stickiness {
         Stickiness::None => Vec::new(),
-        Stickiness::Source => vec![
-            "stick-table type ipv6 size 1m expire 30m".to_string(),
-            "stick on src".to_string(),
-        ],
+        // With `balance source` (see `source_hashed`): consistent, so a
+        // server going down moves only its own clients, and weights can
+        // change at runtime.
+        Stickiness::Source => vec!["hash-type consistent".to_string()],
         Stickiness::Cookie => vec![format!("cookie lb_{} insert indirect nocache", base.name)],
     }
 }

@@ -42,7 +42,14 @@ fn pool_digest(d: &DesiredState, p: &Pool) -> String {
         Routing::Az => d.availability_zones.as_ref().map(|a| &a.zones),
         Routing::None => None,
     };
-    digest(&(&p.mode, &p.balance, &p.check, p.routing, p.stickiness, zones))
+    digest(&(
+        &p.mode,
+        &p.balance,
+        &p.check,
+        p.routing,
+        p.stickiness,
+        zones,
+    ))
 }
 
 fn digest<T: Serialize>(v: &T) -> String {

@@ -121,27 +121,41 @@ fn adding_removing_and_moving_servers_between_zones_is_runtime() {
     let to = doc(&[], clients(), grown);
     let cmds = runtime_only(&from, &to);
     assert!(
-        cmds.iter().any(|c| c.starts_with("set server www:az3/_slot1 addr 10.3.0.3")),
+        cmds.iter()
+            .any(|c| c.starts_with("set server www:az3/_slot1 addr 10.3.0.3")),
         "{cmds:?}"
     );
     // The spill backend rescales az3's weights: three servers share its total.
-    assert!(cmds.iter().any(|c| c == "set server www/c1 weight 171"), "{cmds:?}");
+    assert!(
+        cmds.iter().any(|c| c == "set server www/c1 weight 171"),
+        "{cmds:?}"
+    );
 
     let mut moved = six();
     moved.as_array_mut().unwrap()[0]["az"] = "az2".into();
     let to = doc(&[], clients(), moved);
     let cmds = runtime_only(&from, &to);
-    assert!(cmds.contains(&"set server www:az1/a1 state maint".to_string()), "{cmds:?}");
     assert!(
-        cmds.iter().any(|c| c.starts_with("set server www:az2/_slot1 addr 10.1.0.1")),
+        cmds.contains(&"set server www:az1/a1 state maint".to_string()),
+        "{cmds:?}"
+    );
+    assert!(
+        cmds.iter()
+            .any(|c| c.starts_with("set server www:az2/_slot1 addr 10.1.0.1")),
         "{cmds:?}"
     );
 
     let mut shrunk = six();
     shrunk.as_array_mut().unwrap().remove(5);
     let cmds = runtime_only(&from, &doc(&[], clients(), shrunk));
-    assert!(cmds.contains(&"set server www:az3/c2 state maint".to_string()), "{cmds:?}");
-    assert!(cmds.contains(&"set server www/c2 state maint".to_string()), "{cmds:?}");
+    assert!(
+        cmds.contains(&"set server www:az3/c2 state maint".to_string()),
+        "{cmds:?}"
+    );
+    assert!(
+        cmds.contains(&"set server www/c2 state maint".to_string()),
+        "{cmds:?}"
+    );
 }
 
 #[test]
