@@ -57,6 +57,12 @@ fn clients(zone: usize, n: u32) -> Vec<IpAddr> {
 
 /// One HTTP request from `src` to the VIP; the backend's name, or why not.
 fn request(src: IpAddr) -> Result<String, String> {
+    request_within(src, Duration::from_secs(3))
+}
+
+/// [`request`] giving up after `limit` (a probe that must not wait out
+/// HAProxy's connect retries to a dead server).
+fn request_within(src: IpAddr, limit: Duration) -> Result<String, String> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| e.to_string())?;
     s.bind(&SocketAddr::new(src, 0).into())
@@ -65,7 +71,7 @@ fn request(src: IpAddr) -> Result<String, String> {
     s.connect_timeout(&vip.into(), Duration::from_secs(2))
         .map_err(|e| format!("connect: {e}"))?;
     let mut s: std::net::TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
     s.write_all(b"GET / HTTP/1.0\r\nHost: www\r\n\r\n")
         .map_err(|e| e.to_string())?;
     let mut out = String::new();
@@ -117,7 +123,8 @@ async fn traffic(ns: &str, srcs: Vec<IpAddr>, rounds: u32) -> (Vec<(IpAddr, Stri
 /// when the first such request was *sent*, after the start of the poll
 /// (a request sent to a dead server just before the switch waits out
 /// HAProxy's connect retries, about 1 s each, and must not count as the
-/// switch time), and the failed requests on the way.
+/// switch time: probes give up after 100 ms), and the failed or abandoned
+/// requests on the way.
 async fn wait_served(
     ns: &str,
     src: IpAddr,
@@ -129,7 +136,7 @@ async fn wait_served(
         let mut failed = 0;
         loop {
             let sent = t0.elapsed();
-            match request(src) {
+            match request_within(src, Duration::from_millis(100)) {
                 Ok(b) if pred(&b) => return (sent, failed),
                 Ok(_) => {}
                 Err(_) => failed += 1,
