@@ -228,6 +228,48 @@ impl AzLab {
             .collect()
     }
 
+    /// Polls lb1's `lb-agent status` (bounded: the routes are those of the
+    /// last reconcile pass, at most `verify_interval` old) until its routing
+    /// line for `zone` reads `want`; returns that line of the human view.
+    async fn wait_route(&self, zone: &str, want: &str) -> String {
+        let t0 = Instant::now();
+        loop {
+            let (_, out, _) = self.lab.lbs[0].cli(&["status", "--json"]);
+            let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+            let found = v["haproxy"]["az_routing"][0]["zones"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|z| z["zone"] == zone)
+                .cloned();
+            let arrow = found.as_ref().map(|z| {
+                let to: Vec<&str> = z["to"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_str().unwrap())
+                    .collect();
+                match z["reason"].as_str() {
+                    None => format!("{zone} → {}", to.join("+")),
+                    Some(r) => format!("{zone} → {} ({r})", to.join("+")),
+                }
+            });
+            if arrow.as_deref() == Some(want) {
+                let (_, human, _) = self.lab.lbs[0].cli(&["status"]);
+                return human
+                    .lines()
+                    .find(|l| l.contains(want))
+                    .unwrap_or("")
+                    .to_string();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "lb1 status never said {want:?}: {found:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits (bounded) until both agents applied the current revision.
     async fn wait_applied(&self) {
         let t0 = Instant::now();
@@ -370,6 +412,11 @@ async fn az_routing_locality_spill_evacuation_and_cross_az() {
         );
     }
     assert_eq!(flipping, 0, "clients flipped zones: {per_client:?}");
+    let line = az
+        .wait_route("az1", "az1 → az2+az3 (az1 has no usable server)")
+        .await;
+    eprintln!("lb1 `lb-agent status`: {line}");
+    assert!(line.contains("www 0/2 healthy"), "{line}");
     for (i, v) in az.backends.iter_mut().enumerate() {
         let ns = &az.lab.lbs[i].ns;
         for b in v.iter_mut().filter(|b| b.name.starts_with("az1")) {
@@ -406,6 +453,10 @@ async fn az_routing_locality_spill_evacuation_and_cross_az() {
     assert_eq!(s.get("az1"), None, "evacuated az1 still served: {s:?}");
     assert!(moved < Duration::from_secs(5), "evacuation took {moved:?}");
     assert_eq!(r0, r1, "evacuating reloaded HAProxy");
+    let line = az.wait_route("az1", "az1 → az2+az3 (az1 evacuated)").await;
+    eprintln!("lb1 `lb-agent status`: {line}");
+    let line = az.wait_route("az2", "az2 → az2").await;
+    eprintln!("lb1 `lb-agent status`: {line}");
 
     // 4. A client-map change: az3's subnet now belongs to az2; and az1 back.
     let t0 = Instant::now();

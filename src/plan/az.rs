@@ -28,6 +28,9 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
+use crate::model::observed::{ObservedServer, ObservedServers};
 use crate::model::{AzSection, DesiredState, MapDef, Name, Pool, Routing, ServerState, Stickiness};
 
 /// Name of the agent's own client-subnet → zone map (a leading `_` is never
@@ -259,6 +262,97 @@ pub fn destination(
         .cloned()
         .collect();
     (to, Some(why))
+}
+
+/// Where one zone of a routed pool sends its requests now (status, CLI,
+/// metrics).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneRoute {
+    pub zone: String,
+    /// Servers of the zone in the document.
+    pub servers: usize,
+    /// Of those, usable in the zone's backend now (in service, up, weight > 0:
+    /// what HAProxy's `nbsrv` counts).
+    pub healthy: usize,
+    pub evacuated: bool,
+    /// The zones serving its requests: itself, or the zones it spills to.
+    pub to: Vec<String>,
+    /// Why it spills; `None` while served in the zone.
+    pub reason: Option<String>,
+}
+
+impl ZoneRoute {
+    /// `az1 → az1`, or `az1 → az2+az3 (az1 evacuated)`.
+    pub fn arrow(&self) -> String {
+        let to = if self.to.is_empty() {
+            "nothing".to_string()
+        } else {
+            self.to.join("+")
+        };
+        match &self.reason {
+            None => format!("{} → {to}", self.zone),
+            Some(r) => format!("{} → {to} ({r})", self.zone),
+        }
+    }
+}
+
+/// The zones of one routed pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRoutes {
+    pub pool: String,
+    pub zones: Vec<ZoneRoute>,
+}
+
+/// Where every zone of every routed pool goes, from the document and what
+/// HAProxy reports of each zone backend's servers.
+pub fn routes(d: &DesiredState, observed: &ObservedServers) -> Vec<PoolRoutes> {
+    let Some(az) = d.availability_zones.as_ref() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for p in d.pools.values().filter(|p| p.routing == Routing::Az) {
+        let usable: BTreeMap<Name, usize> = az
+            .zones
+            .iter()
+            .map(|z| {
+                let n = observed
+                    .backends
+                    .get(zone_backend(&p.name, z).as_str())
+                    .map(|be| be.servers.iter().filter(|s| is_usable(s)).count())
+                    .unwrap_or(0);
+                (z.clone(), n)
+            })
+            .collect();
+        let zones = az
+            .zones
+            .iter()
+            .map(|z| {
+                let (to, reason) = destination(az, z, &usable);
+                ZoneRoute {
+                    zone: z.to_string(),
+                    servers: p
+                        .servers
+                        .values()
+                        .filter(|s| s.az.as_deref() == Some(z.as_str()))
+                        .count(),
+                    healthy: usable[z],
+                    evacuated: az.is_evacuated(z.as_str()),
+                    to: to.iter().map(|n| n.to_string()).collect(),
+                    reason,
+                }
+            })
+            .collect();
+        out.push(PoolRoutes {
+            pool: p.name.to_string(),
+            zones,
+        });
+    }
+    out
+}
+
+/// What `nbsrv` counts: in service, running, weight above 0.
+fn is_usable(s: &ObservedServer) -> bool {
+    !s.in_maint() && !s.in_drain() && s.op_state == 2 && s.uweight > 0
 }
 
 #[cfg(test)]

@@ -101,6 +101,9 @@ pub struct HaproxyStatus {
     pub rejections: u64,
     /// Passes so far, for tests and the watchdog.
     pub passes: u64,
+    /// Where each zone of each AZ-routed pool sends its requests, as of the
+    /// last pass that observed HAProxy (`plan::az::routes`).
+    pub az_routing: Vec<crate::plan::az::PoolRoutes>,
 }
 
 /// Which frontends of the document in force the running HAProxy serves.
@@ -434,6 +437,8 @@ impl<H: HaproxyOps> Reconciler<H> {
             }
         };
         self.reachable = true;
+        let routes = crate::plan::az::routes(&d, &observed.servers);
+        self.update(|st| st.az_routing = routes);
         if !self.loaded_resolved {
             self.resolve_loaded(&structure);
         }

@@ -69,6 +69,7 @@ impl From<&crate::reconcile::HaproxyStatus> for HaproxyStatus {
                 at: None,
             }),
             rejections: h.rejections,
+            az_routing: h.az_routing.clone(),
         }
     }
 }
