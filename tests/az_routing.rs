@@ -193,6 +193,8 @@ impl AzLab {
             "frontends": [{"name": "web", "bind": [format!("{VIP}:80")], "mode": "http",
                            "default_pool": "www"}],
             "pools": [{"name": "www", "mode": "http", "routing": "az", "stickiness": "source",
+                       // Not in schema 1: applied without it, and reported.
+                       "logic": ["pool_logic"],
                        "check": {"type": "http", "path": "/", "interval": "300ms", "rise": 1, "fall": 1},
                        "servers": servers}]
         })
@@ -354,6 +356,16 @@ async fn az_routing_locality_spill_evacuation_and_cross_az() {
     az.lab.wait_nexthops(VIP, 2, Duration::from_secs(30)).await;
     az.wait_applied().await;
     let before = az.reloads();
+    let (_, out, _) = az.lab.lbs[0].cli(&["status", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let warnings = &v["haproxy"]["document_warnings"];
+    eprintln!("lb1 document warnings: {warnings}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .is_some_and(|w| w.starts_with("pools[0].logic: unknown field, ignored")),
+        "{warnings}"
+    );
     eprintln!("both LBs announce {VIP}; reloads so far (initial config): {before:?}");
 
     // 1. All healthy: every zone's clients stay in their zone.

@@ -781,6 +781,12 @@ pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
         ));
     }
 
+    for (i, w) in h.document_warnings.iter().enumerate() {
+        lines.push((
+            if i == 0 { "warnings" } else { "" },
+            style.paint(Colour::Yellow, &sanitize(w)),
+        ));
+    }
     lines.extend(az_routing_lines(&h.az_routing, style));
 
     let b = &s.bird;

@@ -10,6 +10,7 @@ pub mod grammar;
 pub mod hostnet;
 mod names;
 pub mod observed;
+pub mod unknown;
 pub mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +43,10 @@ pub struct DesiredState {
     pub certificates: BTreeMap<Name, Certificate>,
     /// The group's availability zones (`availability_zones`), if any.
     pub availability_zones: Option<AzSection>,
+    /// Fields of the document the agent ignored (`model::unknown`), as
+    /// `path: message`; logged and shown on the status socket.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// An anycast VIP prefix.
@@ -221,6 +226,7 @@ impl DesiredState {
             acls: BTreeMap::new(),
             certificates: BTreeMap::new(),
             availability_zones: None,
+            warnings: Vec::new(),
         }
     }
 

@@ -145,7 +145,11 @@ fn parse_with(
             message: e.into_inner().to_string(),
         }])
     })?;
-    validate(wire, ctx, host, policy)
+    let mut d = validate(wire, ctx, host, policy)?;
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        d.warnings = super::unknown::unknown_fields(&v);
+    }
+    Ok(d)
 }
 
 // ---------------------------------------------------------------------------
@@ -949,6 +953,7 @@ fn validate(
         acls,
         certificates,
         availability_zones,
+        warnings: Vec::new(),
     };
     check_logic(&d, &w, host)?;
     Ok(d)

@@ -104,6 +104,8 @@ pub struct HaproxyStatus {
     /// Where each zone of each AZ-routed pool sends its requests, as of the
     /// last pass that observed HAProxy (`plan::az::routes`).
     pub az_routing: Vec<crate::plan::az::PoolRoutes>,
+    /// Fields of the document in force that the agent ignored.
+    pub document_warnings: Vec<String>,
 }
 
 /// Which frontends of the document in force the running HAProxy serves.
@@ -426,6 +428,13 @@ impl<H: HaproxyOps> Reconciler<H> {
             return;
         };
         let d = target.desired.clone();
+        if fresh {
+            for w in &d.warnings {
+                warn!(revision = d.revision, warning = %w, "document field ignored");
+            }
+            let warnings = d.warnings.clone();
+            self.update(|st| st.document_warnings = warnings);
+        }
         let structure = self.ops.structure(&d);
         self.observe_identity().await;
         let observed = match self.ops.observe(&d).await {

@@ -70,6 +70,7 @@ impl From<&crate::reconcile::HaproxyStatus> for HaproxyStatus {
             }),
             rejections: h.rejections,
             az_routing: h.az_routing.clone(),
+            document_warnings: h.document_warnings.clone(),
         }
     }
 }

@@ -299,6 +299,10 @@ pub struct HaproxyStatus {
     /// zone's requests go now (as of the last reconcile pass).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub az_routing: Vec<crate::plan::az::PoolRoutes>,
+    /// Extra: fields of the document in force that the agent ignored
+    /// (`pools[0].logic: unknown field, ignored ...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub document_warnings: Vec<String>,
 }
 
 /// The `bird` section.
