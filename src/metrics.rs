@@ -384,6 +384,8 @@ impl Collector for SnapshotCollector {
             }),
         )?;
 
+        az_routing(&mut enc, &h.az_routing)?;
+
         // BIRD.
         {
             let mut me = enc.encode_descriptor(
@@ -479,9 +481,46 @@ impl Collector for SnapshotCollector {
     }
 }
 
+/// Per AZ-routed pool and zone: servers, usable servers, and whether the
+/// zone's requests spill to other zones (always described, even empty).
+fn az_routing(
+    enc: &mut DescriptorEncoder<'_>,
+    pools: &[crate::plan::az::PoolRoutes],
+) -> Result<(), std::fmt::Error> {
+    type Value = fn(&crate::plan::az::ZoneRoute) -> i64;
+    let families: [(&str, &str, Value); 3] = [
+        (
+            "lb_agent_az_servers",
+            "Servers of the zone in the pool (document)",
+            |z| z.servers as i64,
+        ),
+        (
+            "lb_agent_az_healthy_servers",
+            "Usable servers of the zone's backend (what nbsrv counts) at the last pass",
+            |z| z.healthy as i64,
+        ),
+        (
+            "lb_agent_az_spilling",
+            "1 while the zone's requests are served by other zones (evacuated or no usable server)",
+            |z| i64::from(z.reason.is_some()),
+        ),
+    ];
+    for (name, help, value) in families {
+        let mut me = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for p in pools {
+            for z in &p.zones {
+                ConstGauge::new(value(z)).encode(
+                    me.encode_family(&[("pool", p.pool.as_str()), ("az", z.zone.as_str())])?,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Names of every metric family, as they appear on `# TYPE` lines (for
 /// documentation and tests).
-pub const FAMILIES: [(&str, &str); 25] = [
+pub const FAMILIES: [(&str, &str); 28] = [
     ("lb_agent_apply_duration_seconds", "histogram"),
     ("lb_agent_build", "info"),
     ("lb_agent_applied_revision", "gauge"),
@@ -501,6 +540,9 @@ pub const FAMILIES: [(&str, &str); 25] = [
     ("lb_agent_haproxy_reload_pending", "gauge"),
     ("lb_agent_haproxy_reload_attempts", "gauge"),
     ("lb_agent_haproxy_next_reload_timestamp_seconds", "gauge"),
+    ("lb_agent_az_servers", "gauge"),
+    ("lb_agent_az_healthy_servers", "gauge"),
+    ("lb_agent_az_spilling", "gauge"),
     ("lb_agent_bird_reconfigures", "counter"),
     ("lb_agent_bird_ok", "gauge"),
     ("lb_agent_vip_announced", "gauge"),

@@ -663,6 +663,13 @@ async fn demote_keeps_a_vip_reachable_when_every_host_fails_at_once() {
         lb.write_agent_toml(OnStop::Withdraw, "on_unhealthy = \"demote\"");
         lb.start_agent();
     }
+    // Demoted routes count as nexthops too (a host whose services have not
+    // risen yet is demoted, not withdrawn): wait for both to be healthy.
+    for lb in &lab.lbs {
+        lb.wait_vip_status("announced, not demoted", Duration::from_secs(30), |v| {
+            v["announced"] == true && v["demoted"] == false
+        });
+    }
     lab.wait_nexthops(VIP, 2, Duration::from_secs(30)).await;
     // One host's service fails: it is demoted, the ToR prefers the healthy one.
     let t0 = Instant::now();

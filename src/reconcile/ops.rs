@@ -193,7 +193,10 @@ impl RealHaproxy {
     fn data_files(&self, d: &DesiredState) -> [Vec<String>; 3] {
         let path = |rel: PathBuf| self.data_dir.join(rel).display().to_string();
         [
-            d.maps.keys().map(|n| path(map_path(n.as_str()))).collect(),
+            crate::plan::az::all_maps(d)
+                .iter()
+                .map(|m| path(map_path(m.name.as_str())))
+                .collect(),
             d.acls.keys().map(|n| path(acl_path(n.as_str()))).collect(),
             d.certificates
                 .keys()

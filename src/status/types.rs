@@ -295,6 +295,14 @@ pub struct HaproxyStatus {
     /// Extra: documents refused since the agent started.
     #[serde(default)]
     pub rejections: u64,
+    /// Extra: per AZ-routed pool and zone, the usable servers and where the
+    /// zone's requests go now (as of the last reconcile pass).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub az_routing: Vec<crate::plan::az::PoolRoutes>,
+    /// Extra: fields of the document in force that the agent ignored
+    /// (`pools[0].logic: unknown field, ignored ...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub document_warnings: Vec<String>,
 }
 
 /// The `bird` section.
