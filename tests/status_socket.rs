@@ -524,22 +524,9 @@ async fn metrics_are_served_on_the_socket_and_only_metrics_on_tcp() {
         o.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"))
     })
     .await;
-    h.metrics.observe_apply(0.04);
-    h.metrics.observe_check(
-        "192.0.2.20/32",
-        "git_ssh",
-        CheckOutcome::Fail,
-        Duration::from_millis(3),
-    );
+    observe_one_apply_and_one_failed_check(&h.metrics);
 
-    let r = raw_with(
-        &h.socket,
-        Method::GET,
-        "/metrics",
-        "",
-        &[("accept", PROMETHEUS_ACCEPT)],
-    )
-    .await;
+    let r = scrape_as_prometheus(&h.socket).await;
     assert_eq!(r.0, StatusCode::OK);
     assert_eq!(
         r.1.get(CONTENT_TYPE).map(|v| v.as_bytes()),
@@ -1451,22 +1438,9 @@ async fn metrics_formats_parse_with_a_real_prometheus_parser() {
         return;
     }
     let h = Harness::start(Daemon::Normal, |_| {}).await;
-    h.metrics.observe_apply(0.04);
-    h.metrics.observe_check(
-        "192.0.2.20/32",
-        "git_ssh",
-        CheckOutcome::Fail,
-        Duration::from_millis(3),
-    );
+    observe_one_apply_and_one_failed_check(&h.metrics);
     let plain = raw(&h.socket, Method::GET, "/metrics", "").await;
-    let om = raw_with(
-        &h.socket,
-        Method::GET,
-        "/metrics",
-        "",
-        &[("accept", PROMETHEUS_ACCEPT)],
-    )
-    .await;
+    let om = scrape_as_prometheus(&h.socket).await;
     h.stop().await;
     assert_eq!(
         plain.1.get(CONTENT_TYPE).map(|v| v.as_bytes()),
@@ -1512,4 +1486,26 @@ async fn metrics_formats_parse_with_a_real_prometheus_parser() {
         strict.len(),
         om.len()
     );
+}
+
+fn observe_one_apply_and_one_failed_check(m: &Metrics) {
+    m.observe_apply(0.04);
+    m.observe_check(
+        "192.0.2.20/32",
+        "git_ssh",
+        CheckOutcome::Fail,
+        Duration::from_millis(3),
+    );
+}
+
+/// `GET /metrics` with the `Accept` header Prometheus sends.
+async fn scrape_as_prometheus(socket: &Path) -> (StatusCode, HeaderMap, Bytes) {
+    raw_with(
+        socket,
+        Method::GET,
+        "/metrics",
+        "",
+        &[("accept", PROMETHEUS_ACCEPT)],
+    )
+    .await
 }

@@ -410,8 +410,9 @@ async fn haproxy_down_withdraws_at_once_and_its_return_waits_for_checks() {
     h.stop().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_adopted_vip_keeps_its_route_through_a_restart_and_stop_withdraws() {
+/// A VIP adopted at start (announced before this agent ran), its one
+/// frontend `www` installed and adopted by the monitor: advertised.
+async fn adopted_www() -> Harness {
     let h = Harness::start(&[VIP]);
     h.applied.send_replace(Some(doc(1, &["www"])));
     // The reconciler and the watcher answer a little later.
@@ -422,6 +423,12 @@ async fn an_adopted_vip_keeps_its_route_through_a_restart_and_stop_withdraws() {
     h.checked(|_| ServiceHealth::adopted());
     run_for(2_000).await;
     assert!(h.advertised());
+    h
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_adopted_vip_keeps_its_route_through_a_restart_and_stop_withdraws() {
+    let h = adopted_www().await;
     assert_eq!(h.withdrawals(), 0, "{:?}", h.log.0.lock().unwrap());
     let log = h.stop().await;
     let last = log.0.lock().unwrap().last().unwrap().1.clone();
@@ -449,15 +456,7 @@ async fn a_corrupt_ownership_file_keeps_every_vip_withdrawn_with_the_reason() {
 
 #[tokio::test(start_paused = true)]
 async fn a_withdrawal_bird_never_confirms_fails_the_stop() {
-    let h = Harness::start(&[VIP]);
-    h.applied.send_replace(Some(doc(1, &["www"])));
-    run_for(300).await;
-    h.installed(&[("www", Install::Running)]);
-    h.haproxy_runs(&["www"]);
-    run_for(100).await;
-    h.checked(|_| ServiceHealth::adopted());
-    run_for(2_000).await;
-    assert!(h.advertised());
+    let h = adopted_www().await;
     h.bird_frozen
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let t0 = Instant::now();
