@@ -179,6 +179,7 @@ pub fn check_config(path: &Path, cache: bool) -> Result<(), Failure> {
         match &cfg.source.url {
             config::SourceUrl::Http(u) => u.clone(),
             config::SourceUrl::File(p) => format!("file://{}", p.display()),
+            config::SourceUrl::Etcd(e) => e.display(),
         }
     ))
 }
