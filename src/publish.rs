@@ -104,12 +104,14 @@ pub struct Report {
 
 /// Reads every key under the prefix: relative key → value, the header
 /// revision, and the group key's mod revision (0 when absent).
-async fn read_prefix(
+pub async fn read_prefix(
     client: &mut etcd_client::Client,
     url: &EtcdUrl,
     max_bytes: usize,
 ) -> Result<(BTreeMap<String, Vec<u8>>, i64, i64), PublishError> {
-    let mut kv = client.kv_client().max_decoding_message_size(max_bytes + (4 << 20));
+    let mut kv = client
+        .kv_client()
+        .max_decoding_message_size(max_bytes + (4 << 20));
     let mut resp = kv
         .get(url.prefix.as_bytes(), Some(GetOptions::new().with_prefix()))
         .await
@@ -127,15 +129,21 @@ async fn read_prefix(
     Ok((out, revision, group_mod))
 }
 
-/// Validates `body` (a schema-1 document), diffs it against etcd and, unless
-/// `dry_run`, writes the changes in one guarded transaction.
-pub async fn publish(
-    url: &EtcdUrl,
-    creds: &Credentials,
-    body: &[u8],
-    dry_run: bool,
-    max_bytes: usize,
-) -> Result<Report, PublishError> {
+/// A publish that was read and diffed but not yet written.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Changes, relative keys.
+    pub changes: Vec<KeyChange>,
+    /// The etcd revision read before the diff.
+    pub read_revision: i64,
+    /// The group key's mod revision as read (0: absent): the guard.
+    pub group_mod: i64,
+    desired: BTreeMap<String, Vec<u8>>,
+}
+
+/// Validates `body` (a schema-1 document) with the agent's validator and
+/// splits it into keys.
+pub fn desired_keys(body: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, PublishError> {
     let doc: Value = serde_json::from_slice(body)
         .map_err(|e| PublishError::Invalid(format!("not JSON: {e}")))?;
     let group = doc.get("group").and_then(Value::as_str).unwrap_or_default();
@@ -144,51 +152,101 @@ pub async fn publish(
     };
     crate::model::validate::parse_document(body, &ctx)
         .map_err(|e| PublishError::Invalid(format!("the document is invalid: {e}")))?;
-    let desired = layout::split(&doc).map_err(PublishError::Invalid)?;
-    let mut client = connect(&url.endpoints, creds)
-        .await
-        .map_err(PublishError::Etcd)?;
-    let (current, read_revision, group_mod) = read_prefix(&mut client, url, max_bytes).await?;
-    let changes = diff(&current, &desired);
-    if dry_run || changes.is_empty() {
-        return Ok(Report {
-            changes,
-            read_revision,
-            revision: None,
-        });
+    layout::split(&doc).map_err(PublishError::Invalid)
+}
+
+/// Reads the prefix and diffs it against the validated `body`.
+pub async fn prepare(
+    client: &mut etcd_client::Client,
+    url: &EtcdUrl,
+    body: &[u8],
+    max_bytes: usize,
+) -> Result<Prepared, PublishError> {
+    let desired = desired_keys(body)?;
+    let (current, read_revision, group_mod) = read_prefix(client, url, max_bytes).await?;
+    Ok(Prepared {
+        changes: diff(&current, &desired),
+        read_revision,
+        group_mod,
+        desired,
+    })
+}
+
+/// Writes a prepared publish in one transaction, guarded by the group key's
+/// mod revision; returns the new etcd revision (`None`: nothing to write).
+pub async fn commit(
+    client: &mut etcd_client::Client,
+    url: &EtcdUrl,
+    p: &Prepared,
+) -> Result<Option<i64>, PublishError> {
+    if p.changes.is_empty() {
+        return Ok(None);
     }
     let group_key = format!("{}group", url.prefix);
-    let mut ops = Vec::with_capacity(changes.len() + 1);
-    for c in &changes {
+    let mut ops = Vec::with_capacity(p.changes.len() + 1);
+    for c in &p.changes {
         match c {
             KeyChange::Added(k) | KeyChange::Changed(k) if k != "group" => {
-                ops.push(TxnOp::put(format!("{}{k}", url.prefix), desired[k].clone(), None));
+                ops.push(TxnOp::put(
+                    format!("{}{k}", url.prefix),
+                    p.desired[k].clone(),
+                    None,
+                ));
             }
             KeyChange::Removed(k) => ops.push(TxnOp::delete(format!("{}{k}", url.prefix), None)),
             _ => {}
         }
     }
     // Always rewrite the group key: it is what a concurrent publisher compares.
-    ops.push(TxnOp::put(group_key.clone(), desired["group"].clone(), None));
+    ops.push(TxnOp::put(
+        group_key.clone(),
+        p.desired["group"].clone(),
+        None,
+    ));
+    let n = ops.len();
     let txn = Txn::new()
-        .when([Compare::mod_revision(group_key.clone(), CompareOp::Equal, group_mod)])
+        .when([Compare::mod_revision(
+            group_key.clone(),
+            CompareOp::Equal,
+            p.group_mod,
+        )])
         .and_then(ops);
     let resp = client.txn(txn).await.map_err(|e| {
         PublishError::Etcd(format!(
-            "the transaction of {} operations failed: {e} (etcd's --max-txn-ops and --max-request-bytes bound one transaction)",
-            changes.len() + 1
+            "the transaction of {n} operations failed: {e} (etcd's --max-txn-ops and --max-request-bytes bound one transaction)"
         ))
     })?;
     if !resp.succeeded() {
         return Err(PublishError::Raced {
             key: group_key,
-            read: group_mod,
+            read: p.group_mod,
         });
     }
+    Ok(resp.header().map(|h| h.revision()))
+}
+
+/// Validates `body`, diffs it against etcd and, unless `dry_run`, writes the
+/// changes in one guarded transaction.
+pub async fn publish(
+    url: &EtcdUrl,
+    creds: &Credentials,
+    body: &[u8],
+    dry_run: bool,
+    max_bytes: usize,
+) -> Result<Report, PublishError> {
+    let mut client = connect(&url.endpoints, creds)
+        .await
+        .map_err(PublishError::Etcd)?;
+    let p = prepare(&mut client, url, body, max_bytes).await?;
+    let revision = if dry_run {
+        None
+    } else {
+        commit(&mut client, url, &p).await?
+    };
     Ok(Report {
-        changes,
-        read_revision,
-        revision: resp.header().map(|h| h.revision()),
+        changes: p.changes,
+        read_revision: p.read_revision,
+        revision,
     })
 }
 
@@ -214,7 +272,8 @@ pub async fn export(
             None => e.message,
         })
     })?;
-    serde_json::from_slice(&raw).map_err(|e| PublishError::Invalid(format!("assembled document: {e}")))
+    serde_json::from_slice(&raw)
+        .map_err(|e| PublishError::Invalid(format!("assembled document: {e}")))
 }
 
 #[cfg(test)]

