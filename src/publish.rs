@@ -150,7 +150,14 @@ pub fn desired_keys(body: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, PublishErr
     let ctx = crate::model::validate::ValidateContext {
         group: group.to_string(),
     };
-    crate::model::validate::parse_document(body, &ctx)
+    // The file's revision is ignored (etcd assigns one); validate as the
+    // agent will see it, with a revision present.
+    let mut probe = doc.clone();
+    if let Some(o) = probe.as_object_mut() {
+        o.insert("revision".into(), Value::from(1u64));
+    }
+    let probe = serde_json::to_vec(&probe).expect("a Value serialises");
+    crate::model::validate::parse_document(&probe, &ctx)
         .map_err(|e| PublishError::Invalid(format!("the document is invalid: {e}")))?;
     layout::split(&doc).map_err(PublishError::Invalid)
 }

@@ -8,8 +8,14 @@
 //! agent's validator as its parser. Every wait is bounded; every process is
 //! killed by PID on drop. Skips loudly without `etcd`.
 
+#[path = "common/agent.rs"]
+mod agent;
+#[path = "common/backend.rs"]
+mod backend;
 #[path = "common/etcd.rs"]
 mod etcd;
+#[path = "common/haproxy.rs"]
+mod haproxy;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -449,6 +455,10 @@ async fn killing_the_connected_member_resumes_on_another_without_gaps_or_repeats
         revisions.push(rev);
     }
     let last = *revisions.last().unwrap();
+    println!(
+        "member killed -> the cluster accepted the three writes: {:.0} ms",
+        killed_at.elapsed().as_secs_f64() * 1e3
+    );
     let a = src
         .wait_doc("after the kill", 30 * S, |a| a.doc.revision == last as u64)
         .await;
@@ -722,4 +732,159 @@ async fn racing_publishes_one_wins_whole_the_other_changes_nothing() {
         );
     }
     println!("free-running racing publishes: {raced} of 20 refused as raced (the rest ran one after the other)");
+}
+
+/// The built `lb-agent run` with `source.url = "etcd://…"` against a real
+/// HAProxy: a published document serves traffic, a one-server publish
+/// reaches HAProxy's runtime state (no reload), a bad key is refused while
+/// traffic continues, and the status socket shows the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_binary_serves_haproxy_from_etcd() {
+    if !etcd::available("the_agent_binary_serves_haproxy_from_etcd")
+        || !haproxy::available("the_agent_binary_serves_haproxy_from_etcd")
+    {
+        return;
+    }
+    let c = Cluster::start(1).await;
+    let lab = haproxy::Lab::new();
+    let _hp = haproxy::Haproxy::start(&lab);
+    let (a, b) = (
+        backend::Backend::start("a").await,
+        backend::Backend::start("b").await,
+    );
+    let vip = "127.0.0.38";
+    let fe: std::net::SocketAddr = format!("{vip}:{}", backend::free_port(vip))
+        .parse()
+        .unwrap();
+    let doc_for = |wa: u32, sb_state: &str| {
+        json!({
+            "schema": 1, "group": "blue",
+            "vips": [{"address": format!("{vip}/32")}],
+            "frontends": [{"name": "web", "bind": [fe.to_string()], "mode": "http", "default_pool": "www"}],
+            "pools": [{"name": "www", "mode": "http", "servers": [
+                {"name": "s_a", "address": "127.0.0.1", "port": a.addr.port(), "weight": wa},
+                {"name": "s_b", "address": "127.0.0.1", "port": b.addr.port(), "weight": 1, "state": sb_state}
+            ]}]
+        })
+    };
+    publish_doc(c.endpoints(), &doc_for(1, "maint")).await;
+    let cfg = agent::AgentToml {
+        dir: lab.dir.path(),
+        url: format!("etcd://{}/lb/blue", c.endpoints().join(",")),
+        haproxy_config: &lab.config,
+        admin: &lab.admin,
+        master: &lab.master,
+        extra: "",
+    }
+    .write();
+    let agent = agent::Agent::start(&cfg, &[]);
+    let wait_body = |want: &'static str, limit: Duration| {
+        let agent = &agent;
+        async move {
+            let deadline = Instant::now() + limit;
+            let mut last = Err(String::new());
+            while Instant::now() < deadline {
+                last = backend::get(fe).await;
+                if last.as_deref() == Ok(want) {
+                    return;
+                }
+                tokio::time::sleep(50 * MS).await;
+            }
+            panic!(
+                "{fe}: wanted {want:?}, last {last:?}; agent log:\n{}",
+                agent.log_text()
+            );
+        }
+    };
+    wait_body("a", 30 * S).await;
+    let reloads = || {
+        let st = status_json(&lab);
+        st["haproxy"]["reloads"].as_u64().unwrap_or(0)
+    };
+    tokio::time::sleep(500 * MS).await;
+    let before = reloads();
+
+    // s_a to maint, s_b ready: one publish, two keys, runtime socket only.
+    let published = Instant::now();
+    let r = publish_doc(c.endpoints(), &doc_for(0, "ready")).await;
+    let deadline = Instant::now() + 10 * S;
+    let latency = loop {
+        let st = haproxy::Haproxy::cli(&lab.admin, "show servers state www");
+        // s_b out of maintenance (admin state 0, or 4: CMAINT stays after
+        // a runtime `ready` of a server configured disabled).
+        let ready = st.lines().any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.len() > 7 && f[3] == "s_b" && (f[6] == "0" || f[6] == "4")
+        });
+        if ready {
+            break published.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "s_b never became ready:\n{st}\n{}",
+            agent.log_text()
+        );
+        tokio::time::sleep(MS).await;
+    };
+    println!(
+        "lb-agent publish -> HAProxy runtime state changed (etcd watch): {:.1} ms",
+        latency.as_secs_f64() * 1e3
+    );
+    wait_body("b", 10 * S).await;
+    let st = status_json(&lab);
+    assert_eq!(st["source"]["revision"], json!(r));
+    assert_eq!(st["source"]["stream"]["watch_state"], "watching");
+    assert_eq!(st["source"]["stream"]["endpoint"], json!(c.endpoints()[0]));
+    assert_eq!(
+        reloads(),
+        before,
+        "a server change is applied without a reload"
+    );
+    let deadline = Instant::now() + 10 * S;
+    while status_json(&lab)["revision"] != json!(r) {
+        assert!(
+            Instant::now() < deadline,
+            "revision {r} never reported applied"
+        );
+        tokio::time::sleep(50 * MS).await;
+    }
+
+    // A bad key: refused by name, traffic keeps flowing.
+    let mut client = c.client().await;
+    let bad = txn(
+        &mut client,
+        PREFIX,
+        &[("pools/www".into(), "{\"name\": \"www\",".into())],
+        &[],
+    )
+    .await;
+    let deadline = Instant::now() + 10 * S;
+    loop {
+        let st = status_json(&lab);
+        if st["source"]["stream"]["rejected_revision"] == json!(bad) {
+            assert_eq!(st["source"]["stream"]["rejected_key"], "/lb/blue/pools/www");
+            assert_eq!(
+                st["source"]["revision"],
+                json!(r),
+                "the previous document stays: {st:#}"
+            );
+            assert_eq!(st["revision"], json!(r), "and stays applied");
+            break;
+        }
+        assert!(Instant::now() < deadline, "rejection not reported: {st}");
+        tokio::time::sleep(50 * MS).await;
+    }
+    wait_body("b", 2 * S).await;
+    let exit = agent.stop();
+    assert!(exit.success(), "{exit:?}");
+}
+
+/// `GET /v1/status` on the lab agent's socket, through the CLI.
+fn status_json(lab: &haproxy::Lab) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"))
+        .args(["status", "--json", "--socket"])
+        .arg(lab.dir.path().join("status.sock"))
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
