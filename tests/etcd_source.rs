@@ -14,6 +14,8 @@ mod agent;
 mod backend;
 #[path = "common/etcd.rs"]
 mod etcd;
+#[path = "common/fake_api.rs"]
+mod fake_api;
 #[path = "common/haproxy.rs"]
 mod haproxy;
 
@@ -99,6 +101,10 @@ fn spawn(endpoints: Vec<String>) -> Src {
 }
 
 fn spawn_with_cache(endpoints: Vec<String>, cache: Option<&[u8]>) -> Src {
+    spawn_full(endpoints, cache, Credentials::default())
+}
+
+fn spawn_full(endpoints: Vec<String>, cache: Option<&[u8]>, creds: Credentials) -> Src {
     let dir = tempfile::tempdir().unwrap();
     let cache_path = dir.path().join("last-good.json");
     if let Some(c) = cache {
@@ -116,8 +122,14 @@ fn spawn_with_cache(endpoints: Vec<String>, cache: Option<&[u8]>) -> Src {
         max_removal_ratio: 1.0,
         connect_timeout: S,
         max_document_size: 64 << 20,
-        username: None,
-        password_file: None,
+        username: creds.username,
+        password_file: creds.password_file,
+    };
+    let cfg = SourceConfig {
+        ca_file: creds.ca_file,
+        client_cert: creds.client_cert,
+        client_key: creds.client_key,
+        ..cfg
     };
     let tuning = Tuning {
         backoff_base: 20 * MS,
@@ -887,4 +899,137 @@ fn status_json(lab: &haproxy::Lab) -> Value {
         .output()
         .unwrap();
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// mTLS to etcd plus user/password authentication with a read-only role:
+/// the agent's source reads and watches, a wrong password is an error on
+/// the status, and publish needs a user that may write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_user_password_authentication() {
+    if !etcd::available("tls_and_user_password_authentication") {
+        return;
+    }
+    lb_agent::source::ensure_crypto_provider();
+    let pki = tempfile::tempdir().unwrap();
+    let ca = fake_api::pki::Ca::new("etcd test CA");
+    let server_leaf = ca.server();
+    let client_leaf = ca.client("lb-agent");
+    let w = |name: &str, text: &str| {
+        let p = pki.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca_pem = w("ca.pem", &ca.pem());
+    let (scert, skey) = (
+        w("server.pem", &server_leaf.cert_pem),
+        w("server.key", &server_leaf.key_pem),
+    );
+    let (ccert, ckey) = (
+        w("client.pem", &client_leaf.cert_pem),
+        w("client.key", &client_leaf.key_pem),
+    );
+    let tls = Credentials {
+        ca_file: Some(ca_pem.clone()),
+        client_cert: Some(ccert.clone()),
+        client_key: Some(ckey.clone()),
+        ..Credentials::default()
+    };
+    let c = etcd::start_tls(&scert, &skey, &ca_pem, &tls).await;
+    let endpoints = c.endpoints();
+
+    // Users: root (publisher) and a read-only agent user on the prefix.
+    let mut admin = lb_agent::source::etcd::connect(&endpoints, &tls)
+        .await
+        .unwrap();
+    admin.user_add("root", "rootpw", None).await.unwrap();
+    let _ = admin.role_add("root").await;
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.role_add("reader").await.unwrap();
+    admin
+        .role_grant_permission(
+            "reader",
+            etcd_client::Permission::read(PREFIX).with_prefix(),
+        )
+        .await
+        .unwrap();
+    admin.user_add("agent", "agentpw", None).await.unwrap();
+    admin.user_grant_role("agent", "reader").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let as_user = |user: &str, pw: &str| {
+        let file = pki.path().join(format!("{user}.pw"));
+        std::fs::write(&file, format!("{pw}\n")).unwrap();
+        Credentials {
+            username: Some(user.into()),
+            password_file: Some(file),
+            ..tls.clone()
+        }
+    };
+    let body = doc(1, 2, 10).to_string();
+    let e = publish::publish(
+        &url(endpoints.clone()),
+        &as_user("agent", "agentpw"),
+        body.as_bytes(),
+        false,
+        64 << 20,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("permission denied"),
+        "a read-only user cannot publish: {e}"
+    );
+    let r = publish::publish(
+        &url(endpoints.clone()),
+        &as_user("root", "rootpw"),
+        body.as_bytes(),
+        false,
+        64 << 20,
+    )
+    .await
+    .unwrap()
+    .revision
+    .unwrap();
+
+    let mut src = spawn_full(endpoints.clone(), None, as_user("agent", "agentpw"));
+    src.wait_doc("the listing over mTLS as agent", 15 * S, |a| {
+        a.doc.revision == r as u64
+    })
+    .await;
+    let mut root = lb_agent::source::etcd::connect(&endpoints, &as_user("root", "rootpw"))
+        .await
+        .unwrap();
+    let r2 = txn(&mut root, PREFIX, &[server(0, 1, 55)], &[]).await;
+    let a = src
+        .wait_doc("a watched change", 10 * S, |a| a.doc.revision == r2 as u64)
+        .await;
+    assert_eq!(weight(&a.doc, "p0", "s1"), 55);
+    src.stop().await;
+
+    let mut bad = spawn_full(endpoints.clone(), None, as_user("agent", "wrong"));
+    let st = bad
+        .wait_status("auth failure", 10 * S, |s| s.error.is_some())
+        .await;
+    assert!(
+        st.error
+            .as_deref()
+            .unwrap()
+            .contains("authentication failed"),
+        "{:?}",
+        st.error
+    );
+    assert!(bad.revision().is_none());
+    bad.stop().await;
+
+    // Without a client certificate the TLS server refuses the connection.
+    let no_cert = Credentials {
+        ca_file: Some(ca_pem),
+        ..as_user("agent", "agentpw")
+    };
+    let mut bad = spawn_full(endpoints, None, no_cert);
+    let st = bad
+        .wait_status("no client certificate", 10 * S, |s| s.error.is_some())
+        .await;
+    assert!(bad.revision().is_none(), "{st:?}");
+    bad.stop().await;
 }

@@ -209,6 +209,72 @@ impl Cluster {
     }
 }
 
+/// A single member serving clients over TLS only, requiring a client
+/// certificate signed by the CA in `ca` (PEM files in the cluster's dir).
+pub async fn start_tls(
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+    creds: &lb_agent::source::etcd::Credentials,
+) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, p) = (free_port(), free_port());
+    let log = dir.path().join("m0.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new("etcd")
+        .args(["--name", "m0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("m0"))
+        .args(["--listen-client-urls", &format!("https://127.0.0.1:{c}")])
+        .args(["--advertise-client-urls", &format!("https://127.0.0.1:{c}")])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{p}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{p}"),
+        ])
+        .args(["--initial-cluster", &format!("m0=http://127.0.0.1:{p}")])
+        .arg("--cert-file")
+        .arg(cert)
+        .arg("--key-file")
+        .arg(key)
+        .arg("--trusted-ca-file")
+        .arg(ca)
+        .arg("--client-cert-auth")
+        .args(["--logger", "zap", "--log-outputs", "stderr"])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("spawning etcd");
+    let cluster = Cluster {
+        dir,
+        members: vec![Member {
+            name: "m0".into(),
+            client_port: c,
+            child: Some(child),
+            log,
+        }],
+    };
+    let endpoint = cluster.members[0].endpoint();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let probe = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut c =
+                lb_agent::source::etcd::connect(std::slice::from_ref(&endpoint), creds).await?;
+            c.get("lbtest-ready", None).await.map_err(|e| e.to_string())
+        })
+        .await;
+        match probe {
+            Ok(Ok(_)) => return cluster,
+            Ok(Err(e)) => last = e,
+            Err(_) => last = "timeout".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("TLS etcd not ready: {last}\n{}", cluster.logs());
+}
+
 /// Puts `kvs` (keys relative to `prefix`) and deletes `dels` in one
 /// transaction; returns its revision.
 pub async fn txn(

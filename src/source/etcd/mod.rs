@@ -170,15 +170,18 @@ impl<T: Document> Watcher<T> {
             st.endpoint = name.clone();
             st.watch_state = "connecting".into();
         });
-        let c = tokio::time::timeout(self.request_timeout, connect(&[name.clone()], &self.creds))
-            .await
-            .map_err(|_| {
-                format!(
-                    "connecting to {name}: no answer within {:?}",
-                    self.request_timeout
-                )
-            })?
-            .map_err(|e| format!("connecting to {name}: {e}"))?;
+        let c = tokio::time::timeout(
+            self.request_timeout,
+            connect(std::slice::from_ref(&name), &self.creds),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "connecting to {name}: no answer within {:?}",
+                self.request_timeout
+            )
+        })?
+        .map_err(|e| format!("connecting to {name}: {e}"))?;
         self.client = Some((endpoint, c.clone()));
         Ok(c)
     }

@@ -121,12 +121,14 @@ mod tests {
         }
     }
 
+    type Case = (&'static str, Progress, Step, Outcome, (Step, Delay, u32));
+
     #[test]
     fn decision_table() {
         use Delay::*;
         use Outcome::*;
         use Step::*;
-        let cases: Vec<(&str, Progress, Step, Outcome, (Step, Delay, u32))> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "listed → watch from R+1 here",
                 p(3, 2, 0),
