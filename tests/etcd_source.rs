@@ -1024,6 +1024,8 @@ async fn tls_and_user_password_authentication() {
     // Without a client certificate the TLS server refuses the connection.
     let no_cert = Credentials {
         ca_file: Some(ca_pem),
+        client_cert: None,
+        client_key: None,
         ..as_user("agent", "agentpw")
     };
     let mut bad = spawn_full(endpoints, None, no_cert);
