@@ -1035,3 +1035,48 @@ async fn tls_and_user_password_authentication() {
     assert!(bad.revision().is_none(), "{st:?}");
     bad.stop().await;
 }
+
+/// What one server change costs an etcd-watching agent on the wire, in a
+/// 1,000-pool × 20-server group, measured on a forwarder between the agent
+/// and etcd (printed, not asserted beyond "less than the document").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_received_for_a_one_server_change_at_20k_servers() {
+    if !etcd::available("bytes_received_for_a_one_server_change") {
+        return;
+    }
+    let c = Cluster::start(1).await;
+    let r1 = publish_doc(c.endpoints(), &doc(1000, 20, 10)).await;
+    let cable = Cable::start(c.endpoints()[0].parse().unwrap()).await;
+    let mut src = spawn(vec![cable.endpoint()]);
+    let a = src
+        .wait_doc("the 20k listing", 120 * S, |a| a.doc.revision == r1 as u64)
+        .await;
+    let document = a.raw.len();
+    src.wait_status("watching", 10 * S, |s| {
+        s.stream
+            .as_ref()
+            .is_some_and(|t| t.watch_state == "watching")
+    })
+    .await;
+    let listing = cable.received.load(std::sync::atomic::Ordering::SeqCst);
+    let mut client = c.client().await;
+    let mut per_change = Vec::new();
+    for w in 0..5u32 {
+        let before = cable.received.load(std::sync::atomic::Ordering::SeqCst);
+        let r = txn(&mut client, PREFIX, &[server(500, 7, 30 + w)], &[]).await;
+        src.wait_doc("a one-server change", 30 * S, |a| {
+            a.doc.revision == r as u64
+        })
+        .await;
+        per_change.push(cable.received.load(std::sync::atomic::Ordering::SeqCst) - before);
+    }
+    println!(
+        "one-server change at 20k servers: {per_change:?} bytes received by the agent (gRPC/HTTP2 framing included); \
+         the listing was {listing} bytes, the assembled document {document} bytes"
+    );
+    assert!(
+        per_change.iter().all(|b| (*b as usize) < document / 100),
+        "{per_change:?}"
+    );
+    src.stop().await;
+}

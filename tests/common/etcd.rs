@@ -302,6 +302,8 @@ pub async fn txn(
 /// can cut (and refuse) at will.
 pub struct Cable {
     pub port: u16,
+    /// Bytes forwarded from the target to the client (what the agent received).
+    pub received: Arc<std::sync::atomic::AtomicU64>,
     up: Arc<AtomicBool>,
     generation: Arc<tokio::sync::watch::Sender<u64>>,
     task: tokio::task::JoinHandle<()>,
@@ -315,9 +317,11 @@ impl Cable {
         let (gen_tx, _) = tokio::sync::watch::channel(0u64);
         let generation = Arc::new(gen_tx);
         let (up2, gen2) = (up.clone(), generation.clone());
+        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let received2 = received.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
                 if !up2.load(Ordering::SeqCst) {
@@ -325,12 +329,32 @@ impl Cable {
                     continue;
                 }
                 let mut cut = gen2.subscribe();
+                let received = received2.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
                         return;
                     };
+                    let (mut ci, mut co) = inbound.into_split();
+                    let (mut si, mut so) = outbound.into_split();
+                    let up = async move {
+                        let _ = tokio::io::copy(&mut ci, &mut so).await;
+                    };
+                    let down = async move {
+                        let mut buf = vec![0u8; 64 << 10];
+                        loop {
+                            let n = match si.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            received.fetch_add(n as u64, Ordering::SeqCst);
+                            if co.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = async { tokio::join!(up, down) } => {}
                         _ = cut.changed() => {}
                     }
                 });
@@ -338,6 +362,7 @@ impl Cable {
         });
         Cable {
             port,
+            received,
             up,
             generation,
             task,
