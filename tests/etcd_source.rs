@@ -1080,3 +1080,51 @@ async fn bytes_received_for_a_one_server_change_at_20k_servers() {
     );
     src.stop().await;
 }
+
+/// The CLI: `publish --dry-run` prints the diff and writes nothing,
+/// `publish` writes, `export` prints the document back, a bad document
+/// exits 2 naming the path, an unreachable etcd exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_and_export_commands() {
+    if !etcd::available("publish_and_export_commands") {
+        return;
+    }
+    let c = Cluster::start(1).await;
+    let to = format!("etcd://{}/lb/blue", c.endpoints()[0]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("d.json");
+    std::fs::write(&file, doc(1, 2, 10).to_string()).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let f = file.to_str().unwrap();
+    let (code, out, err) = run(&["publish", "--to", &to, f, "--dry-run"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("+ servers/p0/s1") && out.contains("dry run: 7 keys would change"), "{out}");
+    let (code, out, _) = run(&["export", "--from", &to]);
+    assert_ne!(code, Some(0), "nothing published yet: {out}");
+    let (code, out, err) = run(&["publish", "--to", &to, f]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("published 7 changed keys under /lb/blue/ as etcd revision"), "{out}");
+    let (code, out, err) = run(&["export", "--from", &to]);
+    assert_eq!(code, Some(0), "{err}");
+    let exported: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(normal(exported), normal(doc(1, 2, 10)));
+    std::fs::write(&file, doc(1, 2, 999).to_string()).unwrap();
+    let (code, _, err) = run(&["publish", "--to", &to, f]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("pools[0].servers[0].weight"), "{err}");
+    let closed = format!("etcd://127.0.0.1:{}/lb/blue", etcd::free_port());
+    let (code, _, err) = run(&["export", "--from", &closed]);
+    assert_eq!(code, Some(1), "{err}");
+    let (code, _, err) = run(&["export", "--from", "etcd://x:1"]);
+    assert_eq!(code, Some(2), "{err}");
+}
