@@ -4,11 +4,15 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
 # Each target starts from its committed corpus (fuzz/corpus/TARGET, copied,
-# never written to) plus seeds made from fixtures/ at every run. Exits
+# never written to) plus seeds made from fixtures/ at every run. With
+# FUZZ_KEEP=1 (the long runs) the run writes into fuzz/corpus/TARGET and
+# minimizes it afterwards (`cargo fuzz cmin`), for committing. FUZZ_RUNS=N
+# stops a target after N executions (whichever of SECONDS and N comes first). Exits
 # non-zero when a target crashes (panic, abort, timeout, out of memory); the
 # input is kept under fuzz/artifacts/TARGET/ and the log is printed.
-# Prints executions per target. Needs a nightly toolchain and cargo-fuzz
-# (installed here with `cargo install cargo-fuzz --locked` when missing).
+# Prints executions per target. Uses a nightly toolchain when there is one
+# (otherwise see below) and cargo-fuzz
+# (installed here, pinned, when missing).
 # What each target checks and the long runs: docs/reliability.md.
 set -euo pipefail
 
@@ -18,18 +22,26 @@ secs=${1:-30}
 shift || true
 [[ $secs =~ ^[0-9]+$ ]] || { echo "usage: $0 [SECONDS] [TARGET...]" >&2; exit 2; }
 
-if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-    echo "!!! fuzz: no nightly toolchain (rustup toolchain install nightly); cargo-fuzz needs one" >&2
-    exit 1
+# cargo-fuzz passes rustc unstable flags (-Zsanitizer, coverage options):
+# a nightly toolchain takes them; without one (a machine with only its one
+# stable toolchain, as CI's), the stable compiler is told to accept them with
+# RUSTC_BOOTSTRAP=1, the same compiler with its feature gate opened.
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    toolchain=nightly
+else
+    toolchain=$(rustup show active-toolchain 2>/dev/null | cut -d' ' -f1)
+    toolchain=${toolchain:-stable}
+    export RUSTC_BOOTSTRAP=1
+    echo "!!! fuzz: no nightly toolchain; using $toolchain with RUSTC_BOOTSTRAP=1" >&2
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "== installing cargo-fuzz"
-    cargo install cargo-fuzz --locked
+    cargo install --locked --quiet cargo-fuzz@0.13.2
 fi
 
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
-    mapfile -t targets < <(cargo +nightly fuzz list)
+    mapfile -t targets < <(cargo +"$toolchain" fuzz list)
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/lb-agent-fuzz.XXXXXX")
@@ -97,9 +109,9 @@ max_len() {
     esac
 }
 
-echo "== cargo fuzz build (nightly, address sanitizer)"
+echo "== cargo fuzz build ($toolchain, address sanitizer)"
 start=$(date +%s)
-cargo +nightly fuzz build
+cargo +"$toolchain" fuzz build
 echo "== built in $(($(date +%s) - start)) s"
 
 failed=()
@@ -107,15 +119,20 @@ summary=()
 for t in "${targets[@]}"; do
     corpus="$work/$t/corpus"
     seeds="$work/$t/seeds"
-    mkdir -p "$corpus"
-    if [[ -d fuzz/corpus/$t ]]; then cp -r "fuzz/corpus/$t/." "$corpus/"; fi
+    if [[ ${FUZZ_KEEP:-0} == 1 ]]; then
+        corpus="$root/fuzz/corpus/$t"
+        mkdir -p "$corpus"
+    else
+        mkdir -p "$corpus"
+        if [[ -d fuzz/corpus/$t ]]; then cp -r "fuzz/corpus/$t/." "$corpus/"; fi
+    fi
     seed "$t" "$seeds"
     log="$work/$t.log"
     echo "== $t: ${secs} s"
     rc=0
-    cargo +nightly fuzz run "$t" "$corpus" "$seeds" -- \
+    cargo +"$toolchain" fuzz run "$t" "$corpus" "$seeds" -- \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
-        -max_len="$(max_len "$t")" -print_final_stats=1 >"$log" 2>&1 || rc=$?
+        -max_len="$(max_len "$t")" ${FUZZ_RUNS:+-runs=$FUZZ_RUNS} -print_final_stats=1 >"$log" 2>&1 || rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     size=$(find "$corpus" -type f | wc -l)
     if [[ $rc -ne 0 ]]; then
@@ -125,8 +142,13 @@ for t in "${targets[@]}"; do
         failed+=("$t")
         summary+=("$(printf '%-16s %12s %10s  CRASH' "$t" "${execs:-?}" "$size")")
     else
-        summary+=("$(printf '%-16s %12s %10s  ok (%s exec/s)' "$t" "${execs:-?}" "$size" \
-            "$(( ${execs:-0} / (secs > 0 ? secs : 1) ))")")
+        if [[ ${FUZZ_KEEP:-0} == 1 ]]; then
+            cargo +"$toolchain" fuzz cmin "$t" "$corpus" >"$work/$t.cmin.log" 2>&1 ||
+                { echo "!!! $t: corpus minimization failed"; tail -n 5 "$work/$t.cmin.log"; }
+            size=$(find "$corpus" -type f | wc -l)
+        fi
+        rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+        summary+=("$(printf '%-16s %12s %10s  ok (%s exec/s)' "$t" "${execs:-?}" "$size" "${rate:-?}")")
     fi
 done
 

@@ -489,12 +489,26 @@ async fn run_generation(
         keep_on_stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     anycast_cancel.cancel();
-    match tokio::time::timeout(SHUTDOWN_GRACE, anycast_task).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => error!(error = %format!("{e:#}"), "anycast task failed"),
-        Ok(Err(e)) => error!(error = %e, "anycast task panicked"),
-        Err(_) => warn!("anycast task did not stop in time"),
-    }
+    // At a stop, an unconfirmed withdrawal fails the process (after the
+    // cleanup below), so that the unit's ExecStopPost reset runs.
+    let stop_failure = match tokio::time::timeout(SHUTDOWN_GRACE, anycast_task).await {
+        Ok(Ok(Ok(()))) => None,
+        Ok(Ok(Err(e))) => {
+            error!(error = %format!("{e:#}"), "anycast task failed");
+            Some(e)
+        }
+        Ok(Err(e)) => {
+            error!(error = %e, "anycast task panicked");
+            Some(anyhow::anyhow!("the anycast task panicked: {e}"))
+        }
+        Err(_) => {
+            warn!("anycast task did not stop in time");
+            Some(anyhow::anyhow!(
+                "the anycast task did not stop within {}s",
+                SHUTDOWN_GRACE.as_secs()
+            ))
+        }
+    };
     monitor_cancel.cancel();
     let _ = tokio::task::spawn_blocking(move || monitor_thread.join()).await;
     cancel.cancel();
@@ -504,7 +518,10 @@ async fn run_generation(
     {
         warn!(grace = ?SHUTDOWN_GRACE, "tasks did not finish in time; going on anyway");
     }
-    Ok(outcome)
+    match (outcome, stop_failure) {
+        (Outcome::Stop, Some(e)) => Err(e.context("stopping")),
+        (outcome, _) => Ok(outcome),
+    }
 }
 
 /// The services of `vip` for the status socket: health from the monitor,

@@ -1,4 +1,4 @@
-//! The persisted drain flag (SPEC §3 "Drain": drained state survives agent
+//! The persisted drain flag (docs/gating.md, "Sets": drained state survives agent
 //! restarts until `lb-agent undrain`).
 //!
 //! A drain is an operator's promise to the platform that this host is going

@@ -1,5 +1,5 @@
 //! The anycast gate: which VIPs may be announced, and why the others are not
-//! (SPEC §3).
+//! (docs/gating.md, "The rule").
 //!
 //! This is the heart of the "only announce what works" promise, so it is a
 //! pure function: [`decide`] takes a snapshot of everything the rule depends
@@ -104,7 +104,7 @@ pub struct VipView {
     pub services: Vec<ServiceView>,
 }
 
-/// Whether the host is drained (SPEC §3 "Drain"), in monotonic time.
+/// Whether the host is drained (docs/gating.md, "Sets"), in monotonic time.
 ///
 /// [`crate::drain::DrainStore::gate_state`] converts the persisted
 /// wall-clock state into this.
@@ -784,7 +784,7 @@ mod tests {
     }
 
     /// Exhaustive over the five conditions (× drained/graceful/in grace): the
-    /// announcement follows the SPEC formula and only it.
+    /// announcement follows the documented formula (docs/gating.md) and only it.
     #[test]
     fn formula_holds_for_every_combination() {
         let clock = Clock(Instant::now());

@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod drain;
+pub mod exposition;
 pub mod fdbudget;
 pub mod fsutil;
 pub mod gate;

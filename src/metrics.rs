@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC §5), served at `/metrics` on the status socket
+//! Prometheus metrics (every family: docs/status.md, "Metrics"), served at `/metrics` on the status socket
 //! and, optionally, on `status.metrics_listen`.
 //!
 //! Two mechanisms, chosen by who owns the number:
@@ -18,10 +18,12 @@
 //!   encoded and the others are dropped, so a removed service does not leave
 //!   a series behind forever.
 //!
-//! The exposition is OpenMetrics text (what prometheus-client writes):
+//! The encoding is OpenMetrics text (what prometheus-client writes):
 //! counters are declared without and sampled with `_total`, seconds carry
-//! a `# UNIT` line, and it ends with `# EOF`. Serve it with
-//! [`CONTENT_TYPE`]. Every name starts with `lb_agent_` and is stable.
+//! a `# UNIT` line, and it ends with `# EOF` ([`CONTENT_TYPE`]). `/metrics`
+//! serves it to scrapers that prefer it and the Prometheus text format to
+//! all others ([`crate::exposition`]). Every name starts with `lb_agent_`
+//! and is stable.
 
 #![warn(missing_docs)]
 
@@ -42,8 +44,8 @@ use tokio::sync::watch;
 
 use crate::status::types::{Snapshot, SourceState};
 
-/// The `Content-Type` of the exposition.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The `Content-Type` of [`Metrics::encode`]'s OpenMetrics.
+pub const CONTENT_TYPE: &str = crate::exposition::OPENMETRICS_CONTENT_TYPE;
 
 /// Buckets of `lb_agent_apply_duration_seconds`: a runtime-only pass takes
 /// milliseconds, a reload with `haproxy -c` and a new worker about a second,
@@ -382,6 +384,8 @@ impl Collector for SnapshotCollector {
             }),
         )?;
 
+        az_routing(&mut enc, &h.az_routing)?;
+
         // BIRD.
         {
             let mut me = enc.encode_descriptor(
@@ -477,9 +481,46 @@ impl Collector for SnapshotCollector {
     }
 }
 
+/// Per AZ-routed pool and zone: servers, usable servers, and whether the
+/// zone's requests spill to other zones (always described, even empty).
+fn az_routing(
+    enc: &mut DescriptorEncoder<'_>,
+    pools: &[crate::plan::az::PoolRoutes],
+) -> Result<(), std::fmt::Error> {
+    type Value = fn(&crate::plan::az::ZoneRoute) -> i64;
+    let families: [(&str, &str, Value); 3] = [
+        (
+            "lb_agent_az_servers",
+            "Servers of the zone in the pool (document)",
+            |z| z.servers as i64,
+        ),
+        (
+            "lb_agent_az_healthy_servers",
+            "Usable servers of the zone's backend (what nbsrv counts) at the last pass",
+            |z| z.healthy as i64,
+        ),
+        (
+            "lb_agent_az_spilling",
+            "1 while the zone's requests are served by other zones (evacuated or no usable server)",
+            |z| i64::from(z.reason.is_some()),
+        ),
+    ];
+    for (name, help, value) in families {
+        let mut me = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for p in pools {
+            for z in &p.zones {
+                ConstGauge::new(value(z)).encode(
+                    me.encode_family(&[("pool", p.pool.as_str()), ("az", z.zone.as_str())])?,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Names of every metric family, as they appear on `# TYPE` lines (for
 /// documentation and tests).
-pub const FAMILIES: [(&str, &str); 25] = [
+pub const FAMILIES: [(&str, &str); 28] = [
     ("lb_agent_apply_duration_seconds", "histogram"),
     ("lb_agent_build", "info"),
     ("lb_agent_applied_revision", "gauge"),
@@ -499,6 +540,9 @@ pub const FAMILIES: [(&str, &str); 25] = [
     ("lb_agent_haproxy_reload_pending", "gauge"),
     ("lb_agent_haproxy_reload_attempts", "gauge"),
     ("lb_agent_haproxy_next_reload_timestamp_seconds", "gauge"),
+    ("lb_agent_az_servers", "gauge"),
+    ("lb_agent_az_healthy_servers", "gauge"),
+    ("lb_agent_az_spilling", "gauge"),
     ("lb_agent_bird_reconfigures", "counter"),
     ("lb_agent_bird_ok", "gauge"),
     ("lb_agent_vip_announced", "gauge"),

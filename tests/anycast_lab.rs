@@ -1,5 +1,5 @@
 //! Issue 3 end to end: the real `lb-agent` binary gating anycast
-//! announcements in the lab of `notes/anycast-lab.md`.
+//! announcements in the lab of docs/architecture.md ("The test labs").
 //!
 //! Each test builds its own throwaway topology (`lab::Lab`): a ToR
 //! namespace running BIRD (`merge paths on`, ip_forward=1, L4 multipath
@@ -58,7 +58,7 @@ const LB2: &str = "via 10.0.2.2 dev tor-lb2";
 /// up to ~300 ms on this disk while parallel builds ran, hence the margin.
 const BIRD_SLACK: Duration = Duration::from_millis(750);
 
-/// SPEC §3: a failing service is withdrawn within fall × interval + timeout
+/// docs/gating.md: a failing service is withdrawn within fall × interval + timeout
 /// (+ BIRD time).
 fn withdraw_bound() -> Duration {
     INTERVAL * FALL + TIMEOUT + BIRD_SLACK

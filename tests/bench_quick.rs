@@ -1,5 +1,5 @@
 //! The benchmark harness runs end to end in `--quick` mode and prints its
-//! table. Only the shape is checked: timings are never asserted (SPEC §8).
+//! table. Only the shape is checked: timings are never asserted (docs/performance.md).
 
 use std::path::Path;
 use std::process::Command;

@@ -723,7 +723,7 @@ fn time_until_gone(tor: &str, t0: [Instant; 2], limit: Duration) -> [Option<Dura
     gone
 }
 
-/// SPEC §9: host death → ToR route gone < 1 s, with BFD. The bound is BFD's
+/// docs/performance.md (raised targets), docs/bird.md: host death → ToR route gone < 1 s, with BFD. The bound is BFD's
 /// detection time (3 × 100 ms from the last packet lb1 sent) plus the ToR's
 /// withdrawal into its kernel (≈ 1 ms, see docs/bird.md) plus this test's
 /// polling (≈ 4 ms), ≈ 0.3 s in all: the 0.7 s left is for scheduling on a

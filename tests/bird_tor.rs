@@ -1,4 +1,4 @@
-//! The anycast lab of `notes/anycast-lab.md`, built per test in throwaway
+//! The anycast lab of docs/architecture.md ("The test labs"), built per test in throwaway
 //! namespaces: a ToR BIRD (`merge paths on`, ip_forward=1) peering eBGP with
 //! two LB namespaces, each running a BIRD whose export filter matches the
 //! include's prefix sets, each include driven by a real [`Publisher`]. The
@@ -360,7 +360,7 @@ async fn ecmp_follows_each_lbs_include_without_session_resets() {
         ms(median(&mut cfg_to_route)),
         ms(*cfg_to_route.last().unwrap()),
     );
-    // SPEC §8 gives this leg 200 ms. The typical toggle must sit far below
+    // docs/performance.md gives this leg 200 ms. The typical toggle must sit far below
     // it; the slowest is bounded more loosely, because the include's fsync
     // waits on whatever else the disk is doing (parallel builds on CI).
     assert!(

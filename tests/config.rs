@@ -242,7 +242,7 @@ fn empty_file_and_packaged_file_are_the_defaults() {
     packaged.bird.demote_variable = None;
     assert_eq!(packaged, empty);
 
-    // The SPEC §1 defaults, spelled out once more from the contract.
+    // The documented defaults (docs/config.md), spelled out once more from the contract.
     assert_eq!(empty.node.group, "default");
     assert_eq!(empty.source.poll_interval, Duration::from_secs(5));
     assert_eq!(empty.source.long_poll, Duration::from_secs(30));

@@ -1,5 +1,5 @@
 //! Every fixture document: the valid ones parse, the invalid ones are rejected
-//! with exactly the expected messages (SPEC §7's classes each have one).
+//! with exactly the expected messages (docs/safety.md's classes each have one).
 //!
 //! Documents are validated the way the agent does, with the VIP policy of
 //! the built-in `[vip]` and `[bird]` defaults (no host view: the host's own

@@ -1128,3 +1128,52 @@ async fn publish_and_export_commands() {
     let (code, _, err) = run(&["export", "--from", "etcd://x:1"]);
     assert_eq!(code, Some(2), "{err}");
 }
+
+/// Where an etcd-watching agent's CPU goes for a one-server change at
+/// 1,000 pools × 20 servers: applying the event to the store, assembling
+/// the document, validating it (printed; run with `--release` for the
+/// figure docs/etcd.md quotes). No etcd needed.
+#[test]
+fn agent_cost_of_a_one_server_change_at_20k_servers() {
+    use lb_agent::source::etcd::{layout, store};
+    let kv = layout::split(&doc(1000, 20, 10)).unwrap();
+    let mut s = store::Store::new(64 << 20);
+    s.reset(
+        1,
+        kv.into_iter()
+            .map(|(k, v)| (k, bytes::Bytes::from(v))),
+    );
+    let p = parser();
+    let (mut apply, mut assemble, mut validate) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..20u64 {
+        let (k, v) = server(500, 7, 30 + i as u32);
+        let e = store::Event {
+            revision: 2 + i,
+            change: store::Change::Put {
+                key: k,
+                value: bytes::Bytes::from(v),
+            },
+        };
+        let t = Instant::now();
+        assert_eq!(s.apply(&[e]).revisions, 1);
+        apply.push(t.elapsed());
+        let t = Instant::now();
+        let (raw, _) = s.document(64 << 20).unwrap();
+        assemble.push(t.elapsed());
+        let t = Instant::now();
+        let d = p(&raw).unwrap();
+        validate.push(t.elapsed());
+        assert_eq!(weight(&d, "p500", "s7"), 30 + i as u16);
+    }
+    let med = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e3
+    };
+    println!(
+        "one-server change at 20k servers, agent CPU (median of 20, {} build): apply to store {:.3} ms, assemble {:.2} ms, validate {:.1} ms",
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        med(&mut apply),
+        med(&mut assemble),
+        med(&mut validate)
+    );
+}

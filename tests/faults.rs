@@ -418,6 +418,45 @@ async fn an_agent_killed_with_sigkill_keeps_or_fails_closed_as_configured() {
     assert_eq!(lab.tor_nexthops(VIP).await, [LB2]);
 }
 
+/// A stop whose withdrawal BIRD never confirms (BIRD frozen) exits non-zero,
+/// so systemd's `$SERVICE_RESULT` is not `success` and the unit's
+/// `ExecStopPost=lb-agent reset --if-failed` acts (before, the agent exited 0
+/// and the reset skipped itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_bird_never_confirms_exits_non_zero_so_the_reset_runs() {
+    if skip_without_netns_loudly("a_stop_bird_never_confirms_exits_non_zero_so_the_reset_runs") {
+        return;
+    }
+    let mut lab = Lab::start(LabOptions::default()).await;
+    lab.wait_nexthops(VIP, 2, Duration::from_secs(30)).await;
+    lab.lbs[0].bird.signal(Signal::SIGSTOP);
+    let t0 = Instant::now();
+    let status = lab.lbs[0].stop_agent();
+    let took = t0.elapsed();
+    lab.lbs[0].bird.signal(Signal::SIGCONT);
+    let logs = lab.lbs[0].agent_logs();
+    assert_eq!(status.code(), Some(1), "exit status {status:?}\n{logs}");
+    assert!(logs.contains("did not confirm the withdrawal"), "{logs}");
+    // What ExecStopPost then runs, with what systemd sets for a failed exit.
+    let (code, out, err) = lab.lbs[0].cli_config_env(
+        &["reset", "--if-failed"],
+        &[("SERVICE_RESULT", "exit-code")],
+    );
+    assert_eq!(code, 0, "lb-agent reset --if-failed: {out}{err}");
+    assert!(
+        !out.contains("announcements left as they are"),
+        "the reset skipped itself: {out}{err}"
+    );
+    lab.wait_nexthops(VIP, 1, Duration::from_secs(5)).await;
+    assert_eq!(lab.tor_nexthops(VIP).await, [LB2]);
+    assert!(lab.lbs[0].exported().await.is_empty());
+    eprintln!(
+        "BIRD frozen at stop: the agent gave up waiting for the withdrawal after {:.0} ms and exited 1; \
+         `reset --if-failed` (SERVICE_RESULT=exit-code) left lb1 exporting nothing",
+        ms(took)
+    );
+}
+
 /// `reloads` and `runtime_commands` of an LB's agent.
 fn counters(lb: &LbHost) -> (u64, u64) {
     let (_, out, _) = lb.cli(&["status", "--json"]);
@@ -623,6 +662,13 @@ async fn demote_keeps_a_vip_reachable_when_every_host_fails_at_once() {
     for lb in &mut lab.lbs {
         lb.write_agent_toml(OnStop::Withdraw, "on_unhealthy = \"demote\"");
         lb.start_agent();
+    }
+    // Demoted routes count as nexthops too (a host whose services have not
+    // risen yet is demoted, not withdrawn): wait for both to be healthy.
+    for lb in &lab.lbs {
+        lb.wait_vip_status("announced, not demoted", Duration::from_secs(30), |v| {
+            v["announced"] == true && v["demoted"] == false
+        });
     }
     lab.wait_nexthops(VIP, 2, Duration::from_secs(30)).await;
     // One host's service fails: it is demoted, the ToR prefers the healthy one.

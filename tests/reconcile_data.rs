@@ -1,5 +1,5 @@
 //! Maps, ACLs and certificates converge through the runtime socket of a real
-//! HAProxy 2.6 without reloads (SPEC §2.3), and the files on disk follow.
+//! HAProxy 2.6 without reloads (docs/api.md, "What is applied how"), and the files on disk follow.
 
 #[path = "common/backend.rs"]
 mod backend;

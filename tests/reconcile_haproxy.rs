@@ -1,4 +1,4 @@
-//! The reconcile core against a real HAProxy 2.6 (SPEC §2.3, §7), and the
+//! The reconcile core against a real HAProxy 2.6 (docs/api.md "What is applied how", docs/safety.md), and the
 //! sandbox's guarantees through it (issue 14: a snippet past validation is
 //! still refused before `haproxy -c`; a certificate key stays 0600 through
 //! a failed reload's rollback).

@@ -1,5 +1,5 @@
 //! The API poller against a real HTTP(S) server playing scripted scenarios
-//! (SPEC §2.1): every request the agent sends is matched against what the
+//! (docs/api.md, "Polling protocol"): every request the agent sends is matched against what the
 //! protocol says it must send, and every answer's effect is checked on the
 //! poller's output and status channels. Every wait is bounded.
 

@@ -1,6 +1,6 @@
 //! The status socket end to end: the real server on a UNIX socket in a temp
 //! dir, a fake daemon on the request channel, a raw hyper client for the
-//! HTTP contract (SPEC §4), and the built `lb-agent` binary for the CLI
+//! HTTP contract (docs/status.md), and the built `lb-agent` binary for the CLI
 //! (exit codes, output, `| head`), including a peer running as `nobody`
 //! through `setpriv` (needs root, as in CI).
 
@@ -19,6 +19,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use lb_agent::exposition;
 use lb_agent::metrics::{self, CheckOutcome, Metrics};
 use lb_agent::status::types::*;
 use lb_agent::status::{
@@ -242,10 +243,20 @@ async fn raw(
     path: &str,
     body: &str,
 ) -> (StatusCode, HeaderMap, Bytes) {
+    raw_with(socket, method, path, body, &[]).await
+}
+
+async fn raw_with(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, Bytes) {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .expect("connect");
-    exchange(TokioIo::new(stream), method, path, body).await
+    exchange(TokioIo::new(stream), method, path, body, headers).await
 }
 
 async fn raw_tcp(
@@ -254,7 +265,7 @@ async fn raw_tcp(
     path: &str,
 ) -> (StatusCode, HeaderMap, Bytes) {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    exchange(TokioIo::new(stream), method, path, "").await
+    exchange(TokioIo::new(stream), method, path, "", &[]).await
 }
 
 async fn exchange<T>(
@@ -262,6 +273,7 @@ async fn exchange<T>(
     method: Method,
     path: &str,
     body: &str,
+    headers: &[(&str, &str)],
 ) -> (StatusCode, HeaderMap, Bytes)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -271,10 +283,14 @@ where
             .await
             .expect("handshake");
         let driver = tokio::spawn(conn);
-        let req = hyper::Request::builder()
+        let mut req = hyper::Request::builder()
             .method(method)
             .uri(path)
-            .header(HOST, "test")
+            .header(HOST, "test");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
             .body(Full::new(Bytes::from(body.to_string())))
             .expect("request");
         let resp = tx.send_request(req).await.expect("response");
@@ -368,7 +384,7 @@ async fn status_serves_the_snapshot_with_the_spec_keys() {
     );
     let v = json(&r.2);
 
-    // Every key of SPEC §4's example, by presence (null counts as present).
+    // Every key of docs/status.md's example, by presence (null counts as present).
     let has = |obj: &Value, keys: &[&str], at: &str| {
         let o = obj
             .as_object()
@@ -516,11 +532,18 @@ async fn metrics_are_served_on_the_socket_and_only_metrics_on_tcp() {
         Duration::from_millis(3),
     );
 
-    let r = raw(&h.socket, Method::GET, "/metrics", "").await;
+    let r = raw_with(
+        &h.socket,
+        Method::GET,
+        "/metrics",
+        "",
+        &[("accept", PROMETHEUS_ACCEPT)],
+    )
+    .await;
     assert_eq!(r.0, StatusCode::OK);
     assert_eq!(
         r.1.get(CONTENT_TYPE).map(|v| v.as_bytes()),
-        Some(metrics::CONTENT_TYPE.as_bytes())
+        Some(exposition::OPENMETRICS_CONTENT_TYPE.as_bytes())
     );
     let body = text(&r.2);
     for (name, kind) in metrics::FAMILIES {
@@ -597,7 +620,11 @@ async fn metrics_are_served_on_the_socket_and_only_metrics_on_tcp() {
     let addr = h.metrics_addr.expect("metrics listener bound");
     let r = raw_tcp(addr, Method::GET, "/metrics").await;
     assert_eq!(r.0, StatusCode::OK);
-    metrics::parse_exposition(&text(&r.2)).expect("parses");
+    assert_eq!(
+        r.1.get(CONTENT_TYPE).map(|v| v.as_bytes()),
+        Some(exposition::TEXT_CONTENT_TYPE.as_bytes())
+    );
+    assert!(text(&r.2).contains("\n# TYPE lb_agent_reloads_total counter\n"));
     assert_error(
         &raw_tcp(addr, Method::GET, "/v1/status").await,
         StatusCode::NOT_FOUND,
@@ -1359,4 +1386,130 @@ async fn connections_are_capped_and_idle_ones_closed() {
         "closed too early: {age:?}"
     );
     h.stop().await;
+}
+
+/// What Prometheus 2.x sends: OpenMetrics preferred, text format accepted.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// Feeds an exposition to the Python Prometheus client's parser (Debian's
+/// python3-prometheus-client): `module` is `prometheus_client.parser` (text
+/// format 0.0.4) or `prometheus_client.openmetrics.parser` (strict
+/// OpenMetrics). Returns `name type samples` per family, or the parser's error.
+fn python_parse(module: &str, body: &str) -> Result<Vec<(String, String, usize)>, String> {
+    use std::io::Write as _;
+    let script = format!(
+        "import sys\nfrom {module} import text_string_to_metric_families as parse\n\
+         for f in parse(sys.stdin.read()):\n    print(f.name, f.type, len(f.samples))\n"
+    );
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(text(&out.stderr));
+    }
+    Ok(text(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split(' ');
+            Some((w.next()?.into(), w.next()?.into(), w.next()?.parse().ok()?))
+        })
+        .collect())
+}
+
+fn python_client_missing() -> bool {
+    let ok = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import prometheus_client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!(
+            "!!! SKIPPED metrics_formats_parse_with_a_real_prometheus_parser: /usr/bin/python3 \
+             cannot import prometheus_client; apt-get install -y python3-prometheus-client (.ci/run does)"
+        );
+    }
+    !ok
+}
+
+/// Without an `Accept` that prefers it, scrapers get the text format, which
+/// a text-format parser reads family by family (an OpenMetrics body there
+/// yields an `info` family with no samples and an `unknown` one); with
+/// Prometheus's `Accept`, strict OpenMetrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_formats_parse_with_a_real_prometheus_parser() {
+    if python_client_missing() {
+        return;
+    }
+    let h = Harness::start(Daemon::Normal, |_| {}).await;
+    h.metrics.observe_apply(0.04);
+    h.metrics.observe_check(
+        "192.0.2.20/32",
+        "git_ssh",
+        CheckOutcome::Fail,
+        Duration::from_millis(3),
+    );
+    let plain = raw(&h.socket, Method::GET, "/metrics", "").await;
+    let om = raw_with(
+        &h.socket,
+        Method::GET,
+        "/metrics",
+        "",
+        &[("accept", PROMETHEUS_ACCEPT)],
+    )
+    .await;
+    h.stop().await;
+    assert_eq!(
+        plain.1.get(CONTENT_TYPE).map(|v| v.as_bytes()),
+        Some(exposition::TEXT_CONTENT_TYPE.as_bytes())
+    );
+    let (plain, om) = (text(&plain.2), text(&om.2));
+    assert!(!plain.contains("# EOF") && om.ends_with("# EOF\n"));
+
+    let families = python_parse("prometheus_client.parser", &plain)
+        .unwrap_or_else(|e| panic!("text format refused: {e}\n{plain}"));
+    for (name, kind) in metrics::FAMILIES {
+        let (name, kind) = match kind {
+            "info" => (format!("{name}_info"), "gauge"),
+            k => (name.to_string(), k),
+        };
+        assert!(
+            families.iter().any(|(n, t, _)| *n == name && t == kind),
+            "text format: no {kind} family {name}: {families:?}\n{plain}"
+        );
+    }
+    for (n, t, samples) in &families {
+        assert!(
+            ["counter", "gauge", "histogram"].contains(&t.as_str()),
+            "text format: family {n} has type {t}\n{plain}"
+        );
+        if n == "lb_agent_build_info" || n == "lb_agent_source_polls" {
+            assert!(*samples > 0, "text format: {n} without samples\n{plain}");
+        }
+    }
+
+    let strict = python_parse("prometheus_client.openmetrics.parser", &om)
+        .unwrap_or_else(|e| panic!("OpenMetrics refused: {e}\n{om}"));
+    for (name, kind) in metrics::FAMILIES {
+        assert!(
+            strict.iter().any(|(n, t, _)| n == name && t == kind),
+            "OpenMetrics: no {kind} family {name}: {strict:?}"
+        );
+    }
+    eprintln!(
+        "text format: {} families, {} bytes; OpenMetrics: {} families, {} bytes; both parsed by prometheus_client",
+        families.len(),
+        plain.len(),
+        strict.len(),
+        om.len()
+    );
 }

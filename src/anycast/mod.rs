@@ -222,9 +222,16 @@ impl Announcer for BirdAnnouncer {
     }
 
     async fn withdrawn_without_bird(&self) -> bool {
-        let down = tokio::net::UnixStream::connect(&self.cfg.control_socket)
-            .await
-            .is_err();
+        // Only "no socket" or "nobody listening" means no BIRD: a frozen
+        // BIRD whose accept backlog is full refuses with EAGAIN, and still
+        // announces what it last loaded.
+        let down = match tokio::net::UnixStream::connect(&self.cfg.control_socket).await {
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ),
+        };
         down && matches!(read_announced(&self.cfg), Ok(Some(a)) if a.announcements.is_empty())
     }
 
@@ -399,8 +406,7 @@ pub async fn run<A: AddressOps, B: Announcer>(
             st.announced_since = announced_since.clone();
         });
     }
-    stop(&s, announcer, bird_status).await;
-    Ok(())
+    stop(&s, announcer, bird_status).await
 }
 
 /// One decision of the loop.
@@ -521,11 +527,16 @@ async fn release_addresses<A: AddressOps>(
 }
 
 /// Carries out the stop policy: withdraw (confirmed, bounded) unless told to keep.
+///
+/// A withdrawal BIRD did not confirm is an error: the agent then exits
+/// non-zero, so systemd's `$SERVICE_RESULT` is not `success` and the unit's
+/// `ExecStopPost=lb-agent reset --if-failed` writes the dummy-only include
+/// (docs/gating.md, "Start, stop and crash").
 async fn stop<B: Announcer>(
     s: &AnycastSettings,
     mut announcer: B,
     mut bird_status: watch::Receiver<BirdStatus>,
-) {
+) -> anyhow::Result<()> {
     let mode = policy::stop_mode(
         s.bird.on_stop == OnStop::Keep,
         s.keep_on_stop.load(std::sync::atomic::Ordering::SeqCst),
@@ -533,11 +544,13 @@ async fn stop<B: Announcer>(
     );
     if !announcer.started() {
         debug!("nothing was published; leaving the include as it is");
-        return announcer.stop().await;
+        announcer.stop().await;
+        return Ok(());
     }
     if mode == StopMode::Keep {
         info!("stopping with announcements kept (on_stop = keep, reload or hand-over)");
-        return announcer.stop().await;
+        announcer.stop().await;
+        return Ok(());
     }
     info!("withdrawing every prefix before stopping");
     if let Err(e) = announcer.announce(DesiredAnnouncements::default()) {
@@ -559,20 +572,27 @@ async fn stop<B: Announcer>(
         }
     })
     .await;
+    let took = t0.elapsed();
+    announcer.stop().await;
     match confirmed {
         Ok(()) => {
             info!(
-                took_ms = t0.elapsed().as_millis() as u64,
+                took_ms = took.as_millis() as u64,
                 "withdrawal confirmed by BIRD"
-            )
+            );
+            Ok(())
         }
         Err(_) => {
             error!(
-                "BIRD did not confirm the withdrawal in time; ExecStopPost's reset is the fallback"
+                "BIRD did not confirm the withdrawal in time; exiting with an error so that \
+                 ExecStopPost's reset runs"
+            );
+            anyhow::bail!(
+                "BIRD did not confirm the withdrawal within {}s",
+                STOP_WITHDRAW_LIMIT.as_secs()
             )
         }
     }
-    announcer.stop().await;
 }
 
 async fn ensure_vips<A: AddressOps>(vips: &mut VipManager<A>, d: &DesiredState) -> Vec<String> {

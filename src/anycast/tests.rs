@@ -23,11 +23,13 @@ fn net(s: &str) -> IpNet {
 #[derive(Clone, Default)]
 struct Log(Arc<Mutex<Vec<(Instant, DesiredAnnouncements)>>>);
 
-/// Confirms every announcement at once, as a healthy BIRD would.
+/// Confirms every announcement at once, as a healthy BIRD would, until
+/// frozen: then it records announcements and confirms none.
 struct MemoryAnnouncer {
     log: Log,
     status: watch::Sender<BirdStatus>,
     started: bool,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Announcer for MemoryAnnouncer {
@@ -36,6 +38,9 @@ impl Announcer for MemoryAnnouncer {
         let mut log = self.log.0.lock().unwrap();
         if log.last().map(|(_, a)| a) != Some(&want) {
             log.push((Instant::now(), want.clone()));
+        }
+        if self.frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
         }
         // Like the real publisher: the status changes only when BIRD's sets do.
         self.status.send_if_modified(|s| {
@@ -94,6 +99,8 @@ struct Harness {
     checks: watch::Receiver<Vec<ServiceCheck>>,
     status: watch::Receiver<AnycastStatus>,
     log: Log,
+    /// Set: BIRD stops confirming.
+    bird_frozen: Arc<std::sync::atomic::AtomicBool>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     _dir: tempfile::TempDir,
@@ -114,10 +121,12 @@ impl Harness {
         };
         let (bird_tx, _) = watch::channel(BirdStatus::default());
         let log = Log::default();
+        let bird_frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let announcer = MemoryAnnouncer {
             log: log.clone(),
             status: bird_tx,
             started: false,
+            frozen: bird_frozen.clone(),
         };
         let (applied, applied_rx) = watch::channel(None);
         let (install, install_rx) = watch::channel(FrontendInstall::default());
@@ -165,6 +174,7 @@ impl Harness {
             checks,
             status,
             log,
+            bird_frozen,
             cancel,
             task,
             _dir: dir,
@@ -435,4 +445,36 @@ async fn a_corrupt_ownership_file_keeps_every_vip_withdrawn_with_the_reason() {
     assert!(reason.contains("VIP ownership file unusable"), "{reason}");
     assert!(h.log.0.lock().unwrap().iter().all(|(_, a)| a.is_empty()));
     h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_withdrawal_bird_never_confirms_fails_the_stop() {
+    let h = Harness::start(&[VIP]);
+    h.applied.send_replace(Some(doc(1, &["www"])));
+    run_for(300).await;
+    h.installed(&[("www", Install::Running)]);
+    h.haproxy_runs(&["www"]);
+    run_for(100).await;
+    h.checked(|_| ServiceHealth::adopted());
+    run_for(2_000).await;
+    assert!(h.advertised());
+    h.bird_frozen
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let t0 = Instant::now();
+    h.cancel.cancel();
+    let e = h
+        .task
+        .await
+        .unwrap()
+        .expect_err("an unconfirmed withdrawal is an error");
+    assert!(
+        e.to_string().contains("did not confirm the withdrawal"),
+        "{e:#}"
+    );
+    assert!(t0.elapsed() >= STOP_WITHDRAW_LIMIT, "{:?}", t0.elapsed());
+    let last = h.log.0.lock().unwrap().last().unwrap().1.clone();
+    assert!(
+        last.is_empty(),
+        "the withdrawal was still handed over: {last:?}"
+    );
 }

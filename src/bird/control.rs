@@ -1,13 +1,13 @@
 //! BIRD's control-socket protocol, spoken natively (no `birdc` process).
 //!
 //! Why native: a `birdc` process costs about 3–4 ms per call, a command on an
-//! open socket about 0.3 ms, and the withdrawal budget (SPEC §8: failed
+//! open socket about 0.3 ms, and the withdrawal budget (docs/performance.md, "The targets": failed
 //! service → prefix gone from the ToR within `fall × interval + 200 ms`) is
 //! spent mostly elsewhere. Why careful: BIRD's reply to `configure` is the
 //! only place a broken include shows up (`8002`), and BIRD keeps announcing
 //! the old set in that case, so the reply must be read exactly.
 //!
-//! The protocol (BIRD 2.0.12, `notes/bird-control-transcripts/`): on connect
+//! The protocol (BIRD 2.0.12, `fixtures/bird/`): on connect
 //! BIRD greets with `0001 BIRD 2.0.12 ready.`; the client sends one command
 //! per line; every reply line is `DDDD-text` (more follows), ` text` (a
 //! continuation of the previous code) or `DDDD text` (the last line of the
@@ -1001,7 +1001,7 @@ mod tests {
         received: Vec<String>,
     }
 
-    /// Reads the transcript notation of `notes/bird-control-transcripts/`:
+    /// Reads the transcript notation of `fixtures/bird/`:
     /// `C:` sent, `S:` received, `$` end of line, `^I` TAB, `#` local notes.
     /// Pipelined commands are grouped: their replies follow all of them.
     fn transcript(text: &str) -> Vec<Exchange> {

@@ -1,5 +1,5 @@
 //! BIRD: the include file that gates anycast announcements, and BIRD's
-//! control socket (SPEC §3).
+//! control socket (docs/gating.md, "Publishing to BIRD").
 //!
 //! The agent never talks BGP itself. It decides *which* VIP prefixes may be
 //! announced and hands that set to BIRD the way anycast-healthchecker does:

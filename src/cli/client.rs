@@ -9,7 +9,7 @@
 //! scripts see exactly what the socket serves, including keys this CLI
 //! does not know yet.
 //!
-//! Exit codes (SPEC §4): 0 ok; 1 runtime error (the agent answered an
+//! Exit codes (docs/status.md, "CLI"): 0 ok; 1 runtime error (the agent answered an
 //! error, refused the request, or sent something unreadable; permission
 //! denied on the socket); 2 usage (clap); 3 agent unreachable (no socket,
 //! connection refused, or no answer within `--timeout`).
@@ -630,6 +630,37 @@ fn whole_secs(d: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(Duration::from_secs(d.as_secs()))
 }
 
+/// One line per zone of each AZ-routed pool: `www 2/2 healthy: az1 → az1`,
+/// spills in yellow (`az1 → az2+az3 (az1 evacuated)`), a zone going
+/// nowhere in red.
+fn az_routing_lines(
+    pools: &[crate::plan::az::PoolRoutes],
+    style: Style,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for p in pools {
+        for z in &p.zones {
+            let arrow = sanitize(&z.arrow());
+            let arrow = match (&z.reason, z.to.is_empty()) {
+                (None, _) => arrow,
+                (Some(_), false) => style.paint(Colour::Yellow, &arrow),
+                (Some(_), true) => style.paint(Colour::Red, &arrow),
+            };
+            let label = if out.is_empty() { "routing" } else { "" };
+            out.push((
+                label,
+                format!(
+                    "{} {}/{} healthy: {arrow}",
+                    sanitize(&p.pool),
+                    z.healthy,
+                    z.servers
+                ),
+            ));
+        }
+    }
+    out
+}
+
 /// The human view of `lb-agent status`: a summary block, then the VIP table.
 pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
     let mut lines: Vec<(&str, String)> = Vec::new();
@@ -764,6 +795,14 @@ pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
             ),
         ));
     }
+
+    for (i, w) in h.document_warnings.iter().enumerate() {
+        lines.push((
+            if i == 0 { "warnings" } else { "" },
+            style.paint(Colour::Yellow, &sanitize(w)),
+        ));
+    }
+    lines.extend(az_routing_lines(&h.az_routing, style));
 
     let b = &s.bird;
     let mut bird = if b.ok {

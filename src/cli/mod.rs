@@ -2,7 +2,7 @@
 //! argument types and the offline commands (`check-config`, `render`);
 //! [`client`] holds the commands that talk to a running agent.
 //!
-//! Exit codes (SPEC §4): 0 ok, 1 runtime error, 2 usage or configuration
+//! Exit codes (docs/status.md, "CLI"): 0 ok, 1 runtime error, 2 usage or configuration
 //! error, 3 agent unreachable.
 
 use std::io::Write;

@@ -1,4 +1,4 @@
-//! `agent.toml`: the host-local configuration of lb-agent (SPEC §1).
+//! `agent.toml`: the host-local configuration of lb-agent (reference: docs/config.md).
 //!
 //! [`Config`] is the validated form every other module receives; it is built
 //! once by [`load`] (or [`parse_str`]) and never mutated (SIGHUP builds a new
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use parse::{load, parse_str, ConfigError, ConfigErrors};
+pub use parse::{load, parse_str, ConfigError, ConfigErrors, BIRD_SYMBOL_MAX_LEN};
 pub use warnings::{warnings, warnings_for};
 
 /// Default location of the agent configuration.
@@ -179,7 +179,7 @@ pub enum OnStop {
 /// stopping) withdraw whatever this says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnUnhealthy {
-    /// Withdraw the prefix (SPEC §3, the default).
+    /// Withdraw the prefix (docs/gating.md, "The rule"; the default).
     Withdraw,
     /// Move the prefix to the demote set (`demote_variable`), which bird.conf
     /// exports with a longer AS path: the ToR prefers the healthy hosts and

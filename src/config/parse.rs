@@ -494,6 +494,9 @@ fn opt_identifier(v: &DeValue<'_>) -> Result<Option<String>, String> {
 }
 
 /// A BIRD symbol name (it is written into the include file verbatim).
+/// BIRD's limit on symbol names (`SYM_MAX_LEN`).
+pub const BIRD_SYMBOL_MAX_LEN: usize = 64;
+
 fn bird_symbol(v: &DeValue<'_>) -> Result<String, String> {
     let s = string(v)?;
     let mut chars = s.chars();
@@ -504,6 +507,12 @@ fn bird_symbol(v: &DeValue<'_>) -> Result<String, String> {
     if !ok {
         return Err(format!(
             "expected a BIRD symbol name (a letter or '_', then letters, digits, '_'), found {s:?}"
+        ));
+    }
+    if s.len() > BIRD_SYMBOL_MAX_LEN {
+        return Err(format!(
+            "a BIRD symbol name is at most {BIRD_SYMBOL_MAX_LEN} bytes (BIRD's SYM_MAX_LEN), found {} bytes",
+            s.len()
         ));
     }
     Ok(s)
@@ -1203,6 +1212,15 @@ fn check_set_names(cx: &mut Cx<'_>, s: &Section<'_, '_>, cfg: &BirdConfig) {
                 s.key_offset(key),
                 s.dotted(key),
                 format!("must differ from the other set names: {why}"),
+            );
+        } else if v6.len() > BIRD_SYMBOL_MAX_LEN {
+            cx.error(
+                s.key_offset(key),
+                s.dotted(key),
+                format!(
+                    "its IPv6 set {v6:?} would be {} bytes, over BIRD's {BIRD_SYMBOL_MAX_LEN}",
+                    v6.len()
+                ),
             );
         }
         taken.push((key.into(), name.clone()));

@@ -150,6 +150,8 @@ struct FrontendCtx {
     maxconn: Option<u32>,
     default_pool: Option<String>,
     logic: Vec<Snippet>,
+    /// AZ routing rules for the default pool (`plan::az::frontend_rules`).
+    routing: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -167,6 +169,8 @@ struct ServerCtx {
     weight: u16,
     disabled: bool,
     is_slot: bool,
+    /// Extra server keywords (`cookie NAME` for cookie stickiness).
+    extra: String,
 }
 
 #[derive(Serialize)]
@@ -176,6 +180,8 @@ struct PoolCtx {
     balance: String,
     check: Option<CheckCtx>,
     servers: Vec<ServerCtx>,
+    /// Directives from typed pool fields (stickiness), one per line.
+    options: Vec<String>,
 }
 
 impl Renderer {
@@ -265,7 +271,7 @@ impl Renderer {
         let s = &self.settings;
         let mut files = BTreeMap::new();
         let mut maps = BTreeMap::new();
-        for m in d.maps.values() {
+        for m in crate::plan::az::all_maps(d) {
             let rel = map_path(m.name.as_str());
             let mut body = String::new();
             for (k, v) in &m.entries {
@@ -306,10 +312,17 @@ impl Renderer {
             serde_json::json!({ "name": s.node_name, "group": s.node_group, "az": s.node_az });
 
         let mut pools = Vec::new();
-        for p in d.pools.values() {
+        for b in crate::plan::az::backends(d) {
+            let p = b.pool.as_ref();
+            let cookie = b.base.stickiness == crate::model::Stickiness::Cookie;
             let servers = pool_layout(p, s.slot_policy())
                 .into_iter()
                 .map(|l| ServerCtx {
+                    extra: if cookie {
+                        format!("cookie {}", l.name)
+                    } else {
+                        String::new()
+                    },
                     name: l.name,
                     address: std::net::SocketAddr::new(l.addr, l.port).to_string(),
                     weight: l.weight,
@@ -339,6 +352,7 @@ impl Renderer {
                 balance: p.balance.0.clone(),
                 check,
                 servers,
+                options: crate::plan::az::stickiness_lines(b.base),
             });
         }
 
@@ -368,6 +382,10 @@ impl Renderer {
                 }
             })?;
         let checked_snippets = logic_by_frontend.values().map(Vec::len).sum();
+        let client_map = data_dir
+            .join(map_path(crate::plan::az::CLIENT_MAP))
+            .display()
+            .to_string();
         let mut frontends = Vec::new();
         for f in d.frontends.values() {
             let logic = logic_by_frontend
@@ -397,6 +415,14 @@ impl Renderer {
                 maxconn: f.maxconn,
                 default_pool: f.default_pool.as_ref().map(|p| p.to_string()),
                 logic,
+                routing: f
+                    .default_pool
+                    .as_ref()
+                    .and_then(|p| d.pools.get(p))
+                    .map(|p| {
+                        crate::plan::az::frontend_rules(d, p, &client_map, s.node_az.as_deref())
+                    })
+                    .unwrap_or_default(),
             });
         }
 

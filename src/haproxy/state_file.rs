@@ -22,7 +22,8 @@ pub type Layout = HashMap<(String, String), (IpAddr, u16)>;
 /// The server lines the config rendered for `d` will contain.
 pub fn layout_of(d: &DesiredState, policy: SlotPolicy) -> Layout {
     let mut m = HashMap::new();
-    for p in d.pools.values() {
+    for b in crate::plan::az::backends(d) {
+        let p = b.pool.as_ref();
         for l in pool_layout(p, policy) {
             m.insert((p.name.to_string(), l.name), (l.addr, l.port));
         }

@@ -2,7 +2,7 @@
 //! that turns check results into the healthy flags gating BGP announcements.
 //!
 //! Why this module exists: a VIP prefix may only be announced while *every*
-//! service behind it answers through the local HAProxy (SPEC §3). A wrong
+//! service behind it answers through the local HAProxy (docs/gating.md, "Health checks"). A wrong
 //! "healthy" attracts ECMP traffic to a broken host; a wrong "unhealthy"
 //! needlessly moves traffic away. So checks are real (TCP connect, HTTP
 //! status, TLS handshake, or a local command) and their results go through

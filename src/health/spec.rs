@@ -1,8 +1,8 @@
 //! Which checks gate which VIP (pure).
 //!
 //! The services behind a VIP are the frontends binding an address inside the
-//! VIP prefix (SPEC §2.2), plus the local `[[check]]` tables naming that
-//! prefix (SPEC §1). Each becomes one [`ServiceCheck`]: what to probe, how
+//! VIP prefix (docs/api.md, `frontends`), plus the local `[[check]]` tables naming that
+//! prefix (docs/config.md, `[[check]]`). Each becomes one [`ServiceCheck`]: what to probe, how
 //! often, and the rise/fall thresholds. Frontend checks go to the frontend's
 //! own bind address inside the VIP, so they exercise the local HAProxy the
 //! way a client routed here by ECMP would.
@@ -132,7 +132,7 @@ pub struct ServiceCheck {
 /// The checks gating `vip`: one per frontend with a bind inside the VIP
 /// prefix, then one per local `[[check]]` whose `vip` equals the prefix.
 ///
-/// Frontend checks (SPEC §2.2) target the frontend's first bind address
+/// Frontend checks (docs/api.md, `frontends`) target the frontend's first bind address
 /// inside the VIP (HAProxy binds all of a frontend's addresses or fails to
 /// start, so one is representative). Without a `health.type`, the probe
 /// follows the mode: `tcp` → TCP connect; `http` → `GET /` expecting

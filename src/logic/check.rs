@@ -272,7 +272,7 @@ const FRONTEND: &[(&str, Spec)] = &[
     ("use_backend", Spec::Any),
 ];
 
-/// Directives allowed in a backend snippet (pools' logic, SPEC §9). Not
+/// Directives allowed in a backend snippet (pools' logic, docs/logic.md). Not
 /// here: `server`/`server-template`/`default-server` (the agent's, and they
 /// read certificate files), `balance`/`hash-type`/`mode` (the agent's),
 /// `external-check`, `option external-check`, `source`/`transparent`

@@ -5,10 +5,12 @@
 //! other module may rely on its invariants: names are safe to put in a config
 //! file or on the runtime socket, references resolve, binds sit inside a VIP.
 
+pub mod az;
 pub mod grammar;
 pub mod hostnet;
 mod names;
 pub mod observed;
+pub mod unknown;
 pub mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,6 +20,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Serialize;
 
+pub use az::{AzSection, Routing, Stickiness};
 pub use names::{Name, NameError};
 
 /// Monotonically increasing revision of the desired-state document.
@@ -38,6 +41,12 @@ pub struct DesiredState {
     pub maps: BTreeMap<Name, MapDef>,
     pub acls: BTreeMap<Name, AclDef>,
     pub certificates: BTreeMap<Name, Certificate>,
+    /// The group's availability zones (`availability_zones`), if any.
+    pub availability_zones: Option<AzSection>,
+    /// Fields of the document the agent ignored (`model::unknown`), as
+    /// `path: message`; logged and shown on the status socket.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// An anycast VIP prefix.
@@ -137,6 +146,9 @@ pub struct Pool {
     pub check: Option<PoolCheck>,
     /// Servers by name.
     pub servers: BTreeMap<Name, Server>,
+    /// `az`: a backend per zone plus the pool's own as the spill (`plan::az`).
+    pub routing: Routing,
+    pub stickiness: Stickiness,
 }
 
 /// Administrative state of a server.
@@ -213,6 +225,8 @@ impl DesiredState {
             maps: BTreeMap::new(),
             acls: BTreeMap::new(),
             certificates: BTreeMap::new(),
+            availability_zones: None,
+            warnings: Vec::new(),
         }
     }
 

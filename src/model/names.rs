@@ -45,6 +45,17 @@ impl Name {
         Ok(Name(s.to_string()))
     }
 
+    /// A name the agent derives itself (per-AZ backends `pool:az`, its own
+    /// map `_az_clients`): built from validated names plus `:` or a leading
+    /// `_`, which no document name can contain, so they never collide with
+    /// the document's objects and stay safe in haproxy.cfg and on the socket.
+    pub(crate) fn derived(s: String) -> Name {
+        debug_assert!(s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':')));
+        Name(s)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -1,7 +1,7 @@
 //! The schema-1 wire document → [`DesiredState`], or every reason why not.
 //!
 //! This is where untrusted input from the central API becomes trusted model
-//! data (SPEC §2.2, §7). The wire structs (`Wire*`) accept anything
+//! data (docs/api.md, docs/safety.md). The wire structs (`Wire*`) accept anything
 //! shape-compatible: unknown fields are ignored for forward compatibility and
 //! every field is optional, so that a missing required field is reported with
 //! its full JSON path (`pools[3].servers[7].port`) instead of serde's
@@ -145,7 +145,11 @@ fn parse_with(
             message: e.into_inner().to_string(),
         }])
     })?;
-    validate(wire, ctx, host, policy)
+    let mut d = validate(wire, ctx, host, policy)?;
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        d.warnings = super::unknown::unknown_fields(&v);
+    }
+    Ok(d)
 }
 
 // ---------------------------------------------------------------------------
@@ -172,6 +176,7 @@ struct WireDocument {
     acls: Vec<WireAcl>,
     #[serde(default)]
     certificates: Vec<WireCertificate>,
+    availability_zones: Option<super::az::WireAz>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +221,8 @@ struct WirePool {
     check: Option<WireCheck>,
     #[serde(default)]
     servers: Vec<WireServer>,
+    routing: Option<String>,
+    stickiness: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -591,12 +598,39 @@ fn validate(
         }
     }
 
+    let availability_zones = w
+        .availability_zones
+        .as_ref()
+        .map(|a| super::az::validate_section(a, &mut errs.0));
+
     // Pools.
     let mut pools = BTreeMap::new();
     for (i, p) in w.pools.iter().enumerate() {
         let base = format!("pools[{i}]");
         let name = errs.name(&p.name, format!("{base}.name"));
         let mode = errs.mode(&p.mode, format!("{base}.mode"));
+        let routing =
+            super::az::parse_routing(p.routing.as_deref(), format!("{base}.routing"), &mut errs.0);
+        let stickiness = super::az::parse_stickiness(
+            p.stickiness.as_deref(),
+            format!("{base}.stickiness"),
+            &mut errs.0,
+        );
+        if stickiness == Some(Stickiness::Cookie) && mode == Some(Mode::Tcp) {
+            errs.push(
+                format!("{base}.stickiness"),
+                "cookie stickiness needs an http pool (use \"source\" in tcp mode)",
+            );
+        }
+        if routing == Some(Routing::Az) {
+            let azs: Vec<(usize, Option<&str>)> = p
+                .servers
+                .iter()
+                .enumerate()
+                .map(|(j, s)| (j, s.az.as_deref()))
+                .collect();
+            super::az::check_routed_pool(&base, availability_zones.as_ref(), &azs, &mut errs.0);
+        }
         let balance = match p.balance.as_deref() {
             None => Some(Balance("roundrobin".into())),
             Some(b) if BALANCES.contains(&b) => Some(Balance(b.to_string())),
@@ -722,7 +756,9 @@ fn validate(
                 }
             }
         }
-        if let (Some(name), Some(mode), Some(balance)) = (name, mode, balance) {
+        if let (Some(name), Some(mode), Some(balance), Some(routing), Some(stickiness)) =
+            (name, mode, balance, routing, stickiness)
+        {
             if pools.contains_key(&name) {
                 errs.push(
                     format!("{base}.name"),
@@ -737,6 +773,8 @@ fn validate(
                         balance,
                         check,
                         servers,
+                        routing,
+                        stickiness,
                     },
                 );
             }
@@ -914,6 +952,8 @@ fn validate(
         maps,
         acls,
         certificates,
+        availability_zones,
+        warnings: Vec::new(),
     };
     check_logic(&d, &w, host)?;
     Ok(d)
@@ -976,7 +1016,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Refuses a document that removes too much at once (SPEC §7), unless it is forced.
+/// Refuses a document that removes too much at once (docs/safety.md, "A document that removes too much is refused"), unless it is forced.
 ///
 /// Counts VIPs and servers (identified by pool + server name) present in
 /// `prev` and absent from `next`; if either share exceeds `max_ratio`, the

@@ -1,7 +1,7 @@
 //! Runtime-socket commands the planner emits, and how their replies are judged.
 //!
 //! Each command knows its exact success reply (HAProxy 2.6, verified in
-//! `notes/haproxy-2.6-runtime.md` and our integration tests): anything else is
+//! docs/api.md, "HAProxy 2.6 runtime-socket facts", and our integration tests): anything else is
 //! a failure, never assumed to be fine.
 
 use std::fmt;

@@ -32,7 +32,7 @@ pub fn pem_fingerprint(pem: &str) -> Option<String> {
 
 /// Appends the commands converging maps, ACLs and certificates to `p`.
 pub fn plan_data(d: &DesiredState, data_dir: &Path, obs: &ObservedData, p: &mut Plan) {
-    for m in d.maps.values() {
+    for m in super::az::all_maps(d) {
         let file = data_dir
             .join(map_path(m.name.as_str()))
             .display()

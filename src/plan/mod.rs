@@ -1,7 +1,7 @@
 //! PURE: desired state vs what HAProxy runs → a [`Plan`].
 //!
 //! The planner decides, for every difference, whether the runtime socket can
-//! carry it (SPEC §2.3) or whether the rendered config must be reloaded, and
+//! carry it (docs/api.md, "What is applied how") or whether the rendered config must be reloaded, and
 //! says why. It reads no clock, opens no socket and touches no file, so every
 //! decision is unit- and property-tested here: `plan(d, d)` is empty, and
 //! applying a plan to the simulated HAProxy in [`sim`] converges to `d`.
@@ -18,6 +18,7 @@
 //! in maintenance (and deleted when HAProxy allows it); a new one takes a free
 //! slot, or is added with `add server` on dynamic-algorithm pools.
 
+pub mod az;
 pub mod command;
 pub mod data;
 pub mod layout;
@@ -48,7 +49,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// A change needing more runtime commands than `max` reloads instead (SPEC §2.3).
+    /// A change needing more runtime commands than `max` reloads instead (docs/api.md, "What is applied how").
     pub fn limit_runtime_ops(&mut self, max: usize) {
         if self.commands.len() > max {
             self.reload.push(ReloadReason::RuntimeOpsLimit {
@@ -120,12 +121,14 @@ fn plan_servers(
         None => p.reload.push(ReloadReason::RunningUnknown),
         Some(l) => p.reload.extend(l.diff(desired_structure)),
     }
-    for pool in desired.pools.values() {
+    // Routed pools are several backends (`az`), each planned like a pool.
+    for b in az::backends(desired) {
+        let pool = b.pool.as_ref();
         match observed.backends.get(pool.name.as_str()) {
             Some(be) => plan_pool(pool, be, &mut p),
             None => {
                 // Only worth saying when the structure claims the pool is loaded.
-                if loaded.is_some_and(|l| l.has_pool(pool.name.as_str())) {
+                if loaded.is_some_and(|l| l.has_pool(b.base.name.as_str())) {
                     p.reload.push(ReloadReason::BackendMissing {
                         pool: pool.name.to_string(),
                     });

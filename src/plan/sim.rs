@@ -35,7 +35,8 @@ impl SimHaproxy {
     /// (no server-state file).
     pub fn load(d: &DesiredState, policy: SlotPolicy) -> SimHaproxy {
         let mut backends = BTreeMap::new();
-        for (i, pool) in d.pools.values().enumerate() {
+        for (i, b) in super::az::backends(d).iter().enumerate() {
+            let pool = b.pool.as_ref();
             let servers = pool_layout(pool, policy)
                 .into_iter()
                 .enumerate()

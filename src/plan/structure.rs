@@ -1,6 +1,6 @@
 //! The reload-relevant structure of a desired state, and why two differ.
 //!
-//! Everything the runtime socket cannot change (SPEC §2.3: frontends, binds,
+//! Everything the runtime socket cannot change (docs/api.md, "What is applied how": frontends, binds,
 //! pools' mode/balance/check, logic, the set of maps/ACLs/certificates,
 //! templates and global settings) is summarised per object as a digest. The
 //! structure of the running config is remembered after each confirmed reload
@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::model::DesiredState;
+use crate::model::{DesiredState, Pool, Routing, Stickiness};
 
 use super::reason::{Change, ReloadReason};
 
@@ -27,6 +27,29 @@ pub struct Structure {
     pub certificates: BTreeSet<String>,
     /// Digest of the templates and the agent settings rendered into global/defaults.
     pub global: String,
+}
+
+/// What of a pool needs a reload: mode, balance, check; for routing and
+/// stickiness their kind and (routed pools) the group's zone list, since a
+/// zone is a backend. Never servers, weights, states, evacuation or client
+/// subnets: those go through the runtime socket. A pool without routing or
+/// stickiness digests as before they existed (no reload on upgrade).
+fn pool_digest(d: &DesiredState, p: &Pool) -> String {
+    if p.routing == Routing::None && p.stickiness == Stickiness::None {
+        return digest(&(&p.mode, &p.balance, &p.check));
+    }
+    let zones = match p.routing {
+        Routing::Az => d.availability_zones.as_ref().map(|a| &a.zones),
+        Routing::None => None,
+    };
+    digest(&(
+        &p.mode,
+        &p.balance,
+        &p.check,
+        p.routing,
+        p.stickiness,
+        zones,
+    ))
 }
 
 fn digest<T: Serialize>(v: &T) -> String {
@@ -51,14 +74,17 @@ impl Structure {
             pools: d
                 .pools
                 .values()
-                .map(|p| (p.name.to_string(), digest(&(&p.mode, &p.balance, &p.check))))
+                .map(|p| (p.name.to_string(), pool_digest(d, p)))
                 .collect(),
             logic: d
                 .logic
                 .values()
                 .map(|l| (l.name.to_string(), digest(&l.template)))
                 .collect(),
-            maps: d.maps.keys().map(|k| k.to_string()).collect(),
+            maps: super::az::all_maps(d)
+                .iter()
+                .map(|m| m.name.to_string())
+                .collect(),
             acls: d.acls.keys().map(|k| k.to_string()).collect(),
             certificates: d.certificates.keys().map(|k| k.to_string()).collect(),
             global: global.to_string(),

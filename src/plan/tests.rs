@@ -41,6 +41,8 @@ fn state_with(pools: Vec<(&str, &str, Vec<Server>)>) -> DesiredState {
                 fall: None,
             }),
             servers: servers.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            routing: Default::default(),
+            stickiness: Default::default(),
         };
         d.pools.insert(pool.name.clone(), pool);
     }
@@ -357,6 +359,8 @@ fn arb_pair() -> impl Strategy<Value = (DesiredState, DesiredState, bool)> {
                 balance: balance.clone(),
                 check: None,
                 servers,
+                routing: Default::default(),
+                stickiness: Default::default(),
             };
             a.pools.insert(name.clone(), mk(sa));
             b.pools.insert(name.clone(), mk(sb));

@@ -101,6 +101,11 @@ pub struct HaproxyStatus {
     pub rejections: u64,
     /// Passes so far, for tests and the watchdog.
     pub passes: u64,
+    /// Where each zone of each AZ-routed pool sends its requests, as of the
+    /// last pass that observed HAProxy (`plan::az::routes`).
+    pub az_routing: Vec<crate::plan::az::PoolRoutes>,
+    /// Fields of the document in force that the agent ignored.
+    pub document_warnings: Vec<String>,
 }
 
 /// Which frontends of the document in force the running HAProxy serves.
@@ -423,6 +428,13 @@ impl<H: HaproxyOps> Reconciler<H> {
             return;
         };
         let d = target.desired.clone();
+        if fresh {
+            for w in &d.warnings {
+                warn!(revision = d.revision, warning = %w, "document field ignored");
+            }
+            let warnings = d.warnings.clone();
+            self.update(|st| st.document_warnings = warnings);
+        }
         let structure = self.ops.structure(&d);
         self.observe_identity().await;
         let observed = match self.ops.observe(&d).await {
@@ -434,6 +446,8 @@ impl<H: HaproxyOps> Reconciler<H> {
             }
         };
         self.reachable = true;
+        let routes = crate::plan::az::routes(&d, &observed.servers);
+        self.update(|st| st.az_routing = routes);
         if !self.loaded_resolved {
             self.resolve_loaded(&structure);
         }

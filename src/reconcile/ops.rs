@@ -144,8 +144,7 @@ impl RealHaproxy {
     }
 
     fn render(&self, d: &DesiredState) -> Result<Rendered, ReloadError> {
-        self.renderer
-            .render(d, &self.data_dir)
+        off_runtime(|| self.renderer.render(d, &self.data_dir))
             .map_err(|e| ReloadError::Invalid(e.to_string()))
     }
 
@@ -194,7 +193,10 @@ impl RealHaproxy {
     fn data_files(&self, d: &DesiredState) -> [Vec<String>; 3] {
         let path = |rel: PathBuf| self.data_dir.join(rel).display().to_string();
         [
-            d.maps.keys().map(|n| path(map_path(n.as_str()))).collect(),
+            crate::plan::az::all_maps(d)
+                .iter()
+                .map(|m| path(map_path(m.name.as_str())))
+                .collect(),
             d.acls.keys().map(|n| path(acl_path(n.as_str()))).collect(),
             d.certificates
                 .keys()
@@ -205,6 +207,20 @@ impl RealHaproxy {
 }
 
 /// Digest of a rendered config and its data files.
+/// Runs CPU-bound work without holding an async worker: rendering runs the
+/// document's templates (bounded by fuel, docs/logic.md) and takes tens of
+/// milliseconds for large documents. On the daemon's multi-thread runtime
+/// the worker first hands its other tasks to another thread, so the status
+/// socket, the health loop and signals keep being served; on a
+/// current-thread runtime (the paused-time tests) it runs inline.
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn rendered_digest(r: &Rendered) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
@@ -272,7 +288,7 @@ impl HaproxyOps for RealHaproxy {
         }
         let r = &self.renderer;
         self.installer
-            .validate(|dir| r.render(d, dir).map_err(|e| e.to_string()))
+            .validate(|dir| off_runtime(|| r.render(d, dir)).map_err(|e| e.to_string()))
             .await?;
         self.validated = Some(digest);
         Ok(())
@@ -377,6 +393,43 @@ pub fn unbindable_addresses(d: &DesiredState) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On one worker thread, a render held inline would stop every other
+    /// task (the status socket, the health loop) for its duration.
+    #[test]
+    fn cpu_bound_work_leaves_the_worker_to_other_tasks() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let ticks = rt.block_on(async {
+            let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let t = ticks.clone();
+            let ticker = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    t.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            tokio::task::yield_now().await;
+            let during = tokio::spawn({
+                let ticks = ticks.clone();
+                async move {
+                    off_runtime(|| {
+                        let before = ticks.load(std::sync::atomic::Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(300));
+                        ticks.load(std::sync::atomic::Ordering::Relaxed) - before
+                    })
+                }
+            })
+            .await
+            .unwrap();
+            ticker.abort();
+            during
+        });
+        assert!(ticks >= 5, "the other task ran {ticks} times in 300 ms");
+    }
 
     #[test]
     fn addresses_not_on_the_host_are_found_before_a_reload() {

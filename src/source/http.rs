@@ -1,4 +1,4 @@
-//! One HTTP(S) poll of the central API (SPEC §2.1), and the TLS client behind it.
+//! One HTTP(S) poll of the central API (docs/api.md, "The request"), and the TLS client behind it.
 //!
 //! [`HttpFetcher`] turns "what we already have" (ETag, revision) into one
 //! conditional, possibly long-polling `GET`, and the answer into

@@ -1,5 +1,5 @@
 //! The desired-state source: polls the central API (or a local file) and
-//! publishes every newer document (SPEC §2.1).
+//! publishes every newer document (docs/api.md, "Polling protocol").
 //!
 //! Why it is shaped like this:
 //!
@@ -56,7 +56,7 @@ pub const STALE_AFTER: u32 = 3;
 
 /// A desired-state document as far as the source is concerned.
 pub trait Document: Send + Sync + 'static {
-    /// The document's revision; it only ever increases (SPEC §2.2).
+    /// The document's revision; it only ever increases (docs/api.md, "Revision and removal rules").
     fn revision(&self) -> u64;
 }
 

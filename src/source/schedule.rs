@@ -37,7 +37,7 @@ use rand::Rng;
 pub struct Tuning {
     /// Ceiling of the first retry delay; doubles with each consecutive failure.
     pub backoff_base: Duration,
-    /// Largest retry ceiling (SPEC §2.1: 30 s).
+    /// Largest retry ceiling (docs/api.md, "Timing": 30 s).
     pub backoff_cap: Duration,
     /// Smallest retry delay (full jitter could otherwise pick ~0).
     pub backoff_floor: Duration,

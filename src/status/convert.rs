@@ -80,6 +80,8 @@ impl From<&crate::reconcile::HaproxyStatus> for HaproxyStatus {
                 at: None,
             }),
             rejections: h.rejections,
+            az_routing: h.az_routing.clone(),
+            document_warnings: h.document_warnings.clone(),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The operating surface on the box: JSON over HTTP/1.1 on a UNIX socket
-//! (SPEC §4), read by `lb-agent status`/`vips` and by scripts, and the way
+//! (docs/status.md), read by `lb-agent status`/`vips` and by scripts, and the way
 //! operators drain, undrain and force a reconcile.
 //!
 //! The server only *reports* and *relays*: it serves the latest

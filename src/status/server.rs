@@ -10,7 +10,7 @@
 //! cancellation token fires, lets in-flight requests finish for a bounded
 //! time, and removes the socket file if it is still the one it created.
 //!
-//! Routes (SPEC §4): `GET /v1/status`, `GET /v1/vips`, `GET /metrics`,
+//! Routes (docs/status.md): `GET /v1/status`, `GET /v1/vips`, `GET /metrics`,
 //! `POST /v1/drain` `{"reason": "..."}`, `POST /v1/undrain`,
 //! `POST /v1/reconcile`. Every error is `{"error": "..."}` with a status
 //! code: 400 bad body, 403 peer not allowed (naming the peer and the rule),
@@ -29,7 +29,7 @@ use axum::body::Bytes;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
@@ -43,7 +43,8 @@ use super::listener::{self, Limits};
 use super::types::{DrainBody, ErrorBody, OkBody, Snapshot};
 use super::{Action, Request};
 use crate::config::StatusConfig;
-use crate::metrics::{self, Metrics};
+use crate::exposition::{self, Format};
+use crate::metrics::Metrics;
 
 /// How long a mutation waits for the daemon by default.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -567,14 +568,21 @@ async fn get_vips(State(s): State<AppState>) -> Response {
     json_bytes(serde_json::to_vec(&vips))
 }
 
-async fn get_metrics(State(s): State<AppState>) -> Response {
+/// Prometheus text format unless the scraper prefers OpenMetrics
+/// ([`crate::exposition`]).
+async fn get_metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = exposition::negotiate(accept);
     match s.metrics.encode() {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static(metrics::CONTENT_TYPE),
+                HeaderValue::from_static(format.content_type()),
             )],
-            text,
+            match format {
+                Format::OpenMetrics => text,
+                Format::Text => exposition::to_text(&text),
+            },
         )
             .into_response(),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed"),

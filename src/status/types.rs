@@ -1,8 +1,8 @@
 //! Wire types of the status socket, shared by the server (which serializes
 //! them) and the CLI (which deserializes them).
 //!
-//! The key names are a contract (SPEC §4): scripts and dashboards read them.
-//! Everything beyond the SPEC's minimum is an *extra*: it carries
+//! The key names are a contract (docs/status.md, "GET /v1/status"): scripts and dashboards read them.
+//! Everything beyond the documented minimum is an *extra*: it carries
 //! `#[serde(default)]` so that a CLI of one version can read the answer of an
 //! agent of another, and the daemon can leave it at its default. Unknown keys
 //! are ignored on input for the same reason.
@@ -262,7 +262,7 @@ pub struct StreamStatus {
     pub rejected_key: Option<String>,
 }
 
-/// A document refused as a whole (SPEC §7).
+/// A document refused as a whole (docs/safety.md).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rejected {
     /// Its revision.
@@ -328,6 +328,14 @@ pub struct HaproxyStatus {
     /// Extra: documents refused since the agent started.
     #[serde(default)]
     pub rejections: u64,
+    /// Extra: per AZ-routed pool and zone, the usable servers and where the
+    /// zone's requests go now (as of the last reconcile pass).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub az_routing: Vec<crate::plan::az::PoolRoutes>,
+    /// Extra: fields of the document in force that the agent ignored
+    /// (`pools[0].logic: unknown field, ignored ...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub document_warnings: Vec<String>,
 }
 
 /// The `bird` section.

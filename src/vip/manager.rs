@@ -1,7 +1,7 @@
 //! [`VipManager`]: the executor that puts VIP addresses on the interface and
 //! takes off only the ones it put there.
 //!
-//! Ownership is the safety mechanism (SPEC §7: never remove an address the
+//! Ownership is the safety mechanism (docs/safety.md: never remove an address the
 //! agent did not add). An address counts as owned only when an add by this
 //! agent returned [`AddOutcome::Added`]; an address that was already there
 //! (`EEXIST`) belongs to whoever put it there, even if the agent wants it too.
@@ -14,7 +14,7 @@
 //!
 //! The manager never decides anything: the daemon passes the desired set to
 //! [`VipManager::ensure`], and calls [`VipManager::release`] for each address
-//! the gate has withdrawn and BIRD has confirmed gone (SPEC §3 ordering).
+//! the gate has withdrawn and BIRD has confirmed gone (docs/gating.md, "Ordering of addresses and announcements").
 //!
 //! A corrupt or unreadable ownership file must never turn into "owns
 //! nothing, carry on": the gate depends on the manager (an address must be
@@ -257,7 +257,7 @@ impl<A: AddressOps> VipManager<A> {
 
     /// Makes every address in `desired` present on the interface.
     ///
-    /// Call it before HAProxy is given binds on a new VIP (SPEC §3: add the
+    /// Call it before HAProxy is given binds on a new VIP (docs/gating.md, ordering: add the
     /// address, let HAProxy bind, check, then announce). Only adds: addresses
     /// no longer desired are removed by [`Self::release`], after withdrawal.
     /// Each address is attempted independently; the report says what happened
@@ -325,7 +325,7 @@ impl<A: AddressOps> VipManager<A> {
 
     /// Removes `address` from the interface if, and only if, the agent added it.
     ///
-    /// **Contract (SPEC §3 ordering):** call this only after the VIP has been
+    /// **Contract (docs/gating.md, "Ordering of addresses and announcements"):** call this only after the VIP has been
     /// withdrawn from BIRD *and the withdrawal is confirmed* (the publisher
     /// observed BIRD no longer exporting it). Removing the address of a VIP
     /// that is still announced blackholes the flows ECMP still sends here.

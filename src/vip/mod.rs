@@ -1,4 +1,4 @@
-//! VIP addresses on the local interface (SPEC §1 `[vip]`, §3 ordering, §7).
+//! VIP addresses on the local interface (docs/config.md `[vip]`, docs/gating.md ordering, docs/safety.md).
 //!
 //! HAProxy can only bind a VIP that is a local address, and the gate only
 //! announces a VIP whose address is present, so the agent puts each desired
@@ -6,7 +6,7 @@
 //! binds it. Removing addresses is where this module can hurt: an address an
 //! operator configured by hand may carry traffic the agent knows nothing
 //! about. So the agent remembers which addresses *it* added, in
-//! `<state_dir>/owned-vips.json`, and never removes any other (SPEC §7).
+//! `<state_dir>/owned-vips.json`, and never removes any other (docs/safety.md).
 //!
 //! - [`AddressOps`]: the three kernel operations (list, add, delete), behind a
 //!   trait so the executor can be tested without netlink.

@@ -1,4 +1,4 @@
-//! Test harness: the anycast lab of `notes/anycast-lab.md` driven by the real
+//! Test harness: the anycast lab of docs/architecture.md ("The test labs") driven by the real
 //! `lb-agent` binary.
 //!
 //! Topology (every name carries a unique suffix, see [`crate::netns`]):
@@ -52,7 +52,7 @@ pub const VIP_NET: &str = "192.0.2.10/32";
 /// an include to play "unknown prefix".
 pub const STATIC_VIPS: std::ops::Range<u32> = 10..20;
 
-/// Health timers of the lab agents (SPEC §3 bound: fall × interval + timeout).
+/// Health timers of the lab agents (docs/gating.md bound: fall × interval + timeout).
 pub const INTERVAL: Duration = Duration::from_millis(200);
 pub const TIMEOUT: Duration = Duration::from_millis(150);
 pub const FAST_INTERVAL: Duration = Duration::from_millis(100);
@@ -852,7 +852,7 @@ impl Lab {
             std::fs::create_dir_all(lb_dir.join("bird")).unwrap();
             std::fs::create_dir_all(lb_dir.join("state")).unwrap();
             let bird_cfg = lb_bird_config(&lb_dir);
-            // BIRD starts from a dummy-only include (fail-closed, SPEC §3).
+            // BIRD starts from a dummy-only include (fail-closed, docs/gating.md).
             let layout = IncludeLayout::from_config(&bird_cfg).unwrap();
             std::fs::write(
                 &bird_cfg.include_file,

@@ -1,4 +1,4 @@
-//! anycast-healthchecker (the Python baseline of SPEC §8), installed from
+//! anycast-healthchecker (the Python baseline of docs/performance.md), installed from
 //! PyPI into a venv the bench owns, and configured for a set of services.
 //!
 //! Its model: one thread per service, each running `check_cmd` as a

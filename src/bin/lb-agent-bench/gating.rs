@@ -1,4 +1,4 @@
-//! Health gating CPU (SPEC §8): the whole lb-agent process checking 1,000
+//! Health gating CPU (docs/performance.md, "The targets"): the whole lb-agent process checking 1,000
 //! VIPs × 2 services at a 1 s interval through a real HAProxy, next to
 //! anycast-healthchecker on the same services at the largest scale it
 //! sustains.

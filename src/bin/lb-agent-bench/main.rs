@@ -1,4 +1,4 @@
-//! Benchmark harness (SPEC §8): measures lb-agent against real components and
+//! Benchmark harness (docs/performance.md, "The targets"): measures lb-agent against real components and
 //! prints one markdown table, each figure next to the naive way measured in
 //! the same run. It never asserts timings; anything it cannot measure is
 //! printed as `n/a (reason)`.
@@ -1231,7 +1231,7 @@ fn main() -> Result<()> {
     out.push_str("# lb-agent benchmarks\n\n");
     out.push_str(
         "Produced by `./bench.sh --out docs/benchmarks.md` (builds and runs `lb-agent-bench`; \
-SPEC §8). Figures are printed, never asserted; each is measured next to the naive way \
+targets: docs/performance.md). Figures are printed, never asserted; each is measured next to the naive way \
 in the same run. Medians unless stated.\n\n",
     );
     out.push_str(HEADER);

@@ -1,4 +1,4 @@
-//! SPEC §8 "failed service → prefix gone from the ToR's routing table", for
+//! docs/performance.md's "failed service → prefix gone from the ToR's routing table", for
 //! lb-agent and, in the same lab, anycast-healthchecker.
 //!
 //! The lab (namespaces `lbbench-tor-<pid>-tor` and `lbbench-tor-<pid>-lb`):
