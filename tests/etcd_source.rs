@@ -1108,12 +1108,18 @@ async fn publish_and_export_commands() {
     let f = file.to_str().unwrap();
     let (code, out, err) = run(&["publish", "--to", &to, f, "--dry-run"]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("+ servers/p0/s1") && out.contains("dry run: 6 keys would change"), "{out}");
+    assert!(
+        out.contains("+ servers/p0/s1") && out.contains("dry run: 6 keys would change"),
+        "{out}"
+    );
     let (code, out, _) = run(&["export", "--from", &to]);
     assert_ne!(code, Some(0), "nothing published yet: {out}");
     let (code, out, err) = run(&["publish", "--to", &to, f]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("published 6 changed keys under /lb/blue/ as etcd revision"), "{out}");
+    assert!(
+        out.contains("published 6 changed keys under /lb/blue/ as etcd revision"),
+        "{out}"
+    );
     let (code, out, err) = run(&["export", "--from", &to]);
     assert_eq!(code, Some(0), "{err}");
     let exported: Value = serde_json::from_str(&out).unwrap();
@@ -1138,11 +1144,7 @@ fn agent_cost_of_a_one_server_change_at_20k_servers() {
     use lb_agent::source::etcd::{layout, store};
     let kv = layout::split(&doc(1000, 20, 10)).unwrap();
     let mut s = store::Store::new(64 << 20);
-    s.reset(
-        1,
-        kv.into_iter()
-            .map(|(k, v)| (k, bytes::Bytes::from(v))),
-    );
+    s.reset(1, kv.into_iter().map(|(k, v)| (k, bytes::Bytes::from(v))));
     let p = parser();
     let (mut apply, mut assemble, mut validate) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..20u64 {
