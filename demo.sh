@@ -345,6 +345,8 @@ done
 if [ -z "$BIN" ]; then
     # The agent's TLS crate (ring) compiles C, and rustc links with cc.
     have cc || add_need gcc
+    # etcd-client compiles etcd's .proto files with protoc at build time.
+    have protoc || add_need protobuf-compiler
     [ -e /usr/include/stdio.h ] || add_need libc6-dev
 fi
 if [ "${#need[@]}" -gt 0 ]; then

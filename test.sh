@@ -5,11 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# etcd: the etcd source's tests start their own members; protoc: etcd-client
+# compiles etcd's protobuf definitions at build time.
 # python3 -m venv and curl: the benchmark's anycast-healthchecker baseline
 # (tests/bench_quick.rs runs the harness).
 scripts/ensure-packages.sh haproxy:haproxy bird:bird2 ip:iproute2 socat:socat \
-    openssl:openssl setpriv:util-linux curl:curl python3:python3
+    openssl:openssl setpriv:util-linux curl:curl python3:python3 \
+    etcd:etcd-server etcdctl:etcd-client protoc:protobuf-compiler
 python3 -c 'import ensurepip, venv' 2>/dev/null || scripts/ensure-packages.sh python3-venv
+# Debian's Prometheus client parses both metrics formats (tests/status_socket.rs).
+/usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || scripts/ensure-packages.sh python3-prometheus-client
 # A distro-started HAProxy or BIRD is not ours; the tests start their own.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl stop haproxy.service bird.service 2>/dev/null || true

@@ -35,6 +35,7 @@ pub mod mem;
 pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod publish;
 pub mod reconcile;
 pub mod source;
 pub mod status;

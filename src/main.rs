@@ -15,6 +15,13 @@ fn main() {
         } => cli::render(&desired, config.as_deref(), skip_host_check),
         Cmd::Reset { config, if_failed } => cli::reset(&config, if_failed),
         Cmd::Handover { config } => cli::handover(&config),
+        Cmd::Publish {
+            to,
+            file,
+            dry_run,
+            etcd,
+        } => cli::etcd::publish(&to, &file, dry_run, &etcd),
+        Cmd::Export { from, etcd } => cli::etcd::export(&from, &etcd),
         Cmd::Client(c) => cli::client::run(c),
     };
     if let Err(f) = result {

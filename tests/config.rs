@@ -297,3 +297,30 @@ fn errors_name_the_file_given() {
         )
     );
 }
+
+#[test]
+fn etcd_source_fixture_parses_endpoints_prefix_tls_and_user() {
+    let c = config::load(Path::new("fixtures/config/valid/etcd-source.toml")).unwrap();
+    let SourceUrl::Etcd(url) = &c.source.url else {
+        panic!("not an etcd URL: {:?}", c.source.url);
+    };
+    assert_eq!(
+        url.endpoints,
+        [
+            "etcd1.example.net:2379",
+            "etcd2.example.net:2379",
+            "[2001:db8::3]:2380"
+        ]
+    );
+    assert_eq!(url.prefix, "/lb/blue/");
+    assert_eq!(
+        url.display(),
+        "etcd://etcd1.example.net:2379,etcd2.example.net:2379,[2001:db8::3]:2380/lb/blue"
+    );
+    assert_eq!(c.source.username.as_deref(), Some("lb-agent"));
+    assert_eq!(
+        c.source.password_file.as_deref(),
+        Some(Path::new("/etc/lb-agent/etcd-password"))
+    );
+    assert!(c.source.client_key.is_some());
+}

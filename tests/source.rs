@@ -82,6 +82,8 @@ fn config(url: SourceUrl, dir: &Path) -> SourceConfig {
         max_removal_ratio: 0.5,
         connect_timeout: 2 * S,
         max_document_size: 16 << 20,
+        username: None,
+        password_file: None,
     }
 }
 

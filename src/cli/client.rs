@@ -720,6 +720,21 @@ pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
         source.push_str(", running from the cached document");
     }
     lines.push(("source", source));
+    if let Some(st) = &src.stream {
+        let revision = st
+            .revision
+            .map_or_else(|| "none".to_string(), |r| r.to_string());
+        lines.push((
+            "",
+            format!(
+                "{} on {}, store revision {revision}, {} listings, {} compactions",
+                sanitize(&st.watch_state),
+                sanitize(&st.endpoint),
+                st.lists,
+                st.compactions
+            ),
+        ));
+    }
     if let Some(e) = &src.error {
         let n = src.consecutive_failures;
         let times = if n > 0 {

@@ -14,6 +14,7 @@ use crate::config::{self, Config, DEFAULT_PATH};
 
 // --- status-socket client (h/status-cli) ---
 pub mod client;
+pub mod etcd;
 // --- end status-socket client ---
 
 /// Exit code: success.
@@ -86,6 +87,29 @@ pub enum Cmd {
         /// this host's addresses and routes (to render a document for another host).
         #[arg(long)]
         skip_host_check: bool,
+    },
+    /// Publish a desired-state document to etcd: validate it, diff it against
+    /// the keys under the prefix and write the changes in one transaction
+    /// (refused if another publisher changed the group in between).
+    Publish {
+        /// etcd://host:port[,host:port…]/<prefix>
+        #[arg(long)]
+        to: String,
+        /// The document (JSON, schema 1); its "revision" is ignored (etcd's is used).
+        file: PathBuf,
+        /// Print what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        etcd: etcd::EtcdArgs,
+    },
+    /// Print the schema-1 document held in etcd under a prefix.
+    Export {
+        /// etcd://host:port[,host:port…]/<prefix>
+        #[arg(long)]
+        from: String,
+        #[command(flatten)]
+        etcd: etcd::EtcdArgs,
     },
     // --- status-socket client (h/status-cli): status, vips, drain, undrain,
     // reconcile, completions, man; see `client::ClientCmd` ---
@@ -179,6 +203,7 @@ pub fn check_config(path: &Path, cache: bool) -> Result<(), Failure> {
         match &cfg.source.url {
             config::SourceUrl::Http(u) => u.clone(),
             config::SourceUrl::File(p) => format!("file://{}", p.display()),
+            config::SourceUrl::Etcd(e) => e.display(),
         }
     ))
 }

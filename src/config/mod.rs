@@ -55,6 +55,29 @@ pub enum SourceUrl {
     Http(String),
     /// `file://` URL: a local file, polled every `poll_interval`.
     File(PathBuf),
+    /// `etcd://host:port[,host:port…]/<prefix>`: an etcd v3 cluster, one key
+    /// per object under the prefix (docs/etcd.md).
+    Etcd(EtcdUrl),
+}
+
+/// A parsed `etcd://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdUrl {
+    /// `host:port` of every member to try, in the configured order.
+    pub endpoints: Vec<String>,
+    /// Key prefix, always starting and ending with `/` (`/lb/blue/`).
+    pub prefix: String,
+}
+
+impl EtcdUrl {
+    /// The URL as written in agent.toml (`etcd://a:2379,b:2379/lb/blue`).
+    pub fn display(&self) -> String {
+        format!(
+            "etcd://{}{}",
+            self.endpoints.join(","),
+            self.prefix.trim_end_matches('/')
+        )
+    }
 }
 
 /// `[source]`: the central API poller.
@@ -82,6 +105,10 @@ pub struct SourceConfig {
     /// Largest document accepted from the API, a `file://` source or the
     /// cache, in bytes: a bigger one is refused before it is parsed.
     pub max_document_size: usize,
+    /// etcd only: user name for etcd authentication; requires `password_file`.
+    pub username: Option<String>,
+    /// etcd only: file holding the etcd user's password (content trimmed).
+    pub password_file: Option<PathBuf>,
 }
 
 /// How backend server slots are allocated in the rendered config.

@@ -23,8 +23,8 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::{
-    BirdConfig, Config, HaproxyConfig, HealthConfig, LocalCheck, LocalCheckKind, NodeConfig,
-    OnStop, OnUnhealthy, SlotPolicy, SourceConfig, SourceUrl, StatusConfig, VipConfig,
+    BirdConfig, Config, EtcdUrl, HaproxyConfig, HealthConfig, LocalCheck, LocalCheckKind,
+    NodeConfig, OnStop, OnUnhealthy, SlotPolicy, SourceConfig, SourceUrl, StatusConfig, VipConfig,
 };
 
 /// One problem in agent.toml.
@@ -137,6 +137,8 @@ fn defaults(node_name: String) -> Config {
             max_removal_ratio: 0.5,
             connect_timeout: Duration::from_secs(3),
             max_document_size: 16 << 20,
+            username: None,
+            password_file: None,
         },
         haproxy: HaproxyConfig {
             config: "/etc/haproxy/haproxy.cfg".into(),
@@ -691,10 +693,13 @@ fn ratio(v: &DeValue<'_>) -> Result<f64, String> {
 }
 
 fn source_url(v: &DeValue<'_>) -> Result<SourceUrl, String> {
-    let expected = "expected an http://, https:// or file:// URL";
+    let expected = "expected an http://, https://, file:// or etcd:// URL";
     let s = v
         .as_str()
         .ok_or_else(|| format!("{expected}, found {}", found(v)))?;
+    if let Some(rest) = s.strip_prefix("etcd://") {
+        return etcd_url(rest).map(SourceUrl::Etcd);
+    }
     let url = url::Url::parse(s).map_err(|e| format!("{expected}, found {s:?} ({e})"))?;
     // The URL parser is lenient ("http:host" means "http://host/"); an
     // operator's typo should not be silently "fixed".
@@ -732,6 +737,64 @@ fn source_url(v: &DeValue<'_>) -> Result<SourceUrl, String> {
         }
         other => Err(format!("{expected}, found scheme {other:?}")),
     }
+}
+
+/// `host:port[,host:port…]/<prefix>` (after `etcd://`). The port defaults
+/// to 2379; the prefix is one or more `/`-separated segments of
+/// `[A-Za-z0-9_.-]` and is normalised to `/seg/…/`.
+fn etcd_url(rest: &str) -> Result<EtcdUrl, String> {
+    let expected = "expected etcd://host:port[,host:port...]/<prefix>";
+    let (hosts, prefix) = rest.split_once('/').ok_or_else(|| {
+        format!(
+            "{expected}, found {:?} (no key prefix)",
+            format!("etcd://{rest}")
+        )
+    })?;
+    let mut endpoints = Vec::new();
+    for host in hosts.split(',') {
+        let host = host.trim();
+        let (name, port) = match host.strip_prefix('[').and_then(|h| h.split_once(']')) {
+            Some((v6, rest)) => (&host[..v6.len() + 2], rest.strip_prefix(':')),
+            None => match host.split_once(':') {
+                Some((n, p)) => (n, Some(p)),
+                None => (host, None),
+            },
+        };
+        let ok_name = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.[]:".contains(c));
+        if !ok_name {
+            return Err(format!("{expected}; bad host {host:?}"));
+        }
+        let port = match port {
+            None => 2379,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{expected}; bad port in {host:?}"))?,
+        };
+        endpoints.push(format!("{name}:{port}"));
+    }
+    let segments: Vec<&str> = prefix.split('/').filter(|s| !s.is_empty()).collect();
+    let segment_ok = |s: &&str| {
+        s.len() <= 128
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            && *s != "."
+            && *s != ".."
+    };
+    if segments.is_empty() || !segments.iter().all(segment_ok) {
+        return Err(format!(
+            "{expected}; the prefix {prefix:?} must be one or more segments of letters, digits, '_', '.', '-'"
+        ));
+    }
+    Ok(EtcdUrl {
+        endpoints,
+        prefix: format!("/{}/", segments.join("/")),
+    })
 }
 
 fn linux_ifname(v: &DeValue<'_>) -> Result<String, String> {
@@ -879,7 +942,51 @@ fn walk_source(cx: &mut Cx<'_>, root: &mut Section<'_, '_>, d: SourceConfig) -> 
         max_document_size: s
             .take(cx, "max_document_size", byte_size(64 << 10, 1 << 30))
             .unwrap_or(d.max_document_size),
+        username: s
+            .take(cx, "username", |v| {
+                let u = string(v)?;
+                if u.is_empty() {
+                    return Ok(None);
+                }
+                if u.len() > 128 || u.chars().any(char::is_control) {
+                    return Err("expected a user name of at most 128 characters, without control characters".into());
+                }
+                Ok(Some(u))
+            })
+            .unwrap_or(d.username),
+        password_file: s
+            .take(cx, "password_file", opt_abs_path)
+            .unwrap_or(d.password_file),
     };
+    if cfg.username.is_some() != cfg.password_file.is_some()
+        && !(set_non_empty(&s, "username") && set_non_empty(&s, "password_file"))
+    {
+        let key = if cfg.username.is_some() {
+            "username"
+        } else {
+            "password_file"
+        };
+        cx.error(
+            s.key_offset(key),
+            s.dotted(key),
+            "username and password_file go together (etcd authentication)".into(),
+        );
+    }
+    if (cfg.username.is_some() || cfg.password_file.is_some())
+        && !matches!(cfg.url, SourceUrl::Etcd(_))
+    {
+        let key = if cfg.username.is_some() {
+            "username"
+        } else {
+            "password_file"
+        };
+        cx.error(
+            s.key_offset(key),
+            s.dotted(key),
+            "only an etcd:// source uses username/password_file (an HTTP API takes token_file)"
+                .into(),
+        );
+    }
     // mTLS needs both halves. Only complain when the set half parsed (a bad
     // value already has its own error).
     match (&cfg.client_cert, &cfg.client_key) {

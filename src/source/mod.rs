@@ -23,9 +23,15 @@
 //!   the API. The daemon stores the cache after a successful apply
 //!   ([`store_cache`]).
 //!
+//! - Watch-based sources (`etcd://`, module `etcd`) keep the same outputs:
+//!   they hold the keys in memory, assemble the document of each revision
+//!   and run the same parser; [`SourceStatus::stream`] adds the endpoint,
+//!   the watch state and the store revision.
+//!
 //! [`run`] is a long-lived task: spawn it, and cancel the token to stop it.
 
 mod cache;
+pub mod etcd;
 mod file;
 mod http;
 mod poll;
@@ -139,6 +145,32 @@ pub struct SourceStatus {
     pub polls_error: u64,
     /// Valid documents ignored because their revision was lower than the accepted one.
     pub ignored_older: u64,
+    /// Watch-based sources (etcd): the connection and the watch.
+    pub stream: Option<StreamStatus>,
+}
+
+/// The state of a watch-based source (etcd today; a Consul source would
+/// fill the same fields).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StreamStatus {
+    /// The member the agent talks to (`host:port`).
+    pub endpoint: String,
+    /// `connecting`, `listing`, `watching`, `disconnected` or `backoff`.
+    pub watch_state: String,
+    /// The store revision: the newest revision applied from the store, valid or not.
+    pub revision: Option<u64>,
+    /// Full listings (the first one, and one after every compaction).
+    pub lists: u64,
+    /// Watches canceled because their start revision was compacted.
+    pub compactions: u64,
+    /// Transactions (revisions) applied from the watch.
+    pub transactions: u64,
+    /// Events applied from the watch.
+    pub events: u64,
+    /// The store revision that failed to assemble or validate, while it is the newest.
+    pub rejected_revision: Option<u64>,
+    /// The key at fault in that revision, when one is known.
+    pub rejected_key: Option<String>,
 }
 
 impl SourceStatus {
@@ -219,6 +251,7 @@ pub async fn run_with<T: Document>(
     let display_url = match &cfg.url {
         SourceUrl::Http(u) => http::redact(u),
         SourceUrl::File(p) => format!("file://{}", p.display()),
+        SourceUrl::Etcd(e) => e.display(),
     };
     status.send_modify(|s| {
         *s = SourceStatus::new(display_url);
@@ -246,5 +279,6 @@ pub async fn run_with<T: Document>(
             let fetcher = file::FileFetcher::new(path, tuning.max_document_bytes);
             poll::poll_loop(fetcher, pacing, tuning, cache, wiring).await;
         }
+        SourceUrl::Etcd(url) => etcd::run(url, cfg, tuning, wiring).await,
     }
 }

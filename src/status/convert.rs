@@ -40,6 +40,17 @@ impl From<&crate::source::SourceStatus> for SourceStatus {
                 error: s.polls_error,
             },
             ignored_older: s.ignored_older,
+            stream: s.stream.as_ref().map(|t| super::types::StreamStatus {
+                endpoint: t.endpoint.clone(),
+                watch_state: t.watch_state.clone(),
+                revision: t.revision,
+                lists: t.lists,
+                compactions: t.compactions,
+                transactions: t.transactions,
+                events: t.events,
+                rejected_revision: t.rejected_revision,
+                rejected_key: t.rejected_key.clone(),
+            }),
         }
     }
 }

@@ -227,6 +227,39 @@ pub struct SourceStatus {
     /// Extra: valid documents ignored because their revision went backwards.
     #[serde(default)]
     pub ignored_older: u64,
+    /// Extra, watch-based sources (etcd) only: endpoint, watch state, revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamStatus>,
+}
+
+/// The connection and watch of a watch-based source (`source.stream`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamStatus {
+    /// The member talked to (`host:port`).
+    pub endpoint: String,
+    /// `connecting`, `listing`, `watching`, `disconnected` or `backoff`.
+    pub watch_state: String,
+    /// The newest etcd revision applied to the agent's copy of the keys
+    /// (valid or not; `source.revision` is the newest accepted one).
+    pub revision: Option<u64>,
+    /// Full listings of the prefix.
+    #[serde(default)]
+    pub lists: u64,
+    /// Watches canceled because their start revision was compacted.
+    #[serde(default)]
+    pub compactions: u64,
+    /// Transactions applied from the watch.
+    #[serde(default)]
+    pub transactions: u64,
+    /// Events applied from the watch.
+    #[serde(default)]
+    pub events: u64,
+    /// The newest revision, when it was rejected.
+    #[serde(default)]
+    pub rejected_revision: Option<u64>,
+    /// The etcd key at fault in it, when known.
+    #[serde(default)]
+    pub rejected_key: Option<String>,
 }
 
 /// A document refused as a whole (docs/safety.md).
