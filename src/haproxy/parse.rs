@@ -60,6 +60,14 @@ pub fn servers_state(text: &str) -> Result<ObservedServers, ParseError> {
                 format!("expected at least 19 columns, got {}", f.len()),
             ));
         }
+        // HAProxy separates columns by one space and never leaves one
+        // empty: an empty backend or server name would be a name no
+        // document can hold (found by fuzzing: a doubled space).
+        for (i, name) in [(1, "be_name"), (3, "srv_name")] {
+            if f[i].is_empty() {
+                return Err(err(n + 1, line, format!("column {name} is empty")));
+            }
+        }
         let num = |i: usize, name: &str| -> Result<u64, ParseError> {
             f[i].parse::<u64>()
                 .map_err(|_| err(n + 1, line, format!("column {name} is not a number")))
@@ -337,6 +345,22 @@ mod tests {
     const PROC_FAILED: &str = include_str!("../../fixtures/haproxy/show-proc-failed.txt");
     const INFO: &str = include_str!("../../fixtures/haproxy/show-info.txt");
     const STAT: &str = include_str!("../../fixtures/haproxy/show-stat-frontends.txt");
+
+    /// Regression (fuzz target `haproxy_replies`): a doubled space made an
+    /// empty server name that was accepted.
+    #[test]
+    fn an_empty_name_column_is_refused() {
+        let text = "1\n# be_id be_name srv_id srv_name srv_addr\n\
+                    3 be 3  127.0.0.1 2 4 50 1 2 15 3 4 63 _free1 127.0.0.1 2 4 50 1 2 \n";
+        let e = servers_state(text).unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.reason.contains("srv_name is empty"), "{e}");
+        let text = "1\n3  3 s1 127.0.0.1 2 4 50 1 2 15 3 4 63 _free1 127.0.0.1 2 4 50 1 2\n";
+        assert!(servers_state(text)
+            .unwrap_err()
+            .reason
+            .contains("be_name is empty"));
+    }
 
     #[test]
     fn parses_show_info_pid() {
