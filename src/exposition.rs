@@ -77,56 +77,45 @@ pub fn negotiate(accept: Option<&str>) -> Format {
 }
 
 /// Rewrites an OpenMetrics exposition as Prometheus text format 0.0.4
-/// (table above). Lines it does not know are kept as they are.
+/// (table above), in one pass: a family's `# HELP` line comes right before
+/// its `# TYPE` line, so it is held until the TYPE line gives the family's
+/// text-format name. Lines it does not know are kept as they are.
 pub fn to_text(openmetrics: &str) -> String {
     let mut out = String::with_capacity(openmetrics.len());
+    // The HELP line waiting for its TYPE: (family name, help text).
+    let mut help: Option<(&str, &str)> = None;
+    let flush = |out: &mut String, help: &mut Option<(&str, &str)>, name: Option<&str>| {
+        if let Some((h, text)) = help.take() {
+            out.push_str(&format!("# HELP {} {text}\n", name.unwrap_or(h)));
+        }
+    };
     for line in openmetrics.lines() {
         if line == "# EOF" || line.starts_with("# UNIT ") {
             continue;
         }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            flush(&mut out, &mut help, None);
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+            continue;
+        }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
-            let (name, kind) = match kind {
+            let (renamed, kind) = match kind {
                 "counter" => (format!("{name}_total"), "counter"),
                 "info" => (format!("{name}_info"), "gauge"),
                 "unknown" => (name.to_string(), "untyped"),
                 k => (name.to_string(), k),
             };
-            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            let same_family = help.is_some_and(|(h, _)| h == name);
+            flush(&mut out, &mut help, same_family.then_some(renamed.as_str()));
+            out.push_str(&format!("# TYPE {renamed} {kind}\n"));
             continue;
         }
+        flush(&mut out, &mut help, None);
         out.push_str(line);
         out.push('\n');
     }
-    // HELP lines come before their TYPE line: rename them in a second pass,
-    // from the TYPE lines just written.
-    rename_help(&out)
-}
-
-/// Gives each `# HELP x` the name its `# TYPE` line has (`x_total`, `x_info`).
-fn rename_help(text: &str) -> String {
-    let typed: std::collections::HashMap<&str, &str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|r| r.split_once(' ').map(|(n, _)| n))
-        .filter_map(|n| {
-            n.strip_suffix("_total")
-                .or_else(|| n.strip_suffix("_info"))
-                .map(|base| (base, n))
-        })
-        .collect();
-    let mut out = String::with_capacity(text.len() + 256);
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
-            if let Some(renamed) = typed.get(name) {
-                out.push_str(&format!("# HELP {renamed} {help}\n"));
-                continue;
-            }
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
+    flush(&mut out, &mut help, None);
     out
 }
 

@@ -958,31 +958,27 @@ fn walk_source(cx: &mut Cx<'_>, root: &mut Section<'_, '_>, d: SourceConfig) -> 
             .take(cx, "password_file", opt_abs_path)
             .unwrap_or(d.password_file),
     };
+    // The key an authentication error is reported at: the one that is set.
+    let auth_key = if cfg.username.is_some() {
+        "username"
+    } else {
+        "password_file"
+    };
     if cfg.username.is_some() != cfg.password_file.is_some()
         && !(set_non_empty(&s, "username") && set_non_empty(&s, "password_file"))
     {
-        let key = if cfg.username.is_some() {
-            "username"
-        } else {
-            "password_file"
-        };
         cx.error(
-            s.key_offset(key),
-            s.dotted(key),
+            s.key_offset(auth_key),
+            s.dotted(auth_key),
             "username and password_file go together (etcd authentication)".into(),
         );
     }
     if (cfg.username.is_some() || cfg.password_file.is_some())
         && !matches!(cfg.url, SourceUrl::Etcd(_))
     {
-        let key = if cfg.username.is_some() {
-            "username"
-        } else {
-            "password_file"
-        };
         cx.error(
-            s.key_offset(key),
-            s.dotted(key),
+            s.key_offset(auth_key),
+            s.dotted(auth_key),
             "only an etcd:// source uses username/password_file (an HTTP API takes token_file)"
                 .into(),
         );
