@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 use backend::{free_port, Backend};
 use haproxy::{Haproxy, Lab, HAPROXY};
 use lb_agent::haproxy::bindcheck::{self, ConflictKind};
-use lb_agent::haproxy::master::MasterClient;
 use lb_agent::haproxy::reload::{Installer, ReloadError};
 use lb_agent::haproxy::render::Rendered;
 use lb_agent::model::validate::{parse_document, ValidateContext};
@@ -251,14 +250,7 @@ fn document(revision: u64, web: SocketAddr, extra: &[SocketAddr], b: &Backend) -
 
 /// The installer the reconciler builds (`Reconciler::new`) for this lab.
 fn installer(lab: &Lab) -> Installer {
-    Installer {
-        binary: HAPROXY.into(),
-        config: lab.config.clone(),
-        data_dir: lab.data_dir.clone(),
-        reload_command: vec![],
-        reload_timeout: Duration::from_secs(15),
-        master: MasterClient::new(&lab.master, Duration::from_secs(5)),
-    }
+    lab.installer(Duration::from_secs(15), Duration::from_secs(5))
 }
 
 fn render(lab: &Lab, d: &DesiredState) -> Rendered {

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use agent::{Agent, AgentToml};
 use haproxy::{Lab, HAPROXY};
-use lb_agent::haproxy::master::MasterClient;
 use lb_agent::haproxy::reload::{Installer, ReloadError};
 use lb_agent::model::validate::{parse_document, ValidateContext};
 use serde_json::{json, Value};
@@ -33,14 +32,7 @@ fn ctx() -> ValidateContext {
 }
 
 fn installer(lab: &Lab) -> Installer {
-    Installer {
-        binary: HAPROXY.into(),
-        config: lab.config.clone(),
-        data_dir: lab.data_dir.clone(),
-        reload_command: vec![],
-        reload_timeout: Duration::from_secs(10),
-        master: MasterClient::new(&lab.master, Duration::from_secs(2)),
-    }
+    lab.installer(Duration::from_secs(10), Duration::from_secs(2))
 }
 
 /// The hostile fixture with its marker path filled in.

@@ -791,14 +791,7 @@ async fn data_files_that_left_the_document_are_removed_after_a_confirmed_reload(
     let a = Backend::start("a").await;
     let vip = "127.0.0.20";
     let fe: SocketAddr = format!("{vip}:{}", free_port(vip)).parse().unwrap();
-    let inst = lb_agent::haproxy::reload::Installer {
-        binary: haproxy::HAPROXY.into(),
-        config: lab.config.clone(),
-        data_dir: lab.data_dir.clone(),
-        reload_command: vec![],
-        reload_timeout: Duration::from_secs(15),
-        master: lb_agent::haproxy::master::MasterClient::new(&lab.master, Duration::from_secs(5)),
-    };
+    let inst = lab.installer(Duration::from_secs(15), Duration::from_secs(5));
     let renderer = lab.renderer();
     let parse = |v: &Value| {
         parse_document(

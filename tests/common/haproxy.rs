@@ -88,6 +88,23 @@ impl Lab {
         }
     }
 
+    /// The installer the reconciler builds (`Reconciler::new`) for this lab,
+    /// with the master socket's per-request timeout.
+    pub fn installer(
+        &self,
+        reload_timeout: Duration,
+        socket_timeout: Duration,
+    ) -> lb_agent::haproxy::reload::Installer {
+        lb_agent::haproxy::reload::Installer {
+            binary: HAPROXY.into(),
+            config: self.config.clone(),
+            data_dir: self.data_dir.clone(),
+            reload_command: vec![],
+            reload_timeout,
+            master: lb_agent::haproxy::master::MasterClient::new(&self.master, socket_timeout),
+        }
+    }
+
     /// The built-in templates rendering for this lab's sockets and files.
     pub fn renderer(&self) -> lb_agent::haproxy::render::Renderer {
         lb_agent::haproxy::render::Renderer::new(
