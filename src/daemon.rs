@@ -63,9 +63,16 @@ pub fn renderer(cfg: &Config) -> anyhow::Result<Renderer> {
             node_name: cfg.node.name.clone(),
             node_group: cfg.node.group.clone(),
             node_az: cfg.node.az.clone(),
+            global: host_global(cfg)?,
         },
     )
     .context("loading templates")
+}
+
+/// The `global` settings of `[haproxy]` for this host (its CPUs).
+pub fn host_global(cfg: &Config) -> anyhow::Result<crate::haproxy::global::GlobalSettings> {
+    use crate::haproxy::global::{allowed_cpus, GlobalSettings};
+    Ok(GlobalSettings::resolve(&cfg.haproxy, &allowed_cpus())?)
 }
 
 /// The document parser the source uses: JSON → validated [`DesiredState`],

@@ -128,6 +128,31 @@ fn full_fixture_sets_every_value() {
     assert_eq!(c.haproxy.hard_stop_after, Duration::from_secs(300));
     assert_eq!(c.haproxy.reload_timeout, Duration::from_secs(20));
     assert_eq!(c.haproxy.verify_interval, Duration::from_secs(120));
+    assert_eq!(
+        c.haproxy.log,
+        vec![
+            config::LogTarget {
+                addr: config::LogAddr::Udp("127.0.0.1:514".parse().unwrap()),
+                facility: "local0".into(),
+                level: None,
+            },
+            config::LogTarget {
+                addr: config::LogAddr::Unix("/dev/log".into()),
+                facility: "local1".into(),
+                level: Some("notice".into()),
+            },
+        ]
+    );
+    assert_eq!(c.haproxy.nbthread, Some(4));
+    assert_eq!(c.haproxy.cpu_map, config::CpuMap::None);
+    assert_eq!(c.haproxy.maxconn, Some(100_000));
+    assert_eq!(c.haproxy.tls_min_version, config::TlsMinVersion::Tls13);
+    assert_eq!(
+        c.haproxy.prometheus_listen,
+        Some("127.0.0.1:8405".parse().unwrap())
+    );
+    assert_eq!(c.haproxy.stats_listen, Some("[::1]:8404".parse().unwrap()));
+    assert_eq!(c.haproxy.stats_uri, "/haproxy-stats");
 
     assert_eq!(c.health.interval, Duration::from_secs(2));
     assert_eq!(c.health.timeout, Duration::from_secs(1));

@@ -21,7 +21,38 @@ fn settings() -> RenderSettings {
         node_name: "lb1".into(),
         node_group: "blue".into(),
         node_az: Some("az1".into()),
+        global: Default::default(),
     }
+}
+
+/// Runs `haproxy -c` on a rendered config (with its data files) in a
+/// temporary directory; `None` when HAProxy is not installed.
+fn haproxy_check(out: &lb_agent::haproxy::render::Rendered, dir: &Path) -> Option<(bool, String)> {
+    let haproxy = Path::new("/usr/sbin/haproxy");
+    if !haproxy.exists() {
+        return None;
+    }
+    for (rel, body) in &out.files {
+        let f = dir.join(rel);
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(f, body).unwrap();
+    }
+    let cfg = dir.join("haproxy.cfg");
+    fs::write(&cfg, &out.config).unwrap();
+    let o = Command::new(haproxy)
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    Some((
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    ))
 }
 
 fn fixtures() -> Vec<PathBuf> {
@@ -132,4 +163,98 @@ fn operator_template_overrides_one_file() {
     // A missing directory falls back to the built-in templates.
     let missing = Renderer::new(Some(Path::new("/nonexistent/templates")), settings()).unwrap();
     assert_eq!(missing.global_digest(), builtin.global_digest());
+}
+
+/// Every `[haproxy]` host key set (fixtures/config/valid/full.toml's log
+/// targets and listeners, pinned threads on a fixed CPU list) renders into
+/// `global` and the two host-local frontends as in
+/// fixtures/golden/host-settings.cfg, and `haproxy -c` accepts it. The
+/// document is full.json with its TCP frontend terminating TLS too, so both
+/// TLS log formats appear.
+#[test]
+fn host_settings_render_in_global() {
+    use lb_agent::haproxy::global::GlobalSettings;
+    let mut cfg = lb_agent::config::load(Path::new("fixtures/config/valid/full.toml"))
+        .unwrap()
+        .haproxy;
+    cfg.cpu_map = lb_agent::config::CpuMap::Auto;
+    cfg.nbthread = None;
+    let global = GlobalSettings::resolve(&cfg, &[0, 1, 4, 5]).unwrap();
+    assert_ne!(global, GlobalSettings::default());
+    let r = Renderer::new(
+        None,
+        RenderSettings {
+            global,
+            ..settings()
+        },
+    )
+    .unwrap();
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&fs::read("fixtures/api/valid/full.json").unwrap()).unwrap();
+    let ssh = doc["frontends"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|f| f["name"] == "git_ssh")
+        .unwrap();
+    ssh["tls"] = serde_json::json!({ "certificates": ["www_example_com"] });
+    let d = parse_document(
+        &serde_json::to_vec(&doc).unwrap(),
+        &ValidateContext {
+            group: "blue".into(),
+        },
+    )
+    .unwrap();
+    let out = r.render(&d, Path::new("/etc/haproxy/lb-agent")).unwrap();
+    let golden = Path::new("fixtures/golden/host-settings.cfg");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        fs::write(golden, &out.config).unwrap();
+    }
+    let want = fs::read_to_string(golden)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", golden.display()));
+    assert_eq!(
+        out.config, want,
+        "host settings differ from their golden file"
+    );
+    // The parts this test is about, spelled out (the golden file could be
+    // regenerated wrong).
+    for line in [
+        "    log 127.0.0.1:514 local0\n",
+        "    log /dev/log local1 notice\n",
+        "    nbthread 4\n",
+        "    cpu-map auto:1/1-4 0-1 4-5\n",
+        "    maxconn 100000\n",
+        "    ssl-default-bind-options ssl-min-ver TLSv1.3\n",
+        "frontend _prometheus\n",
+        "    bind 127.0.0.1:8405\n",
+        "    http-request use-service prometheus-exporter if { path /metrics }\n",
+        "frontend _stats\n",
+        "    bind [::1]:8404\n",
+        "    stats uri /haproxy-stats\n",
+        "    option httpslog\n",
+        "%sslv/%sslc",
+    ] {
+        assert!(
+            out.config.contains(line),
+            "missing {line:?}:\n{}",
+            out.config
+        );
+    }
+    assert!(!out.config.contains("log /dev/log local0\n"));
+    // A changed host setting changes the structure: one reload.
+    assert_ne!(
+        r.structure(&d).digest(),
+        Renderer::new(None, settings())
+            .unwrap()
+            .structure(&d)
+            .digest()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    // Validate with the data paths of the temporary directory.
+    let staged = r.render(&d, dir.path()).unwrap();
+    match haproxy_check(&staged, dir.path()) {
+        None => eprintln!("!!! SKIPPED haproxy -c in host_settings_render_in_global: /usr/sbin/haproxy is not installed (apt-get install haproxy)"),
+        Some((ok, output)) => assert!(ok, "haproxy -c failed:\n{output}"),
+    }
 }

@@ -189,6 +189,10 @@ pub fn startup_checks(cfg: &Config) {
 /// fails it, naming every problem.
 pub fn check_config(path: &Path, cache: bool) -> Result<(), Failure> {
     let cfg = load_config(path)?;
+    // Settings valid on their own that this host cannot apply (more pinned
+    // threads than allowed CPUs), as `run` would find them.
+    crate::daemon::host_global(&cfg)
+        .map_err(|e| Failure::usage(format!("{} is invalid on this host:\n{e}", path.display())))?;
     for w in config::warnings(&cfg) {
         eprintln!("warning: {}: {w}", path.display());
     }

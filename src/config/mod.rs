@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use parse::{load, parse_str, ConfigError, ConfigErrors, BIRD_SYMBOL_MAX_LEN};
+pub use parse::{load, parse_str, ConfigError, ConfigErrors, BIRD_SYMBOL_MAX_LEN, MAX_THREADS};
 pub use warnings::{warnings, warnings_for};
 
 /// Default location of the agent configuration.
@@ -152,6 +152,69 @@ pub struct HaproxyConfig {
     pub reload_timeout: Duration,
     /// Period of the full convergence verification (read back + repair).
     pub verify_interval: Duration,
+    /// `log` lines of the global section (empty: HAProxy logs nowhere).
+    pub log: Vec<LogTarget>,
+    /// `nbthread`; `None` (`"auto"`): HAProxy's own default, the CPUs its
+    /// process is bound to at start, unless `cpu_map = "auto"` needs a count.
+    pub nbthread: Option<u16>,
+    /// `cpu-map` policy.
+    pub cpu_map: CpuMap,
+    /// Global `maxconn`; `None` (`"auto"`): HAProxy derives it from its
+    /// descriptor limit.
+    pub maxconn: Option<u32>,
+    /// `ssl-default-bind-options ssl-min-ver`.
+    pub tls_min_version: TlsMinVersion,
+    /// Host-local listener of HAProxy's built-in Prometheus exporter.
+    pub prometheus_listen: Option<SocketAddr>,
+    /// Host-local listener of HAProxy's stats page.
+    pub stats_listen: Option<SocketAddr>,
+    /// Path of the stats page on `stats_listen`.
+    pub stats_uri: String,
+}
+
+/// Where one HAProxy `log` line sends to (`[haproxy] log`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogAddr {
+    /// A syslog server over UDP (`127.0.0.1:514`, `udp@[::1]:514`).
+    Udp(SocketAddr),
+    /// A local datagram socket (`/dev/log`).
+    Unix(PathBuf),
+}
+
+/// One `[haproxy] log` entry: `"<target> <facility> [<max level>]"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogTarget {
+    pub addr: LogAddr,
+    /// Syslog facility (`local0`, `daemon`, ...).
+    pub facility: String,
+    /// Most verbose level sent (`info`, `notice`, ...); `None`: every level.
+    pub level: Option<String>,
+}
+
+/// `[haproxy] cpu_map`: whether HAProxy's threads are pinned to CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuMap {
+    /// No `cpu-map` (the kernel schedules the threads on the allowed CPUs).
+    None,
+    /// Thread i on the i-th CPU the agent may use (`cpu-map auto:1/1-N <cpus>`).
+    Auto,
+}
+
+/// `[haproxy] tls_min_version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMinVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsMinVersion {
+    /// The HAProxy spelling (`ssl-min-ver` argument).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMinVersion::Tls12 => "TLSv1.2",
+            TlsMinVersion::Tls13 => "TLSv1.3",
+        }
+    }
 }
 
 /// `[health]`: defaults for the VIP service checks.

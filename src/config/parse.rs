@@ -23,9 +23,13 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::{
-    BirdConfig, Config, EtcdUrl, HaproxyConfig, HealthConfig, LocalCheck, LocalCheckKind,
-    NodeConfig, OnStop, OnUnhealthy, SlotPolicy, SourceConfig, SourceUrl, StatusConfig, VipConfig,
+    BirdConfig, Config, CpuMap, EtcdUrl, HaproxyConfig, HealthConfig, LocalCheck, LocalCheckKind,
+    LogAddr, LogTarget, NodeConfig, OnStop, OnUnhealthy, SlotPolicy, SourceConfig, SourceUrl,
+    StatusConfig, TlsMinVersion, VipConfig,
 };
+
+mod host_haproxy;
+pub use host_haproxy::MAX_THREADS;
 
 /// One problem in agent.toml.
 ///
@@ -155,6 +159,18 @@ fn defaults(node_name: String) -> Config {
             hard_stop_after: Duration::from_secs(30),
             reload_timeout: Duration::from_secs(15),
             verify_interval: Duration::from_secs(60),
+            log: vec![LogTarget {
+                addr: LogAddr::Unix("/dev/log".into()),
+                facility: "local0".into(),
+                level: None,
+            }],
+            nbthread: None,
+            cpu_map: CpuMap::None,
+            maxconn: None,
+            tls_min_version: TlsMinVersion::Tls12,
+            prometheus_listen: None,
+            stats_listen: None,
+            stats_uri: "/stats".into(),
         },
         health: HealthConfig {
             interval: Duration::from_secs(1),
@@ -870,11 +886,11 @@ fn walk(cx: &mut Cx<'_>, doc: &Table<'_>) -> Config {
     d.haproxy.state_file = node_cfg.state_dir.join("haproxy-server-state");
 
     let source = walk_source(cx, &mut root, d.source);
-    let haproxy = walk_haproxy(cx, &mut root, d.haproxy);
+    // `[vip]` first: the HAProxy listeners are checked against its prefixes.
+    let vip_cfg = walk_vip(cx, &mut root, d.vip);
+    let haproxy = walk_haproxy(cx, &mut root, d.haproxy, &vip_cfg);
     let health = walk_health(cx, &mut root, d.health);
     let bird = walk_bird(cx, &mut root, d.bird);
-
-    let vip_cfg = walk_vip(cx, &mut root, d.vip);
 
     let mut status = root.section(cx, "status");
     let status_cfg = StatusConfig {
@@ -895,6 +911,19 @@ fn walk(cx: &mut Cx<'_>, doc: &Table<'_>) -> Config {
             .take(cx, "metrics_max_connections", connection_cap)
             .unwrap_or(d.status.metrics_max_connections),
     };
+    if let Some(addr) = status_cfg.metrics_listen {
+        let taken = [
+            ("haproxy.prometheus_listen", haproxy.prometheus_listen),
+            ("haproxy.stats_listen", haproxy.stats_listen),
+        ];
+        if let Some((other, _)) = taken.iter().find(|(_, a)| *a == Some(addr)) {
+            cx.error(
+                status.key_offset("metrics_listen"),
+                status.dotted("metrics_listen"),
+                format!("{addr} is also {other}: the agent and HAProxy cannot both listen there"),
+            );
+        }
+    }
     status.finish(cx);
 
     let checks = walk_checks(cx, &mut root);
@@ -1033,7 +1062,13 @@ fn walk_vip(cx: &mut Cx<'_>, root: &mut Section<'_, '_>, d: VipConfig) -> VipCon
     cfg
 }
 
-fn walk_haproxy(cx: &mut Cx<'_>, root: &mut Section<'_, '_>, d: HaproxyConfig) -> HaproxyConfig {
+fn walk_haproxy(
+    cx: &mut Cx<'_>,
+    root: &mut Section<'_, '_>,
+    d: HaproxyConfig,
+    vip: &VipConfig,
+) -> HaproxyConfig {
+    use host_haproxy as h;
     let mut s = root.section(cx, "haproxy");
     let cfg = HaproxyConfig {
         config: s.take(cx, "config", abs_path).unwrap_or(d.config),
@@ -1074,9 +1109,67 @@ fn walk_haproxy(cx: &mut Cx<'_>, root: &mut Section<'_, '_>, d: HaproxyConfig) -
         verify_interval: s
             .take(cx, "verify_interval", positive_duration)
             .unwrap_or(d.verify_interval),
+        log: s.take(cx, "log", h::log_targets).unwrap_or(d.log),
+        nbthread: s.take(cx, "nbthread", h::nbthread).unwrap_or(d.nbthread),
+        cpu_map: s
+            .take(
+                cx,
+                "cpu_map",
+                one_of(&[("none", CpuMap::None), ("auto", CpuMap::Auto)]),
+            )
+            .unwrap_or(d.cpu_map),
+        maxconn: s.take(cx, "maxconn", h::maxconn).unwrap_or(d.maxconn),
+        tls_min_version: s
+            .take(
+                cx,
+                "tls_min_version",
+                one_of(&[
+                    ("TLSv1.2", TlsMinVersion::Tls12),
+                    ("TLSv1.3", TlsMinVersion::Tls13),
+                ]),
+            )
+            .unwrap_or(d.tls_min_version),
+        prometheus_listen: s
+            .take(cx, "prometheus_listen", h::listener)
+            .unwrap_or(d.prometheus_listen),
+        stats_listen: s
+            .take(cx, "stats_listen", h::listener)
+            .unwrap_or(d.stats_listen),
+        stats_uri: s.take(cx, "stats_uri", h::stats_uri).unwrap_or(d.stats_uri),
     };
+    check_listeners(cx, &s, &cfg, vip);
     s.finish(cx);
     cfg
+}
+
+/// HAProxy's host-local listeners stay off the VIP ranges and apart from
+/// each other.
+fn check_listeners(cx: &mut Cx<'_>, s: &Section<'_, '_>, cfg: &HaproxyConfig, vip: &VipConfig) {
+    let listeners = [
+        ("prometheus_listen", cfg.prometheus_listen),
+        ("stats_listen", cfg.stats_listen),
+    ];
+    for (key, addr) in listeners {
+        let Some(addr) = addr else { continue };
+        if let Some(net) = host_haproxy::in_vip_range(addr, &vip.allowed_prefixes) {
+            cx.error(
+                s.key_offset(key),
+                s.dotted(key),
+                format!(
+                    "{addr} is inside vip.allowed_prefixes {net}: a document may claim that \
+                     address as a VIP; use 127.0.0.1 or a management address"
+                ),
+            );
+        }
+    }
+    if cfg.prometheus_listen.is_some() && cfg.prometheus_listen == cfg.stats_listen {
+        cx.error(
+            s.key_offset("stats_listen"),
+            s.dotted("stats_listen"),
+            "must differ from prometheus_listen (HAProxy would share the port between the two)"
+                .into(),
+        );
+    }
 }
 
 fn walk_health(cx: &mut Cx<'_>, root: &mut Section<'_, '_>, d: HealthConfig) -> HealthConfig {

@@ -1,6 +1,8 @@
 //! Everything that talks to or writes for the local HAProxy.
 //!
 //! - [`parse`]: pure parsers of runtime/master CLI output.
+//! - [`global`]: agent.toml's host settings → the `global` section and the
+//!   host-local listeners (threads, CPU pinning, logs, exporter; pure).
 //! - [`render`]: desired state → haproxy.cfg + map/ACL/certificate files (pure, tera).
 //! - [`runtime`]: the admin socket (prompt mode, pipelined, strict replies).
 //! - [`master`]: the master CLI (`show proc`, `reload`).
@@ -11,6 +13,7 @@
 //!   another process), which in 2.6 pauses every existing listener.
 
 pub mod bindcheck;
+pub mod global;
 pub mod master;
 pub mod parse;
 pub mod reload;

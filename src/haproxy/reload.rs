@@ -502,6 +502,7 @@ mod tests {
                 node_name: "lb1".into(),
                 node_group: "blue".into(),
                 node_az: None,
+                global: Default::default(),
             },
         )
         .unwrap();

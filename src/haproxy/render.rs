@@ -78,6 +78,8 @@ pub struct RenderSettings {
     pub node_name: String,
     pub node_group: String,
     pub node_az: Option<String>,
+    /// Host tuning, log targets and host-local listeners (`[haproxy]` keys).
+    pub global: crate::haproxy::global::GlobalSettings,
 }
 
 impl RenderSettings {
@@ -145,6 +147,8 @@ struct Snippet {
 struct FrontendCtx {
     name: String,
     mode: &'static str,
+    /// The frontend terminates TLS (its log format adds the TLS fields).
+    tls: bool,
     binds: Vec<String>,
     certificates: Vec<String>,
     maxconn: Option<u32>,
@@ -397,7 +401,7 @@ impl Renderer {
                     lines: c.lines().to_vec(),
                 })
                 .collect();
-            let certificates = f
+            let certificates: Vec<String> = f
                 .tls
                 .as_ref()
                 .map(|t| {
@@ -410,6 +414,7 @@ impl Renderer {
             frontends.push(FrontendCtx {
                 name: f.name.to_string(),
                 mode: f.mode.as_str(),
+                tls: !certificates.is_empty(),
                 binds: f.bind.iter().map(|b| b.to_string()).collect(),
                 certificates,
                 maxconn: f.maxconn,
@@ -443,6 +448,17 @@ impl Renderer {
                 "state_file": s.state_file,
                 "hard_stop_after_ms": s.hard_stop_after.as_millis() as u64,
                 "data_dir": data_dir,
+                "log": s.global.log,
+                "nbthread": s.global.nbthread,
+                "cpu_map": s.global.cpu_map,
+                "maxconn": s.global.maxconn,
+                "tls_min_version": s.global.tls_min_version,
+                "prometheus": s.global.prometheus_listen.as_ref().map(|l| serde_json::json!({
+                    "name": crate::haproxy::global::PROMETHEUS_FRONTEND, "bind": l,
+                })),
+                "stats": s.global.stats_listen.as_ref().map(|l| serde_json::json!({
+                    "name": crate::haproxy::global::STATS_FRONTEND, "bind": l, "uri": s.global.stats_uri,
+                })),
             }),
         );
         ctx.insert("frontends", &frontends);

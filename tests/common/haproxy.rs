@@ -80,6 +80,10 @@ impl Lab {
                 hard_stop_after: Duration::from_secs(5),
                 reload_timeout: Duration::from_secs(15),
                 verify_interval: Duration::from_millis(500),
+                // The host settings at their agent.toml defaults.
+                ..lb_agent::config::parse_str("[node]\nname = \"lb1\"\n", "lab")
+                    .expect("the built-in defaults parse")
+                    .haproxy
             },
             state_dir: self.state_dir.clone(),
             cache: self.cache.clone(),
@@ -107,6 +111,15 @@ impl Lab {
 
     /// The built-in templates rendering for this lab's sockets and files.
     pub fn renderer(&self) -> lb_agent::haproxy::render::Renderer {
+        self.renderer_with(Default::default())
+    }
+
+    /// [`Lab::renderer`] with these `[haproxy]` host settings (logs,
+    /// listeners, threads).
+    pub fn renderer_with(
+        &self,
+        global: lb_agent::haproxy::global::GlobalSettings,
+    ) -> lb_agent::haproxy::render::Renderer {
         lb_agent::haproxy::render::Renderer::new(
             None,
             lb_agent::haproxy::render::RenderSettings {
@@ -118,6 +131,7 @@ impl Lab {
                 node_name: "lb1".into(),
                 node_group: "blue".into(),
                 node_az: Some("az1".into()),
+                global,
             },
         )
         .unwrap()

@@ -324,6 +324,7 @@ fn renderer(dir: &Path, admin: &Path, pow2: bool) -> Result<Renderer> {
             node_name: "bench".into(),
             node_group: "blue".into(),
             node_az: None,
+            global: Default::default(),
         },
     )
     .map_err(|e| anyhow!("renderer: {e}"))
@@ -603,6 +604,10 @@ fn reconciler_settings(
             hard_stop_after: Duration::from_secs(5),
             reload_timeout: Duration::from_secs(15),
             verify_interval: verify,
+            // The host tuning keys at their agent.toml defaults.
+            ..lb_agent::config::parse_str("[node]\nname = \"bench\"\n", "bench")
+                .expect("the built-in defaults parse")
+                .haproxy
         },
         state_dir: p("state"),
         cache: p("state/last-good.json"),
