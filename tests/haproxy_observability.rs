@@ -1,0 +1,229 @@
+//! HAProxy's own observability from agent.toml's `[haproxy]` host settings,
+//! against a real HAProxy 2.6: the built-in Prometheus exporter and the
+//! stats page on host-local listeners, and log lines sent to a syslog
+//! target over UDP (a socket this test binds on 127.0.0.1).
+//!
+//! The config is the agent's render (built-in templates) of a small
+//! document whose VIP is a loopback address; HAProxy runs it in
+//! master-worker mode from the lab, stopped by PID on drop.
+
+#[path = "common/backend.rs"]
+mod backend;
+#[path = "common/haproxy.rs"]
+mod haproxy;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use backend::{free_port, get, Backend};
+use haproxy::{Haproxy, Lab};
+use lb_agent::haproxy::global::GlobalSettings;
+use lb_agent::model::validate::{parse_document, ValidateContext};
+use serde_json::json;
+
+/// A blocking HTTP/1.0 GET of `path` (HTTP/1.0: the reply is not chunked
+/// and ends when HAProxy closes); (status code, body).
+fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: lb\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line: {out:?}"))?;
+    Ok((code, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
+}
+
+/// The value of the first exposition sample named `name` whose labels
+/// include every `labels` pair.
+fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let (labels_part, value) = match rest.strip_prefix('{') {
+            Some(r) => r.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        let all = labels
+            .iter()
+            .all(|(k, v)| labels_part.contains(&format!("{k}=\"{v}\"")));
+        all.then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
+/// The fields of an httplog line received over syslog:
+/// `... haproxy[pid]: ip:port [date] frontend backend/server timers status ...`.
+fn httplog_fields(line: &str) -> Option<(String, String, u16)> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let i = words
+        .iter()
+        .position(|w| w.starts_with('[') && w.ends_with(']') && w.contains(':'))?;
+    let frontend = words.get(i + 1)?.to_string();
+    let server = words.get(i + 2)?.to_string();
+    let status = words.get(i + 4)?.parse().ok()?;
+    Some((frontend, server, status))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exporter_stats_page_and_udp_logs_on_a_real_haproxy() {
+    if !haproxy::available("exporter_stats_page_and_udp_logs_on_a_real_haproxy") {
+        return;
+    }
+    let lab = Lab::new();
+    let be = Backend::start("s1").await;
+    let vip = "127.0.0.41";
+    let fe: SocketAddr = format!("{vip}:{}", free_port(vip)).parse().unwrap();
+    let prom: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+        .parse()
+        .unwrap();
+    let stats: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+        .parse()
+        .unwrap();
+    let syslog = UdpSocket::bind("127.0.0.1:0").unwrap();
+    syslog
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let syslog_addr = syslog.local_addr().unwrap();
+
+    // The settings as agent.toml gives them (the parse is part of the path).
+    let toml = format!(
+        "[node]\nname = \"lb1\"\n[haproxy]\nlog = [\"udp@{syslog_addr} local0 info\"]\n\
+         prometheus_listen = \"{prom}\"\nstats_listen = \"{stats}\"\nstats_uri = \"/lb-stats\"\n"
+    );
+    let cfg = lb_agent::config::parse_str(&toml, "agent.toml").unwrap();
+    let global = GlobalSettings::resolve(&cfg.haproxy, &[0]).unwrap();
+    let r = lab.renderer_with(global);
+    let doc = json!({
+        "schema": 1, "revision": 1, "group": "blue",
+        "vips": [{"address": format!("{vip}/32")}],
+        "frontends": [{"name": "web", "bind": [fe.to_string()], "mode": "http", "default_pool": "www"}],
+        "pools": [{"name": "www", "mode": "http", "balance": "roundrobin",
+                   "check": {"type": "http", "path": "/", "interval": "500ms", "rise": 1, "fall": 1},
+                   "servers": [{"name": "s1", "address": be.addr.ip().to_string(), "port": be.addr.port(), "weight": 10}]}]
+    });
+    let d = parse_document(
+        &serde_json::to_vec(&doc).unwrap(),
+        &ValidateContext {
+            group: "blue".into(),
+        },
+    )
+    .unwrap();
+    let out = r.render(&d, &lab.data_dir).unwrap();
+    for (rel, body) in &out.files {
+        let f = lab.data_dir.join(rel);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, body).unwrap();
+    }
+    std::fs::write(&lab.config, &out.config).unwrap();
+    let _hp = Haproxy::start(&lab);
+
+    // Requests through the VIP (bounded wait for the first one: the worker
+    // binds right after the sockets answer).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(fe).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{fe} never served:\n{}",
+            out.config
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    const REQUESTS: usize = 5;
+    for _ in 0..REQUESTS {
+        assert_eq!(get(fe).await.as_deref(), Ok("s1"));
+    }
+    let sent = REQUESTS + 1;
+
+    // Log lines: one per request, frontend and status code in place.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 8192];
+    while lines.len() < sent && Instant::now() < deadline {
+        if let Ok((n, _)) = syslog.recv_from(&mut buf) {
+            let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if httplog_fields(&line).is_some_and(|(f, _, _)| f == "web") {
+                lines.push(line);
+            }
+        }
+    }
+    assert_eq!(lines.len(), sent, "log lines for frontend web: {lines:#?}");
+    println!("a received log line: {}", lines[0].trim_end());
+    assert!(lines[0].starts_with("<134>"), "local0.info: {}", lines[0]);
+    for l in &lines {
+        assert_eq!(
+            httplog_fields(l),
+            Some(("web".into(), "www/s1".into(), 200)),
+            "{l}"
+        );
+    }
+
+    // The exporter: per-frontend and per-server series.
+    let (code, body) = http_get(prom, "/metrics").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let fe_requests = sample(
+        &body,
+        "haproxy_frontend_http_requests_total",
+        &[("proxy", "web")],
+    );
+    assert!(
+        fe_requests.is_some_and(|v| v >= sent as f64),
+        "haproxy_frontend_http_requests_total{{proxy=\"web\"}} = {fe_requests:?}"
+    );
+    let responses = sample(
+        &body,
+        "haproxy_server_http_responses_total",
+        &[("proxy", "www"), ("server", "s1"), ("code", "2xx")],
+    );
+    assert!(
+        responses.is_some_and(|v| v >= sent as f64),
+        "haproxy_server_http_responses_total{{proxy=\"www\",server=\"s1\",code=\"2xx\"}} = {responses:?}"
+    );
+    let up = sample(
+        &body,
+        "haproxy_server_status",
+        &[("proxy", "www"), ("server", "s1"), ("state", "UP")],
+    );
+    assert_eq!(up, Some(1.0), "haproxy_server_status of www/s1 UP");
+    println!(
+        "exporter: {} bytes, {} samples; web requests {fe_requests:?}, www/s1 2xx {responses:?}",
+        body.len(),
+        body.lines().filter(|l| !l.starts_with('#')).count()
+    );
+    // Only /metrics is served there.
+    assert_eq!(http_get(prom, "/").unwrap().0, 404);
+    // The exporter's own listener does not log (`no log`): no line for it.
+    std::thread::sleep(Duration::from_millis(300));
+    while let Ok((n, _)) = syslog.recv_from(&mut buf) {
+        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(!line.contains("_prometheus"), "{line}");
+    }
+
+    // The stats page, and its CSV export naming the frontend and server.
+    let (code, html) = http_get(stats, "/lb-stats").unwrap();
+    assert_eq!(code, 200);
+    assert!(html.contains("Statistics Report"), "{html}");
+    let (code, csv) = http_get(stats, "/lb-stats;csv").unwrap();
+    assert_eq!(code, 200);
+    assert!(csv.lines().any(|l| l.starts_with("web,FRONTEND,")), "{csv}");
+    assert!(csv.lines().any(|l| l.starts_with("www,s1,")), "{csv}");
+}
+
+#[test]
+fn log_line_fields_parse() {
+    let line = "<134>Dec  3 16:50:01 haproxy[4242]: 127.0.0.1:50000 [03/Dec/2026:16:50:01.123] web www/s1 0/0/0/1/1 200 130 - - ---- 1/1/0/0/0 0/0 \"GET / HTTP/1.1\"";
+    assert_eq!(
+        httplog_fields(line),
+        Some(("web".into(), "www/s1".into(), 200))
+    );
+    assert_eq!(httplog_fields("<134>garbage"), None);
+    let body = "# TYPE x counter\nx{proxy=\"web\",code=\"2xx\"} 7\nx{proxy=\"api\"} 1\ny 3\n";
+    assert_eq!(sample(body, "x", &[("proxy", "web")]), Some(7.0));
+    assert_eq!(sample(body, "x", &[("proxy", "api")]), Some(1.0));
+    assert_eq!(sample(body, "y", &[]), Some(3.0));
+    assert_eq!(sample(body, "x", &[("proxy", "nope")]), None);
+}
