@@ -476,10 +476,19 @@ async fn run_generation(
                     Ok(new) if new == *cfg => {
                         info!("configuration unchanged");
                     }
-                    Ok(new) => {
-                        notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading"))]);
-                        break Outcome::Reload(Box::new(new));
-                    }
+                    Ok(new) => match self::renderer(&new) {
+                        // Valid on its own but not on this host (more pinned
+                        // threads than allowed CPUs) or templates that do not
+                        // load: the next generation could not start.
+                        Err(e) => {
+                            error!(error = format!("{e:#}"), "new configuration cannot be applied on this host; keeping the running one");
+                            notify(&[NotifyState::Status("agent.toml cannot be applied, running the previous configuration (see journal)")]);
+                        }
+                        Ok(_) => {
+                            notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading"))]);
+                            break Outcome::Reload(Box::new(new));
+                        }
+                    },
                     Err(e) => {
                         error!(errors = %e, "new configuration is invalid; keeping the running one");
                         notify(&[NotifyState::Status("agent.toml invalid, running the previous configuration (see journal)")]);

@@ -349,3 +349,44 @@ fn etcd_source_fixture_parses_endpoints_prefix_tls_and_user() {
     );
     assert!(c.source.client_key.is_some());
 }
+
+/// `lb-agent check-config` applies the host settings to this host's CPUs:
+/// pinning more threads than the process may use fails it (exit 2, the key
+/// named); as many threads as CPUs passes.
+#[test]
+fn check_config_refuses_more_pinned_threads_than_cpus() {
+    let cpus = lb_agent::haproxy::global::allowed_cpus().len();
+    if cpus + 1 > lb_agent::config::MAX_THREADS as usize {
+        eprintln!("!!! SKIPPED check_config_refuses_more_pinned_threads_than_cpus: {cpus} CPUs, no thread count above them is valid");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |threads: usize| {
+        let path = dir.path().join(format!("agent-{threads}.toml"));
+        fs::write(
+            &path,
+            format!("[haproxy]\ncpu_map = \"auto\"\nnbthread = {threads}\n"),
+        )
+        .unwrap();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(cpus + 1);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "haproxy.nbthread: {} threads cannot be pinned one per CPU with cpu_map = \"auto\": this host allows {cpus} CPU(s)",
+            cpus + 1
+        )),
+        "{stderr}"
+    );
+    let (code, stderr) = run(cpus);
+    assert_eq!(code, Some(0), "{stderr}");
+}
