@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use backend::{free_port, get, Backend};
 use haproxy::{Haproxy, Lab};
 use lb_agent::haproxy::global::GlobalSettings;
+use lb_agent::haproxy::render::Rendered;
 use lb_agent::model::validate::{parse_document, ValidateContext};
 use serde_json::json;
 
@@ -69,6 +70,67 @@ fn httplog_fields(line: &str) -> Option<(String, String, u16)> {
     Some((frontend, server, status))
 }
 
+/// A pool of one server, checked over HTTP.
+fn pool(name: &str, mode: &str, be: &Backend) -> serde_json::Value {
+    json!({"name": name, "mode": mode, "balance": "roundrobin",
+           "check": {"type": if mode == "http" { "http" } else { "tcp" }, "interval": "500ms", "rise": 1, "fall": 1},
+           "servers": [{"name": "s1", "address": be.addr.ip().to_string(), "port": be.addr.port(), "weight": 10}]})
+}
+
+/// Renders `doc` with the agent's built-in templates under these
+/// `[haproxy]` keys (parsed as agent.toml), installs it in the lab and
+/// starts HAProxy on it.
+fn start(lab: &Lab, haproxy_keys: &str, doc: &serde_json::Value) -> (Haproxy, Rendered) {
+    let toml = format!("[node]\nname = \"lb1\"\n[haproxy]\n{haproxy_keys}");
+    let cfg = lb_agent::config::parse_str(&toml, "agent.toml").unwrap();
+    let global = GlobalSettings::resolve(&cfg.haproxy, &[0]).unwrap();
+    let d = parse_document(
+        &serde_json::to_vec(doc).unwrap(),
+        &ValidateContext {
+            group: "blue".into(),
+        },
+    )
+    .unwrap();
+    let out = lab.renderer_with(global).render(&d, &lab.data_dir).unwrap();
+    for (rel, body) in &out.files {
+        let f = lab.data_dir.join(rel);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, body).unwrap();
+    }
+    std::fs::write(&lab.config, &out.config).unwrap();
+    (Haproxy::start(lab), out)
+}
+
+/// A UDP "syslog server" on 127.0.0.1 (ephemeral port).
+fn syslog_socket() -> (UdpSocket, SocketAddr) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let a = s.local_addr().unwrap();
+    (s, a)
+}
+
+/// Receives datagrams for at most `limit` until `count` of them match.
+fn receive(
+    s: &UdpSocket,
+    count: usize,
+    limit: Duration,
+    want: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 8192];
+    while lines.len() < count && Instant::now() < deadline {
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if want(&line) {
+                lines.push(line);
+            }
+        }
+    }
+    lines
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exporter_stats_page_and_udp_logs_on_a_real_haproxy() {
     if !haproxy::available("exporter_stats_page_and_udp_logs_on_a_real_haproxy") {
@@ -84,43 +146,19 @@ async fn exporter_stats_page_and_udp_logs_on_a_real_haproxy() {
     let stats: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
         .parse()
         .unwrap();
-    let syslog = UdpSocket::bind("127.0.0.1:0").unwrap();
-    syslog
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let syslog_addr = syslog.local_addr().unwrap();
+    let (syslog, syslog_addr) = syslog_socket();
 
-    // The settings as agent.toml gives them (the parse is part of the path).
-    let toml = format!(
-        "[node]\nname = \"lb1\"\n[haproxy]\nlog = [\"udp@{syslog_addr} local0 info\"]\n\
-         prometheus_listen = \"{prom}\"\nstats_listen = \"{stats}\"\nstats_uri = \"/lb-stats\"\n"
-    );
-    let cfg = lb_agent::config::parse_str(&toml, "agent.toml").unwrap();
-    let global = GlobalSettings::resolve(&cfg.haproxy, &[0]).unwrap();
-    let r = lab.renderer_with(global);
     let doc = json!({
         "schema": 1, "revision": 1, "group": "blue",
         "vips": [{"address": format!("{vip}/32")}],
         "frontends": [{"name": "web", "bind": [fe.to_string()], "mode": "http", "default_pool": "www"}],
-        "pools": [{"name": "www", "mode": "http", "balance": "roundrobin",
-                   "check": {"type": "http", "path": "/", "interval": "500ms", "rise": 1, "fall": 1},
-                   "servers": [{"name": "s1", "address": be.addr.ip().to_string(), "port": be.addr.port(), "weight": 10}]}]
+        "pools": [pool("www", "http", &be)]
     });
-    let d = parse_document(
-        &serde_json::to_vec(&doc).unwrap(),
-        &ValidateContext {
-            group: "blue".into(),
-        },
-    )
-    .unwrap();
-    let out = r.render(&d, &lab.data_dir).unwrap();
-    for (rel, body) in &out.files {
-        let f = lab.data_dir.join(rel);
-        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        std::fs::write(f, body).unwrap();
-    }
-    std::fs::write(&lab.config, &out.config).unwrap();
-    let _hp = Haproxy::start(&lab);
+    let haproxy = format!(
+        "log = [\"udp@{syslog_addr} local0 info\"]\n\
+         prometheus_listen = \"{prom}\"\nstats_listen = \"{stats}\"\nstats_uri = \"/lb-stats\"\n"
+    );
+    let (_hp, out) = start(&lab, &haproxy, &doc);
 
     // Requests through the VIP (bounded wait for the first one: the worker
     // binds right after the sockets answer).
@@ -140,17 +178,9 @@ async fn exporter_stats_page_and_udp_logs_on_a_real_haproxy() {
     let sent = REQUESTS + 1;
 
     // Log lines: one per request, frontend and status code in place.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut lines = Vec::new();
-    let mut buf = [0u8; 8192];
-    while lines.len() < sent && Instant::now() < deadline {
-        if let Ok((n, _)) = syslog.recv_from(&mut buf) {
-            let line = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if httplog_fields(&line).is_some_and(|(f, _, _)| f == "web") {
-                lines.push(line);
-            }
-        }
-    }
+    let lines = receive(&syslog, sent, Duration::from_secs(10), |l| {
+        httplog_fields(l).is_some_and(|(f, _, _)| f == "web")
+    });
     assert_eq!(lines.len(), sent, "log lines for frontend web: {lines:#?}");
     println!("a received log line: {}", lines[0].trim_end());
     assert!(lines[0].starts_with("<134>"), "local0.info: {}", lines[0]);
@@ -197,11 +227,10 @@ async fn exporter_stats_page_and_udp_logs_on_a_real_haproxy() {
     // Only /metrics is served there.
     assert_eq!(http_get(prom, "/").unwrap().0, 404);
     // The exporter's own listener does not log (`no log`): no line for it.
-    std::thread::sleep(Duration::from_millis(300));
-    while let Ok((n, _)) = syslog.recv_from(&mut buf) {
-        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
-        assert!(!line.contains("_prometheus"), "{line}");
-    }
+    let own = receive(&syslog, 1, Duration::from_millis(500), |l| {
+        l.contains("_prometheus")
+    });
+    assert!(own.is_empty(), "{own:?}");
 
     // The stats page, and its CSV export naming the frontend and server.
     let (code, html) = http_get(stats, "/lb-stats").unwrap();
@@ -211,6 +240,90 @@ async fn exporter_stats_page_and_udp_logs_on_a_real_haproxy() {
     assert_eq!(code, 200);
     assert!(csv.lines().any(|l| l.starts_with("web,FRONTEND,")), "{csv}");
     assert!(csv.lines().any(|l| l.starts_with("www,s1,")), "{csv}");
+}
+
+/// `curl -k` through a TLS frontend, with SNI `lb.example` (resolved to
+/// the VIP); the body.
+fn curl_tls(addr: SocketAddr) -> Result<String, String> {
+    let o = std::process::Command::new("curl")
+        .args(["-sk", "--max-time", "5", "--resolve"])
+        .arg(format!("lb.example:{}:{}", addr.port(), addr.ip()))
+        .arg(format!("https://lb.example:{}/", addr.port()))
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !o.status.success() {
+        return Err(format!(
+            "curl: {:?} {}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// TLS frontends log their TLS fields: `option httpslog` for HTTP (the
+/// frontend shown as `name~`, version/cipher and SNI at the end), tcplog
+/// plus `%sslv/%sslc` and the SNI for TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_frontends_log_tls_version_cipher_and_sni() {
+    if !haproxy::available("tls_frontends_log_tls_version_cipher_and_sni") {
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/curl").exists() {
+        eprintln!("!!! SKIPPED tls_frontends_log_tls_version_cipher_and_sni: /usr/bin/curl not found (apt-get install curl)");
+        return;
+    }
+    let lab = Lab::new();
+    let be = Backend::start("s1").await;
+    let vip = "127.0.0.42";
+    let https: SocketAddr = format!("{vip}:{}", free_port(vip)).parse().unwrap();
+    let tcps: SocketAddr = format!("{vip}:{}", free_port(vip)).parse().unwrap();
+    let (syslog, syslog_addr) = syslog_socket();
+    let ck = rcgen::generate_simple_self_signed(vec!["lb.example".to_string()]).unwrap();
+    let pem = format!("{}{}", ck.cert.pem(), ck.signing_key.serialize_pem());
+    let tls = json!({"certificates": ["site"]});
+    let doc = json!({
+        "schema": 1, "revision": 1, "group": "blue",
+        "vips": [{"address": format!("{vip}/32")}],
+        "frontends": [
+            {"name": "webs", "bind": [https.to_string()], "mode": "http", "tls": tls, "default_pool": "www"},
+            {"name": "tcps", "bind": [tcps.to_string()], "mode": "tcp", "tls": tls, "default_pool": "raw"}
+        ],
+        "pools": [pool("www", "http", &be), pool("raw", "tcp", &be)],
+        "certificates": [{"name": "site", "pem": pem}]
+    });
+    let (_hp, out) = start(&lab, &format!("log = [\"{syslog_addr} local0\"]\n"), &doc);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while curl_tls(https).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{https} never served:\n{}",
+            out.config
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(curl_tls(tcps).as_deref(), Ok("s1"));
+
+    let http = receive(&syslog, 1, Duration::from_secs(10), |l| {
+        l.contains(" webs~ ")
+    });
+    let tcp = receive(&syslog, 1, Duration::from_secs(10), |l| {
+        l.contains(" tcps~ ")
+    });
+    assert_eq!((http.len(), tcp.len()), (1, 1), "{http:?} {tcp:?}");
+    println!("https log line: {}", http[0].trim_end());
+    println!("tcp+tls log line: {}", tcp[0].trim_end());
+    let tls_field = |l: &str| {
+        l.split_whitespace()
+            .chain(l.split('/'))
+            .any(|w| w.starts_with("TLSv1.2") || w.starts_with("TLSv1.3"))
+    };
+    for l in [&http[0], &tcp[0]] {
+        assert!(tls_field(l), "no TLS version: {l}");
+        assert!(l.contains("lb.example"), "no SNI: {l}");
+    }
+    assert!(http[0].contains(" 200 "), "{}", http[0]);
+    assert!(tcp[0].contains(" raw/s1 "), "{}", tcp[0]);
 }
 
 #[test]
