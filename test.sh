@@ -7,10 +7,11 @@ cd "$(dirname "$0")"
 
 # etcd: the etcd source's tests start their own members; protoc: etcd-client
 # compiles etcd's protobuf definitions at build time.
+# rsyslog: the packaged drop-in is run by tests/haproxy_observability.rs.
 # python3 -m venv and curl: the benchmark's anycast-healthchecker baseline
 # (tests/bench_quick.rs runs the harness).
 scripts/ensure-packages.sh haproxy:haproxy bird:bird2 ip:iproute2 socat:socat \
-    openssl:openssl setpriv:util-linux curl:curl python3:python3 \
+    openssl:openssl setpriv:util-linux curl:curl python3:python3 rsyslogd:rsyslog \
     etcd:etcd-server etcdctl:etcd-client protoc:protobuf-compiler
 python3 -c 'import ensurepip, venv' 2>/dev/null || scripts/ensure-packages.sh python3-venv
 # Debian's Prometheus client parses both metrics formats (tests/status_socket.rs).

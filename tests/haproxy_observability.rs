@@ -326,6 +326,154 @@ async fn tls_frontends_log_tls_version_cipher_and_sni() {
     assert!(tcp[0].contains(" raw/s1 "), "{}", tcp[0]);
 }
 
+/// An `rsyslogd -n` this test started; SIGTERM then SIGKILL by PID on drop.
+struct Rsyslogd(std::process::Child);
+
+impl Drop for Rsyslogd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The packaged rsyslog drop-in, verbatim but for its port (an ephemeral
+/// one) and its log file (in the lab), run by a real rsyslogd: a real
+/// HAProxy's local0 lines land in the file; another facility does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packaged_rsyslog_dropin_writes_haproxy_lines() {
+    const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
+    if !haproxy::available("packaged_rsyslog_dropin_writes_haproxy_lines") {
+        return;
+    }
+    if !std::path::Path::new(RSYSLOGD).exists() {
+        eprintln!("!!! SKIPPED packaged_rsyslog_dropin_writes_haproxy_lines: {RSYSLOGD} not found (apt-get install rsyslog; test.sh does)");
+        return;
+    }
+    let lab = Lab::new();
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = lab.dir.path().join("haproxy-lb.log");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/rsyslog/49-lb-agent-haproxy.conf"
+    ))
+    .unwrap();
+    assert!(text.contains("port=\"514\"") && text.contains("/var/log/haproxy-lb.log"));
+    let conf = lab.dir.path().join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        text.replace("port=\"514\"", &format!("port=\"{port}\""))
+            .replace("/var/log/haproxy-lb.log", &file.display().to_string()),
+    )
+    .unwrap();
+    let check = std::process::Command::new(RSYSLOGD)
+        .args(["-N1", "-f"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "rsyslogd -N1: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let _rsyslogd = Rsyslogd(
+        std::process::Command::new(RSYSLOGD)
+            .args(["-n", "-f"])
+            .arg(&conf)
+            .arg("-i")
+            .arg(lab.dir.path().join("rsyslogd.pid"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    let be = Backend::start("s1").await;
+    let vip = "127.0.0.43";
+    let fe: SocketAddr = format!("{vip}:{}", free_port(vip)).parse().unwrap();
+    let doc = json!({
+        "schema": 1, "revision": 1, "group": "blue",
+        "vips": [{"address": format!("{vip}/32")}],
+        "frontends": [{"name": "web", "bind": [fe.to_string()], "mode": "http", "default_pool": "www"}],
+        "pools": [pool("www", "http", &be)]
+    });
+    let (_hp, _) = start(
+        &lab,
+        &format!("log = [\"udp@127.0.0.1:{port} local0\"]\n"),
+        &doc,
+    );
+    let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Until rsyslogd listens, datagrams are lost: request (and send a
+    // local1 line) until a line of frontend web is in the file.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let written = loop {
+        let _ = get(fe).await;
+        let _ = other.send_to(
+            b"<139>Dec  3 00:00:00 other: local1 line",
+            ("127.0.0.1", port),
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let written = std::fs::read_to_string(&file).unwrap_or_default();
+        if written.lines().any(|l| {
+            httplog_fields(l).is_some_and(|(f, s, c)| f == "web" && s == "www/s1" && c == 200)
+        }) {
+            break written;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no HAProxy line in {}: {written:?}",
+            file.display()
+        );
+    };
+    println!(
+        "{} holds: {}",
+        file.display(),
+        written.lines().next().unwrap_or("")
+    );
+    // rsyslogd listens now: a local1 line, then a request; once the
+    // request's line is written, the local1 one was received before it.
+    let web_lines = |t: &str| t.lines().filter(|l| l.contains(" web www/s1 ")).count();
+    let before = web_lines(&std::fs::read_to_string(&file).unwrap());
+    other
+        .send_to(
+            b"<139>Dec  3 00:00:00 other: local1 line",
+            ("127.0.0.1", port),
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get(fe).await.as_deref(), Ok("s1"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let written = loop {
+        let t = std::fs::read_to_string(&file).unwrap();
+        if web_lines(&t) > before {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the last request was not logged: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        !written.contains("local1 line"),
+        "another facility was written: {written}"
+    );
+}
+
 #[test]
 fn log_line_fields_parse() {
     let line = "<134>Dec  3 16:50:01 haproxy[4242]: 127.0.0.1:50000 [03/Dec/2026:16:50:01.123] web www/s1 0/0/0/1/1 200 130 - - ---- 1/1/0/0/0 0/0 \"GET / HTTP/1.1\"";
