@@ -241,6 +241,23 @@ fn host_settings_render_in_global() {
         );
     }
     assert!(!out.config.contains("log /dev/log local0\n"));
+    // The host-local listeners are binds like the VIPs': the reload
+    // installer's bind check probes them before a reload.
+    let binds: Vec<String> = lb_agent::haproxy::bindcheck::config_binds(&out.config)
+        .iter()
+        .map(|b| b.addr.to_string())
+        .collect();
+    for l in ["127.0.0.1:8405", "[::1]:8404"] {
+        assert!(binds.iter().any(|b| b == l), "{l} not in {binds:?}");
+    }
+    // Unchanged host settings keep the structure (no reload); a changed
+    // one changes it (one reload).
+    assert_eq!(
+        r.global_digest(),
+        Renderer::new(None, r.settings().clone())
+            .unwrap()
+            .global_digest()
+    );
     // A changed host setting changes the structure: one reload.
     assert_ne!(
         r.structure(&d).digest(),
