@@ -38,13 +38,22 @@ struct Agent {
 
 impl Agent {
     fn start(lab: &Lab, min_reload: Duration) -> Agent {
+        Agent::start_with(lab, min_reload, lab.renderer())
+    }
+
+    /// [`Agent::start`] with a renderer of other host settings.
+    fn start_with(
+        lab: &Lab,
+        min_reload: Duration,
+        renderer: lb_agent::haproxy::render::Renderer,
+    ) -> Agent {
         let (status_tx, status) = watch::channel(HaproxyStatus::default());
         let (tx, rx) = watch::channel(None);
         let (triggers, trx) = mpsc::channel(4);
         let cancel = CancellationToken::new();
         let r = Reconciler::new(
             lab.reconciler_settings(min_reload, 0.5),
-            lab.renderer(),
+            renderer,
             status_tx,
         );
         let task = tokio::spawn(r.run(rx, trx, cancel.clone()));
@@ -851,4 +860,92 @@ async fn data_files_that_left_the_document_are_removed_after_a_confirmed_reload(
     assert!(lab.data_dir.join("maps/kept.map").exists());
     assert!(operator_file.exists());
     wait_served(fe, &["a"], Duration::from_secs(10)).await;
+}
+
+/// `[haproxy]` host settings are part of the structure: an agent started
+/// again with the same ones converges without a reload, with a changed one
+/// (the exporter moved to another port) reloads exactly once, and HAProxy
+/// then serves the exporter on the new port only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_settings_change_reloads_once_and_unchanged_never() {
+    if !haproxy::available("host_settings_change_reloads_once_and_unchanged_never") {
+        return;
+    }
+    let lab = Lab::new();
+    let _hp = Haproxy::start(&lab);
+    let a = Backend::start("a").await;
+    let vip = "127.0.0.14";
+    let fe: SocketAddr = format!("{vip}:{}", free_port(vip)).parse().unwrap();
+    let d = doc(
+        1,
+        vip,
+        vec![frontend("web", fe)],
+        vec![server("s_a", &a, 10, "ready")],
+    );
+    let global = |port: u16| {
+        let toml = format!(
+            "[node]\nname = \"lb1\"\n[haproxy]\nprometheus_listen = \"127.0.0.1:{port}\"\n"
+        );
+        let cfg = lb_agent::config::parse_str(&toml, "agent.toml").unwrap();
+        lb_agent::haproxy::global::GlobalSettings::resolve(&cfg.haproxy, &[0]).unwrap()
+    };
+    let scrape = |port: u16| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out.contains("haproxy_frontend_http_requests_total{proxy=\"web\"}"))
+    };
+    let (p1, p2) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+
+    let run = |renderer| Agent::start_with(&lab, Duration::from_millis(200), renderer);
+    let mut agent = run(lab.renderer_with(global(p1)));
+    agent.push(&d);
+    let st = agent
+        .wait("first convergence", Duration::from_secs(20), |s| {
+            s.converged && s.revision == Some(1)
+        })
+        .await;
+    assert_eq!(st.reloads, 1, "{st:#?}");
+    wait_served(fe, &["a"], Duration::from_secs(10)).await;
+    assert_eq!(scrape(p1), Some(true));
+    agent.stop().await;
+
+    let mut agent = run(lab.renderer_with(global(p1)));
+    agent.push(&d);
+    let st = agent
+        .wait("same settings", Duration::from_secs(20), |s| {
+            s.converged && s.revision == Some(1)
+        })
+        .await;
+    assert_eq!(st.reloads, 0, "unchanged host settings: no reload: {st:#?}");
+    agent.stop().await;
+
+    let mut agent = run(lab.renderer_with(global(p2)));
+    agent.push(&d);
+    let st = agent
+        .wait("changed settings", Duration::from_secs(20), |s| {
+            s.converged && s.revision == Some(1) && s.reloads >= 1
+        })
+        .await;
+    // Settle: no second reload follows.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = agent.status.borrow().clone();
+    assert_eq!((st.reloads, after.reloads), (1, 1), "{after:#?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scrape(p2) != Some(true) {
+        assert!(Instant::now() < deadline, "exporter not on {p2}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_served(fe, &["a"], Duration::from_secs(10)).await;
+    // The old worker may linger (hard-stop-after); the new config has no p1.
+    let cfg = std::fs::read_to_string(&lab.config).unwrap();
+    assert!(
+        cfg.contains(&format!("bind 127.0.0.1:{p2}"))
+            && !cfg.contains(&format!("bind 127.0.0.1:{p1}")),
+        "{cfg}"
+    );
+    agent.stop().await;
 }
