@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::logic::LogicHost;
 use crate::model::{DesiredState, Pool, Routing, Stickiness};
 
 use super::reason::{Change, ReloadReason};
@@ -27,14 +28,35 @@ pub struct Structure {
     pub certificates: BTreeSet<String>,
     /// Digest of the templates and the agent settings rendered into global/defaults.
     pub global: String,
+    /// Digest of each attached snippet's *rendered* lines, by `frontend NAME`
+    /// / `pool NAME`: whatever a template reads from its context (zones,
+    /// evacuation, other pools, node facts), a change of its output is a
+    /// reload. Empty (and left out of the digest) without attached logic.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub snippets: BTreeMap<String, String>,
 }
 
-/// What of a pool needs a reload: mode, balance, check; for routing and
+/// What of a pool needs a reload: mode, balance, check, its logic list and
+/// typed options (timeouts, retries, redispatch, http-reuse, slowstart, the
+/// backup servers' names); for routing and
 /// stickiness their kind and (routed pools) the group's zone list, since a
 /// zone is a backend. Never servers, weights, states, evacuation or client
 /// subnets: those go through the runtime socket. A pool without routing or
 /// stickiness digests as before they existed (no reload on upgrade).
 fn pool_digest(d: &DesiredState, p: &Pool) -> String {
+    if !p.logic.is_empty() || !p.options.is_default() {
+        let zones = d.availability_zones.as_ref().map(|a| &a.zones);
+        return digest(&(
+            &p.mode,
+            &p.balance,
+            &p.check,
+            p.routing,
+            p.stickiness,
+            (p.routing == Routing::Az).then_some(zones),
+            &p.logic,
+            &p.options,
+        ));
+    }
     if p.routing == Routing::None && p.stickiness == Stickiness::None {
         return digest(&(&p.mode, &p.balance, &p.check));
     }
@@ -52,6 +74,32 @@ fn pool_digest(d: &DesiredState, p: &Pool) -> String {
     ))
 }
 
+/// Digests of every attached snippet's rendered lines. A document whose
+/// logic does not render is refused by validation before it gets here; if
+/// one still fails, the error text is digested (a change is still seen).
+fn snippet_digests(d: &DesiredState, host: &LogicHost) -> BTreeMap<String, String> {
+    let has_logic = d.frontends.values().any(|f| !f.logic.is_empty())
+        || d.pools.values().any(|p| !p.logic.is_empty());
+    if !has_logic {
+        return BTreeMap::new();
+    }
+    let lines = |v: &Vec<crate::logic::CheckedSnippet>| {
+        digest(&v.iter().map(|c| (c.name(), c.lines())).collect::<Vec<_>>())
+    };
+    match crate::logic::render_logic(d, host) {
+        Ok(r) => r
+            .frontends
+            .iter()
+            .map(|(n, v)| (format!("frontend {n}"), lines(v)))
+            .chain(r.pools.iter().map(|(n, v)| (format!("pool {n}"), lines(v))))
+            .collect(),
+        Err(errs) => {
+            let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            BTreeMap::from([("error".to_string(), digest(&text))])
+        }
+    }
+}
+
 fn digest<T: Serialize>(v: &T) -> String {
     let bytes = serde_json::to_vec(v).unwrap_or_default();
     hex::encode(&Sha256::digest(&bytes)[..8])
@@ -59,8 +107,16 @@ fn digest<T: Serialize>(v: &T) -> String {
 
 impl Structure {
     /// The structure of `d`; `global` digests templates and render settings.
+    /// Snippets are rendered with placeholder host facts
+    /// ([`LogicHost::unknown`]); the renderer uses [`Structure::of_host`].
     pub fn of(d: &DesiredState, global: &str) -> Structure {
+        Structure::of_host(d, global, &LogicHost::unknown(&d.group))
+    }
+
+    /// The structure of `d` with snippets rendered for `host`.
+    pub fn of_host(d: &DesiredState, global: &str, host: &LogicHost) -> Structure {
         Structure {
+            snippets: snippet_digests(d, host),
             frontends: d
                 .frontends
                 .values()
@@ -106,6 +162,7 @@ impl Structure {
         diff_map(&mut out, "frontend", &self.frontends, &next.frontends);
         diff_map(&mut out, "pool", &self.pools, &next.pools);
         diff_map(&mut out, "logic", &self.logic, &next.logic);
+        diff_map(&mut out, "snippet of", &self.snippets, &next.snippets);
         diff_set(&mut out, "map", &self.maps, &next.maps);
         diff_set(&mut out, "acl", &self.acls, &next.acls);
         diff_set(

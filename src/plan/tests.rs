@@ -43,6 +43,8 @@ fn state_with(pools: Vec<(&str, &str, Vec<Server>)>) -> DesiredState {
             servers: servers.into_iter().map(|s| (s.name.clone(), s)).collect(),
             routing: Default::default(),
             stickiness: Default::default(),
+            logic: Vec::new(),
+            options: Default::default(),
         };
         d.pools.insert(pool.name.clone(), pool);
     }
@@ -361,6 +363,8 @@ fn arb_pair() -> impl Strategy<Value = (DesiredState, DesiredState, bool)> {
                 servers,
                 routing: Default::default(),
                 stickiness: Default::default(),
+                logic: Vec::new(),
+                options: Default::default(),
             };
             a.pools.insert(name.clone(), mk(sa));
             b.pools.insert(name.clone(), mk(sb));
