@@ -217,3 +217,154 @@ fn diff_set(
         out.push(change(what, k, Change::Removed));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::validate::{parse_document, ValidateContext};
+    use serde_json::{json, Value};
+
+    const POOL_LOGIC: &str = include_str!("../../fixtures/api/valid/pool-logic.json");
+
+    fn parse(v: &Value) -> DesiredState {
+        parse_document(
+            &serde_json::to_vec(v).unwrap(),
+            &ValidateContext {
+                group: "blue".into(),
+            },
+        )
+        .unwrap()
+    }
+
+    /// (what changes, the reload reasons it gives): pool options, backup
+    /// flags and logic are a reload; weights, states, servers and evacuation
+    /// are not, unless a snippet renders what changed.
+    #[test]
+    fn what_of_pool_options_and_logic_needs_a_reload() {
+        type Edit = fn(&mut Value);
+        let cases: &[(&str, Edit, &[&str])] = &[
+            ("nothing", |_| {}, &[]),
+            (
+                "a weight",
+                |v| v["pools"][0]["servers"][0]["weight"] = json!(7),
+                &[],
+            ),
+            (
+                "a state",
+                |v| v["pools"][0]["servers"][1]["state"] = json!("drain"),
+                &[],
+            ),
+            (
+                "a server added",
+                |v| {
+                    v["pools"][0]["servers"].as_array_mut().unwrap().push(
+                        json!({"name": "web2c", "address": "10.12.0.3", "port": 8080, "az": "az2"}),
+                    )
+                },
+                &[],
+            ),
+            (
+                "az1 evacuated (no snippet reads it)",
+                |v| v["availability_zones"]["evacuated"] = json!(["az1"]),
+                &[],
+            ),
+            (
+                "a backup flag",
+                |v| v["pools"][0]["servers"][0]["backup"] = json!(true),
+                &["pool www changed"],
+            ),
+            (
+                "a timeout",
+                |v| v["pools"][1]["timeouts"]["server"] = json!("20m"),
+                &["pool db changed"],
+            ),
+            (
+                "http_reuse",
+                |v| v["pools"][0]["http_reuse"] = json!("never"),
+                &["pool www changed"],
+            ),
+            (
+                "slowstart",
+                |v| v["pools"][0]["slowstart"] = json!("20s"),
+                &["pool www changed"],
+            ),
+            (
+                "retries",
+                |v| v["pools"][1]["retries"] = json!(3),
+                &["pool db changed"],
+            ),
+            (
+                "redispatch",
+                |v| v["pools"][0]["redispatch"] = json!(false),
+                &["pool www changed"],
+            ),
+            (
+                "a pool's logic list",
+                |v| v["pools"][1]["logic"] = json!([]),
+                &["pool db changed", "snippet of pool db removed"],
+            ),
+            (
+                "a template",
+                |v| v["logic"][0]["template"] = json!("description changed"),
+                &[
+                    "logic pool_tag changed",
+                    "snippet of pool db changed",
+                    "snippet of pool www changed",
+                ],
+            ),
+            (
+                "another pool's mode, read by a snippet",
+                |v| {
+                    v["logic"][0]["template"] = json!("description {{ pools.db.balance }}");
+                    v["pools"][1]["balance"] = json!("roundrobin");
+                },
+                &[
+                    "pool db changed",
+                    "logic pool_tag changed",
+                    "snippet of pool db changed",
+                    "snippet of pool www changed",
+                ],
+            ),
+        ];
+        for (what, edit, want) in cases {
+            let base: Value = serde_json::from_str(POOL_LOGIC).unwrap();
+            let mut next = base.clone();
+            edit(&mut next);
+            let got: Vec<String> = Structure::of(&parse(&base), "g")
+                .diff(&Structure::of(&parse(&next), "g"))
+                .iter()
+                .map(|r| r.to_string())
+                .collect();
+            assert_eq!(got, *want, "{what}");
+        }
+    }
+
+    /// The bug of issue 10: a snippet rendering something the runtime
+    /// changes (here the evacuated zones) must make that change a reload,
+    /// or HAProxy keeps running the old snippet.
+    #[test]
+    fn a_snippet_reading_evacuation_makes_evacuation_a_reload() {
+        let mut base: Value = serde_json::from_str(POOL_LOGIC).unwrap();
+        base["logic"][1]["template"] =
+            json!("http-response set-header X-Evacuated \"{{ az.evacuated | join(',') }}\"");
+        let mut next = base.clone();
+        next["availability_zones"]["evacuated"] = json!(["az2"]);
+        let got: Vec<String> = Structure::of(&parse(&base), "g")
+            .diff(&Structure::of(&parse(&next), "g"))
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(got, ["snippet of pool www changed"]);
+    }
+
+    #[test]
+    fn a_document_without_logic_or_options_digests_as_before() {
+        let d =
+            parse(&serde_json::from_str(include_str!("../../fixtures/api/valid/az.json")).unwrap());
+        let s = Structure::of(&d, "g");
+        assert!(s.snippets.is_empty());
+        // The serialized form has no `snippets` key, so the digest is the
+        // one an older agent embedded.
+        assert!(!serde_json::to_string(&s).unwrap().contains("snippets"));
+    }
+}
