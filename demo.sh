@@ -566,7 +566,7 @@ requests() { # requests COUNT
 }
 count_of() { printf '%s\n' $1 | grep -cx "$2" || true; }
 
-banner "STEP 1/5  The ToR's ECMP route to the VIP: both LBs are nexthops"
+banner "STEP 1/6  The ToR's ECMP route to the VIP: both LBs are nexthops"
 say "Each LB's agent checks the service behind $VIP through its local HAProxy; all"
 say "checks pass, so each agent lists the VIP in its BIRD include, BIRD exports the"
 say "static route over eBGP, and the ToR's BIRD (merge paths on) installs one kernel"
@@ -577,7 +577,7 @@ show cat "$LAB/lb1/bird/lb-agent-prefixes.conf"
 [ "$(nexthops)" = 2 ] || die "the ToR route lost a nexthop" "${FAIL_LOGS[@]}"
 ok "2 nexthops: via 10.0.1.2 (lb1) and via 10.0.2.2 (lb2)"
 
-banner "STEP 2/5  HTTP through the VIP from the client"
+banner "STEP 2/6  HTTP through the VIP from the client"
 say "The document's logic snippet \"http-response set-header X-LB {{ node.name }}\" is"
 say "rendered per node, so every answer says which LB served it; the backend"
 say "answers with its own name. The ToR hashes each new flow (L4) to one LB."
@@ -589,7 +589,7 @@ if [ "$(count_of "$REQ_LBS" lb1)" = 0 ] || [ "$(count_of "$REQ_LBS" lb2)" = 0 ];
     note "all 8 flows hashed to one LB this time (chance about 1/128); the route above has both"
 fi
 
-banner "STEP 3/5  A live runtime change: drain be1, no reload"
+banner "STEP 3/6  A live runtime change: drain be1, no reload"
 say "The central API publishes revision 2 of group \"blue\" with server be1 in state"
 say "\"drain\". lb1 reads it from file://, lb2 from the HTTP API (long-poll: the API holds"
 say "the request until the document changes). A server state is applied through the"
@@ -648,7 +648,7 @@ R1b=$(jget 1 's["haproxy"]["reloads"]') R2b=$(jget 2 's["haproxy"]["reloads"]')
 [ "$R1b" = "$r1" ] && [ "$R2b" = "$r2" ] || die "a reload happened for a server state change" "${FAIL_LOGS[@]}"
 ok "revision 3 applied on both LBs, reloads still lb1=$R1b lb2=$R2b"
 
-banner "STEP 4/5  A failure on lb1: its HAProxy hangs, the VIP is withdrawn there"
+banner "STEP 4/6  A failure on lb1: its HAProxy hangs, the VIP is withdrawn there"
 say "We freeze lb1's HAProxy worker (SIGSTOP): connections to the VIP on lb1 are"
 say "accepted by the kernel but never answered. lb1's agent sees its service check"
 say "time out twice (interval 500ms, timeout 300ms, fall 2: about 1.3 s at most),"
@@ -688,12 +688,44 @@ T_B=$(ms)
 say "re-announced: two nexthops again $((T_B - T_CONT)) ms after the SIGCONT (rise 2; a changing service is re-checked every 200 ms)"
 show ip -n "$NS_TOR" route show "$VIP"
 
-banner "STEP 5/5  lb-agent vips on both LBs"
+banner "STEP 5/6  lb-agent vips on both LBs"
 shown "ip netns exec $NS_LB1 $A vips --socket $(sock 1)" ip netns exec "$NS_LB1" "$BIN" vips --socket "$(sock 1)"
 shown "ip netns exec $NS_LB2 $A vips --socket $(sock 2)" ip netns exec "$NS_LB2" "$BIN" vips --socket "$(sock 2)"
 requests 4
 [ "$REQ_FAILS" = 0 ] || die "$REQ_FAILS of 4 requests failed after the recovery" "${FAIL_LOGS[@]}"
 ok "4/4 answered after the recovery"
+
+banner "STEP 6/6  AZ-aware routing: evacuate az1 by a document change, no reload"
+say "Revision 4 puts be1 in zone az1 and be2 in az2 and routes pool web by AZ (a"
+say "reload: each zone becomes a backend). lb1 is in az1 and lb2 in az2 (agent.toml"
+say "[node] az); the client's subnet is in no client_subnets map, so a request's zone"
+say "is the LB's: lb1 sends its traffic to be1, lb2 to be2."
+shown "diff -u fixtures/demo/blue.r1.json fixtures/demo/blue.r4-az.json" \
+    sh -c 'diff -u fixtures/demo/blue.r1.json fixtures/demo/blue.r4-az.json; true'
+publish "$FIX/blue.r4-az.json"
+wait_until "lb1 applying revision 4" 30 agent_at 1 4
+wait_until "lb2 applying revision 4" 30 agent_at 2 4
+routing() { ip netns exec "$1" "$BIN" status --socket "$2" | grep -A1 '^ *routing' || true; }
+shown "ip netns exec $NS_LB1 $A status --socket $(sock 1) | grep -A1 routing" routing "$NS_LB1" "$(sock 1)"
+requests 8
+[ "$REQ_FAILS" = 0 ] || die "$REQ_FAILS of 8 requests failed with AZ routing" "${FAIL_LOGS[@]}"
+ok "before: az1's traffic (via lb1) -> $(printf '%s\n' $REQ_LBS | paste -d: - <(printf '%s\n' $REQ_BES) | grep '^lb1:' | cut -d: -f2 | sort | uniq -c | tr -s ' ' | tr '\n' ',' | sed 's/,$//'); az2's (via lb2) -> $(printf '%s\n' $REQ_LBS | paste -d: - <(printf '%s\n' $REQ_BES) | grep '^lb2:' | cut -d: -f2 | sort | uniq -c | tr -s ' ' | tr '\n' ',' | sed 's/,$//')"
+r1=$(jget 1 's["haproxy"]["reloads"]') r2=$(jget 2 's["haproxy"]["reloads"]')
+say "Revision 5 evacuates az1 (\"evacuated\": [\"az1\"]): be1 goes to maint in every backend"
+say "through the runtime socket; az1's clients spill to az2."
+sed -e 's/"revision": 4,/"revision": 5,/' -e 's/"evacuated": \[\]/"evacuated": ["az1"]/' \
+    "$FIX/blue.r4-az.json" >"$LAB/api/.r5.json"
+publish "$LAB/api/.r5.json"
+rm -f "$LAB/api/.r5.json"
+wait_until "lb1 applying revision 5" 20 agent_at 1 5
+wait_until "lb2 applying revision 5" 20 agent_at 2 5
+shown "ip netns exec $NS_LB1 $A status --socket $(sock 1) | grep -A1 routing" routing "$NS_LB1" "$(sock 1)"
+requests 8
+[ "$REQ_FAILS" = 0 ] || die "$REQ_FAILS of 8 requests failed after the evacuation" "${FAIL_LOGS[@]}"
+[ "$(count_of "$REQ_BES" be2)" = 8 ] || die "an evacuated zone's server still got requests" "${FAIL_LOGS[@]}"
+R1=$(jget 1 's["haproxy"]["reloads"]') R2=$(jget 2 's["haproxy"]["reloads"]')
+[ "$R1" = "$r1" ] && [ "$R2" = "$r2" ] || die "evacuating a zone reloaded HAProxy" "${FAIL_LOGS[@]}"
+ok "after: az1's traffic (via lb1) -> be2 (az2), 8/8 on be2; reloads unchanged (lb1=$R1 lb2=$R2)"
 
 T_END=$(ms)
 banner "Done"

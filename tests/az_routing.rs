@@ -193,8 +193,8 @@ impl AzLab {
             "frontends": [{"name": "web", "bind": [format!("{VIP}:80")], "mode": "http",
                            "default_pool": "www"}],
             "pools": [{"name": "www", "mode": "http", "routing": "az", "stickiness": "source",
-                       // Not in schema 1: applied without it, and reported.
-                       "logic": ["pool_logic"],
+                       // A typo (`timeouts` is the field): applied without it, and reported.
+                       "timeout": "5s",
                        "check": {"type": "http", "path": "/", "interval": "300ms", "rise": 1, "fall": 1},
                        "servers": servers}]
         })
@@ -363,7 +363,7 @@ async fn az_routing_locality_spill_evacuation_and_cross_az() {
     assert!(
         warnings[0]
             .as_str()
-            .is_some_and(|w| w.starts_with("pools[0].logic: unknown field, ignored")),
+            .is_some_and(|w| w.starts_with("pools[0].timeout: unknown field, ignored")),
         "{warnings}"
     );
     eprintln!("both LBs announce {VIP}; reloads so far (initial config): {before:?}");

@@ -59,10 +59,11 @@ pub enum RenderError {
     },
     #[error("template {name}: {message}")]
     Template { name: String, message: String },
-    #[error("logic {logic} for frontend {frontend}: {message}")]
+    #[error("logic {logic} for {target}: {message}")]
     Logic {
         logic: String,
-        frontend: String,
+        /// `frontend NAME` or `pool NAME`.
+        target: String,
         message: String,
     },
 }
@@ -184,8 +185,10 @@ struct PoolCtx {
     balance: String,
     check: Option<CheckCtx>,
     servers: Vec<ServerCtx>,
-    /// Directives from typed pool fields (stickiness), one per line.
+    /// Directives from typed pool fields (options, stickiness), one per line.
     options: Vec<String>,
+    /// The pool's logic snippets (the same in each of its backends).
+    logic: Vec<Snippet>,
 }
 
 impl Renderer {
@@ -266,7 +269,14 @@ impl Renderer {
 
     /// The structure of `d` under these templates.
     pub fn structure(&self, d: &DesiredState) -> Structure {
-        Structure::of(d, &self.global_digest)
+        let s = &self.settings;
+        let host = crate::logic::LogicHost {
+            node_name: s.node_name.clone(),
+            node_group: s.node_group.clone(),
+            node_az: s.node_az.clone(),
+            data_dir: s.data_dir.clone(),
+        };
+        Structure::of_host(d, &self.global_digest, &host)
     }
 
     /// Renders `d` with data-file paths below `data_dir` (the real one, or a
@@ -315,51 +325,6 @@ impl Renderer {
         let node =
             serde_json::json!({ "name": s.node_name, "group": s.node_group, "az": s.node_az });
 
-        let mut pools = Vec::new();
-        for b in crate::plan::az::backends(d) {
-            let p = b.pool.as_ref();
-            let cookie = b.base.stickiness == crate::model::Stickiness::Cookie;
-            let servers = pool_layout(p, s.slot_policy())
-                .into_iter()
-                .map(|l| ServerCtx {
-                    extra: if cookie {
-                        format!("cookie {}", l.name)
-                    } else {
-                        String::new()
-                    },
-                    name: l.name,
-                    address: std::net::SocketAddr::new(l.addr, l.port).to_string(),
-                    weight: l.weight,
-                    disabled: l.disabled,
-                    is_slot: l.is_slot,
-                })
-                .collect();
-            let check = p.check.as_ref().map(|c| {
-                let mut keywords = check_keywords(c);
-                if c.kind == HealthKind::Tls {
-                    keywords.push_str(" check-ssl verify none");
-                }
-                CheckCtx {
-                    kind: match c.kind {
-                        HealthKind::Tcp => "tcp",
-                        HealthKind::Http => "http",
-                        HealthKind::Tls => "tls",
-                    },
-                    path: c.path.clone(),
-                    host: c.host.clone(),
-                    keywords,
-                }
-            });
-            pools.push(PoolCtx {
-                name: p.name.to_string(),
-                mode: p.mode.as_str(),
-                balance: p.balance.0.clone(),
-                check,
-                servers,
-                options: crate::plan::az::stickiness_lines(b.base),
-            });
-        }
-
         let host = crate::logic::LogicHost {
             node_name: s.node_name.clone(),
             node_group: s.node_group.clone(),
@@ -369,30 +334,40 @@ impl Renderer {
         // Rendered, bounded and checked by the logic sandbox: only
         // `CheckedSnippet`s reach the config, so no candidate that `haproxy -c`
         // sees carries a snippet that left its section.
-        let mut logic_by_frontend =
-            crate::logic::render_frontend_logic(d, &host).map_err(|errs| {
-                let first = &errs[0];
-                RenderError::Logic {
-                    logic: first.logic.to_string(),
-                    frontend: first
-                        .frontend
-                        .as_ref()
-                        .map(|f| f.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    message: match &first.problem {
-                        crate::logic::Problem::Template(e) => e.to_string(),
-                        crate::logic::Problem::Violation(v) => v.to_string(),
-                    },
-                }
-            })?;
-        let checked_snippets = logic_by_frontend.values().map(Vec::len).sum();
+        let mut logic = crate::logic::render_logic(d, &host).map_err(|errs| {
+            let first = &errs[0];
+            RenderError::Logic {
+                logic: first.logic.to_string(),
+                target: first
+                    .target
+                    .as_ref()
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                message: match &first.problem {
+                    crate::logic::Problem::Template(e) => e.to_string(),
+                    crate::logic::Problem::Violation(v) => v.to_string(),
+                },
+            }
+        })?;
+        let mut pools = Vec::new();
+        let mut checked_snippets = logic.frontends.values().map(Vec::len).sum::<usize>();
+        for b in crate::plan::az::backends(d) {
+            let snippets = logic
+                .pools
+                .get(&b.base.name)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            checked_snippets += snippets.len();
+            pools.push(pool_ctx(&b, s.slot_policy(), snippets));
+        }
         let client_map = data_dir
             .join(map_path(crate::plan::az::CLIENT_MAP))
             .display()
             .to_string();
         let mut frontends = Vec::new();
         for f in d.frontends.values() {
-            let logic = logic_by_frontend
+            let logic = logic
+                .frontends
                 .remove(&f.name)
                 .unwrap_or_default()
                 .into_iter()
@@ -477,6 +452,72 @@ impl Renderer {
             files,
             checked_snippets,
         })
+    }
+}
+
+/// One backend's template context; `logic` are its pool's checked snippets.
+fn pool_ctx(
+    b: &crate::plan::az::Backend<'_>,
+    policy: SlotPolicy,
+    logic: &[crate::logic::CheckedSnippet],
+) -> PoolCtx {
+    let p = b.pool.as_ref();
+    let cookie = b.base.stickiness == crate::model::Stickiness::Cookie;
+    let slowstart = crate::model::options::server_keywords(&b.base.options);
+    let servers = pool_layout(p, policy)
+        .into_iter()
+        .map(|l| ServerCtx {
+            extra: {
+                let mut extra: Vec<String> = Vec::new();
+                if cookie {
+                    extra.push(format!("cookie {}", l.name));
+                }
+                if b.base.options.backup.contains(l.name.as_str()) {
+                    extra.push("backup".into());
+                }
+                extra.extend(slowstart.clone());
+                extra.join(" ")
+            },
+            name: l.name,
+            address: std::net::SocketAddr::new(l.addr, l.port).to_string(),
+            weight: l.weight,
+            disabled: l.disabled,
+            is_slot: l.is_slot,
+        })
+        .collect();
+    let check = p.check.as_ref().map(|c| {
+        let mut keywords = check_keywords(c);
+        if c.kind == HealthKind::Tls {
+            keywords.push_str(" check-ssl verify none");
+        }
+        CheckCtx {
+            kind: match c.kind {
+                HealthKind::Tcp => "tcp",
+                HealthKind::Http => "http",
+                HealthKind::Tls => "tls",
+            },
+            path: c.path.clone(),
+            host: c.host.clone(),
+            keywords,
+        }
+    });
+    PoolCtx {
+        name: p.name.to_string(),
+        mode: p.mode.as_str(),
+        balance: p.balance.0.clone(),
+        check,
+        servers,
+        options: crate::model::options::backend_lines(&b.base.options)
+            .into_iter()
+            .chain(crate::plan::az::stickiness_lines(b.base))
+            .collect(),
+        logic: logic
+            .iter()
+            .map(|c| Snippet {
+                name: c.name().to_string(),
+                lines: c.lines().to_vec(),
+            })
+            .collect(),
     }
 }
 

@@ -1,8 +1,10 @@
 //! The business-logic sandbox: document templates → checked config lines (pure).
 //!
 //! A logic snippet (`logic[].template` in the API document) is rendered per
-//! frontend it is attached to and inserted into that frontend's section of
-//! `haproxy.cfg`. The API is trusted to describe load balancing, never to
+//! frontend or pool it is attached to and inserted into that frontend's
+//! section of `haproxy.cfg`, or into every backend of that pool (a pool
+//! routed by AZ has a spill backend and one per zone: each gets the same
+//! lines). The API is trusted to describe load balancing, never to
 //! run code or reshape the host (`docs/security.md`), so two things stand
 //! between a template and HAProxy:
 //!
@@ -12,7 +14,7 @@
 //!    section: an allow-list of directives and actions, with Lua, programs,
 //!    environment expansion and foreign files refused.
 //!
-//! [`render_frontend_logic`] does both for a whole document. Validation
+//! [`render_logic`] does both for a whole document. Validation
 //! (`model::validate`) calls it so a bad snippet is a validation error with
 //! its JSON path; the haproxy.cfg renderer calls it again and can only
 //! insert [`CheckedSnippet`]s, which nothing else can make, so no caller can
@@ -104,16 +106,16 @@ pub enum Problem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogicError {
     pub logic: Name,
-    /// The frontend it was being rendered for (`None`: it did not compile).
-    pub frontend: Option<Name>,
+    /// What it was being rendered for (`None`: it did not compile).
+    pub target: Option<Target>,
     pub problem: Problem,
 }
 
 impl fmt::Display for LogicError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "logic {}", self.logic)?;
-        if let Some(fe) = &self.frontend {
-            write!(f, " rendered for frontend {fe}")?;
+        if let Some(t) = &self.target {
+            write!(f, " rendered for {t}")?;
         }
         match &self.problem {
             Problem::Template(e) => write!(f, ": {e}"),
@@ -147,13 +149,17 @@ struct FrontendView<'a> {
     maxconn: Option<u32>,
 }
 
-/// What a template sees of a pool: no servers (they change at runtime
-/// without a reload, so a snippet depending on them would go stale).
+/// What a template sees of a pool: what needs a reload to change. No
+/// servers (they change at runtime without a reload); the structure digest
+/// covers each snippet's rendered text anyway (`plan::structure`).
 #[derive(Serialize)]
 struct PoolView<'a> {
     name: &'a Name,
     mode: &'static str,
     balance: &'a str,
+    routing: crate::model::Routing,
+    stickiness: crate::model::Stickiness,
+    logic: &'a [Name],
 }
 
 fn frontend_value(f: &Frontend) -> Value {
@@ -173,15 +179,20 @@ fn pool_value(p: &Pool) -> Value {
         name: &p.name,
         mode: p.mode.as_str(),
         balance: &p.balance.0,
+        routing: p.routing,
+        stickiness: p.stickiness,
+        logic: &p.logic,
     }))
 }
 
-/// The parts of a template's context that are the same for every frontend.
+/// The parts of a template's context that are the same for every object.
 struct Shared {
     node: Value,
     maps: Value,
     acls: Value,
+    az: Value,
     pools: BTreeMap<Name, Value>,
+    all_pools: Value,
 }
 
 impl Shared {
@@ -197,25 +208,43 @@ impl Shared {
                     .collect::<BTreeMap<_, _>>(),
             ))
         };
+        let pools: BTreeMap<Name, Value> = d
+            .pools
+            .values()
+            .map(|p| (p.name.clone(), pool_value(p)))
+            .collect();
         Shared {
             node: Value::from(Serde(serde_json::json!({
                 "name": host.node_name, "group": host.node_group, "az": host.node_az,
             }))),
             maps: paths(d.maps.keys().collect(), crate::haproxy::render::map_path),
             acls: paths(d.acls.keys().collect(), crate::haproxy::render::acl_path),
-            pools: d
-                .pools
-                .values()
-                .map(|p| (p.name.clone(), pool_value(p)))
-                .collect(),
+            az: match &d.availability_zones {
+                Some(a) => Value::from(Serde(serde_json::json!({
+                    "zones": a.zones, "evacuated": a.evacuated,
+                }))),
+                None => Value::from(Serde(serde_json::json!({
+                    "zones": [], "evacuated": [],
+                }))),
+            },
+            all_pools: Value::from(
+                pools
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect::<BTreeMap<String, Value>>(),
+            ),
+            pools,
         }
     }
 
-    /// `frontend`, `pool` (its default pool, or none), `node`, `maps`, `acls`.
-    fn context(&self, f: &Frontend) -> Value {
+    /// `frontend` (none for a pool's snippet), `pool` (the pool, or a
+    /// frontend's default pool), `pools`, `az`, `node`, `maps`, `acls`.
+    fn context(&self, frontend: Option<&Frontend>, pool: Option<&Name>) -> Value {
         minijinja::context! {
-            frontend => frontend_value(f),
-            pool => f.default_pool.as_ref().and_then(|p| self.pools.get(p).cloned()),
+            frontend => frontend.map(frontend_value),
+            pool => pool.and_then(|p| self.pools.get(p).cloned()),
+            pools => self.all_pools.clone(),
+            az => self.az.clone(),
             node => self.node.clone(),
             maps => self.maps.clone(),
             acls => self.acls.clone(),
@@ -223,16 +252,47 @@ impl Shared {
     }
 }
 
-/// Renders and checks every snippet of every frontend of `d`.
-///
-/// Returns the checked snippets per frontend (in the frontend's order of
-/// `logic`), or every problem found: at most one per logic object (the
-/// first frontend it fails for), or a budget error when the document's
-/// templates together exceed [`Limits::fuel_per_document`].
+/// What a snippet is attached to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    Frontend(Name),
+    Pool(Name),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Frontend(n) => write!(f, "frontend {n}"),
+            Target::Pool(n) => write!(f, "pool {n}"),
+        }
+    }
+}
+
+/// Every checked snippet of a document, per frontend and per pool (in the
+/// order of the object's `logic`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RenderedLogic {
+    pub frontends: BTreeMap<Name, Vec<CheckedSnippet>>,
+    pub pools: BTreeMap<Name, Vec<CheckedSnippet>>,
+}
+
+/// Renders and checks every snippet of every frontend of `d`
+/// ([`render_logic`], the frontends' part).
 pub fn render_frontend_logic(
     d: &DesiredState,
     host: &LogicHost,
 ) -> Result<BTreeMap<Name, Vec<CheckedSnippet>>, Vec<LogicError>> {
+    render_logic(d, host).map(|r| r.frontends)
+}
+
+/// Renders and checks every snippet of every frontend and pool of `d`:
+/// a frontend's against [`Section::Frontend`], a pool's (inserted in each
+/// of the pool's backends) against [`Section::Backend`].
+///
+/// Returns the checked snippets, or every problem found: at most one per
+/// logic object (the first object it fails for), or a budget error when the
+/// document's templates together exceed [`Limits::fuel_per_document`].
+pub fn render_logic(d: &DesiredState, host: &LogicHost) -> Result<RenderedLogic, Vec<LogicError>> {
     let engine = Engine::default();
     let mut errors: Vec<LogicError> = Vec::new();
     let mut compiled = BTreeMap::new();
@@ -243,7 +303,7 @@ pub fn render_frontend_logic(
             }
             Err(e) => errors.push(LogicError {
                 logic: l.name.clone(),
-                frontend: None,
+                target: None,
                 problem: Problem::Template(e),
             }),
         }
@@ -252,18 +312,39 @@ pub fn render_frontend_logic(
     let shared = Shared::new(d, host);
     let mut failed: BTreeSet<Name> = errors.iter().map(|e| e.logic.clone()).collect();
     let mut budget = Budget::new(engine.limits());
-    let mut out = BTreeMap::new();
-    for f in d.frontends.values().filter(|f| !f.logic.is_empty()) {
-        let ctx = shared.context(f);
-        let mut snippets = Vec::with_capacity(f.logic.len());
-        for ln in &f.logic {
+    let mut out = RenderedLogic::default();
+    let targets = d
+        .frontends
+        .values()
+        .filter(|f| !f.logic.is_empty())
+        .map(|f| {
+            let ctx = shared.context(Some(f), f.default_pool.as_ref());
+            (
+                Target::Frontend(f.name.clone()),
+                &f.logic,
+                ctx,
+                Section::Frontend,
+            )
+        })
+        .chain(d.pools.values().filter(|p| !p.logic.is_empty()).map(|p| {
+            let ctx = shared.context(None, Some(&p.name));
+            (
+                Target::Pool(p.name.clone()),
+                &p.logic,
+                ctx,
+                Section::Backend,
+            )
+        }));
+    for (target, names, ctx, section) in targets {
+        let mut snippets = Vec::with_capacity(names.len());
+        for ln in names {
             if failed.contains(ln) {
                 continue;
             }
             let Some(c) = compiled.get(ln) else { continue };
             let fail = |problem| LogicError {
                 logic: ln.clone(),
-                frontend: Some(f.name.clone()),
+                target: Some(target.clone()),
                 problem,
             };
             let text = match c.render(&ctx, &mut budget) {
@@ -278,7 +359,7 @@ pub fn render_frontend_logic(
                     continue;
                 }
             };
-            if let Err(v) = check_snippet_with_files(&text, Section::Frontend, &files) {
+            if let Err(v) = check_snippet_with_files(&text, section, &files) {
                 errors.push(fail(Problem::Violation(v)));
                 failed.insert(ln.clone());
                 continue;
@@ -293,7 +374,10 @@ pub fn render_frontend_logic(
                     .collect(),
             });
         }
-        out.insert(f.name.clone(), snippets);
+        match target {
+            Target::Frontend(n) => out.frontends.insert(n, snippets),
+            Target::Pool(n) => out.pools.insert(n, snippets),
+        };
     }
     if errors.is_empty() {
         Ok(out)
@@ -301,3 +385,6 @@ pub fn render_frontend_logic(
         Err(errors)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,6 +10,7 @@ pub mod grammar;
 pub mod hostnet;
 mod names;
 pub mod observed;
+pub mod options;
 pub mod unknown;
 pub mod validate;
 
@@ -149,6 +150,53 @@ pub struct Pool {
     /// `az`: a backend per zone plus the pool's own as the spill (`plan::az`).
     pub routing: Routing,
     pub stickiness: Stickiness,
+    /// Logic objects rendered into the pool's backend(s), in order.
+    pub logic: Vec<Name>,
+    /// Typed options (timeouts, retries, http-reuse, slowstart, backup servers).
+    pub options: PoolOptions,
+}
+
+/// `http-reuse` of an http pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpReuse {
+    Never,
+    Safe,
+    Aggressive,
+    Always,
+}
+
+impl HttpReuse {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpReuse::Never => "never",
+            HttpReuse::Safe => "safe",
+            HttpReuse::Aggressive => "aggressive",
+            HttpReuse::Always => "always",
+        }
+    }
+}
+
+/// A pool's typed options (`pools[].timeouts`, `retries`, `redispatch`,
+/// `http_reuse`, `slowstart`, `servers[].backup`). All of them need a
+/// reload to change (they are in the pool's structure digest).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct PoolOptions {
+    pub timeout_connect: Option<Duration>,
+    pub timeout_server: Option<Duration>,
+    pub timeout_queue: Option<Duration>,
+    pub retries: Option<u32>,
+    pub redispatch: Option<bool>,
+    pub http_reuse: Option<HttpReuse>,
+    pub slowstart: Option<Duration>,
+    /// Servers that take traffic only while no primary server is usable.
+    pub backup: BTreeSet<Name>,
+}
+
+impl PoolOptions {
+    pub fn is_default(&self) -> bool {
+        *self == PoolOptions::default()
+    }
 }
 
 /// Administrative state of a server.

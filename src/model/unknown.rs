@@ -3,7 +3,7 @@
 //! The wire structs ignore unknown fields so that a newer API can add
 //! top-level sections without breaking older agents. Inside an object the
 //! agent does know, an unknown field is much more likely a mistake (a typo,
-//! or `pools[].logic`, which schema 1 does not have): it is reported as a
+//! or `pools[].timeout` for `timeouts`): it is reported as a
 //! warning with its JSON path, on the status socket and in the log, and the
 //! document is still applied (refusing it would break forward
 //! compatibility). Top-level fields are not reported.
@@ -29,20 +29,24 @@ const POOL: &[&str] = &[
     "servers",
     "routing",
     "stickiness",
+    "logic",
+    "timeouts",
+    "retries",
+    "redispatch",
+    "http_reuse",
+    "slowstart",
 ];
-const SERVER: &[&str] = &["name", "address", "port", "weight", "state", "az"];
+const SERVER: &[&str] = &["name", "address", "port", "weight", "state", "az", "backup"];
+const TIMEOUTS: &[&str] = &["connect", "server", "queue"];
 const CHECK: &[&str] = &["type", "path", "host", "interval", "rise", "fall"];
 const HEALTH: &[&str] = &["type", "path", "host", "expect_status"];
 
 /// Hints for the mistakes seen in practice.
 fn hint(path: &str, field: &str) -> &'static str {
     match (path.starts_with("pools["), field) {
-        (true, "logic") => {
-            " (pools have no logic in schema 1: attach it to a frontend's \"logic\")"
-        }
-        (_, "timeout" | "timeouts" | "retries" | "redispatch" | "slowstart" | "backup") => {
-            " (not a typed option of this agent yet)"
-        }
+        (true, "timeout") => " (did you mean \"timeouts\"?)",
+        (true, "http-reuse") => " (did you mean \"http_reuse\"?)",
+        (true, "cookie") => " (cookie persistence is \"stickiness\": \"cookie\")",
         _ => "",
     }
 }
@@ -88,6 +92,9 @@ pub fn unknown_fields(doc: &Value) -> Vec<String> {
         if let Some(c) = p.get("check") {
             check_object(c, &format!("{base}.check"), CHECK, &mut out);
         }
+        if let Some(t) = p.get("timeouts") {
+            check_object(t, &format!("{base}.timeouts"), TIMEOUTS, &mut out);
+        }
         for (j, s) in each(p, "servers") {
             check_object(s, &format!("{base}.servers[{j}]"), SERVER, &mut out);
         }
@@ -122,7 +129,8 @@ mod tests {
         let doc = serde_json::json!({
             "schema": 1, "some_future_field": {"x": 1},
             "frontends": [{"name": "f", "bind": [], "mode": "http", "tls": {"certificates": [], "ciphers": "x"}}],
-            "pools": [{"name": "p", "mode": "http", "logic": ["x"], "retries": 3,
+            "pools": [{"name": "p", "mode": "http", "logic": ["x"], "retries": 3, "timeout": "1s",
+                       "timeouts": {"connect": "1s", "client": "2s"},
                        "check": {"type": "tcp", "intervall": "2s"},
                        "servers": [{"name": "s", "address": "10.0.0.1", "port": 80, "zone": "az1"}]}],
             "availability_zones": {"zones": ["a"], "evacuate": ["a"]}
@@ -131,9 +139,9 @@ mod tests {
             unknown_fields(&doc),
             [
                 "frontends[0].tls.ciphers: unknown field, ignored",
-                "pools[0].logic: unknown field, ignored (pools have no logic in schema 1: attach it to a frontend's \"logic\")",
-                "pools[0].retries: unknown field, ignored (not a typed option of this agent yet)",
+                "pools[0].timeout: unknown field, ignored (did you mean \"timeouts\"?)",
                 "pools[0].check.intervall: unknown field, ignored",
+                "pools[0].timeouts.client: unknown field, ignored",
                 "pools[0].servers[0].zone: unknown field, ignored",
                 "availability_zones.evacuate: unknown field, ignored",
             ]
@@ -151,6 +159,13 @@ mod tests {
         );
         let doc: Value =
             serde_json::from_str(include_str!("../../fixtures/api/valid/az.json")).unwrap();
+        assert!(
+            unknown_fields(&doc).is_empty(),
+            "{:?}",
+            unknown_fields(&doc)
+        );
+        let doc: Value =
+            serde_json::from_str(include_str!("../../fixtures/api/valid/pool-logic.json")).unwrap();
         assert!(
             unknown_fields(&doc).is_empty(),
             "{:?}",

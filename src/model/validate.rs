@@ -223,6 +223,13 @@ struct WirePool {
     servers: Vec<WireServer>,
     routing: Option<String>,
     stickiness: Option<String>,
+    #[serde(default)]
+    logic: Vec<String>,
+    timeouts: Option<super::options::WireTimeouts>,
+    retries: Option<i64>,
+    redispatch: Option<bool>,
+    http_reuse: Option<String>,
+    slowstart: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,6 +251,8 @@ struct WireServer {
     weight: Option<i64>,
     state: Option<String>,
     az: Option<String>,
+    #[serde(default)]
+    backup: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -683,6 +692,19 @@ fn validate(
                 fall,
             }
         });
+        let mut options = super::options::parse(
+            &super::options::WireOptions {
+                timeouts: p.timeouts.as_ref(),
+                retries: p.retries,
+                redispatch: p.redispatch,
+                http_reuse: p.http_reuse.as_deref(),
+                slowstart: p.slowstart.as_deref(),
+            },
+            &base,
+            mode,
+            &mut errs.0,
+        );
+        let plogic = logic_refs(&mut errs, &p.logic, &logic, &base);
         let mut servers = BTreeMap::new();
         let mut endpoints = BTreeSet::new();
         for (j, s) in p.servers.iter().enumerate() {
@@ -742,6 +764,9 @@ fn validate(
                         ),
                     );
                 } else {
+                    if s.backup {
+                        options.backup.insert(name.clone());
+                    }
                     servers.insert(
                         name.clone(),
                         Server {
@@ -775,6 +800,8 @@ fn validate(
                         servers,
                         routing,
                         stickiness,
+                        logic: plogic,
+                        options,
                     },
                 );
             }
@@ -879,17 +906,7 @@ fn validate(
                     None
                 }
             });
-        let mut flogic = Vec::new();
-        for (j, l) in f.logic.iter().enumerate() {
-            match Name::try_new(l) {
-                Ok(n) if logic.contains_key(&n) => flogic.push(n),
-                Ok(_) => errs.push(format!("{base}.logic[{j}]"), format!("unknown logic {l:?}")),
-                Err(e) => errs.push(
-                    format!("{base}.logic[{j}]"),
-                    format!("invalid name {l:?}: {e}"),
-                ),
-            }
-        }
+        let flogic = logic_refs(&mut errs, &f.logic, &logic, &base);
         let maxconn = match f.maxconn {
             None => None,
             Some(m) if (1..=10_000_000).contains(&m) => Some(m as u32),
@@ -959,16 +976,38 @@ fn validate(
     Ok(d)
 }
 
-/// Renders every snippet for every frontend it is attached to, as the
-/// renderer will, and refuses the document if one exceeds its bounds or
-/// leaves its section (`logic::check`). The error names the logic's JSON
-/// path and the frontend it was rendered for.
+/// The logic objects named by `refs` (`BASE.logic[j]`), each known.
+fn logic_refs(
+    errs: &mut Errs,
+    refs: &[String],
+    logic: &BTreeMap<Name, Logic>,
+    base: &str,
+) -> Vec<Name> {
+    let mut out = Vec::new();
+    for (j, l) in refs.iter().enumerate() {
+        match Name::try_new(l) {
+            Ok(n) if logic.contains_key(&n) => out.push(n),
+            Ok(_) => errs.push(format!("{base}.logic[{j}]"), format!("unknown logic {l:?}")),
+            Err(e) => errs.push(
+                format!("{base}.logic[{j}]"),
+                format!("invalid name {l:?}: {e}"),
+            ),
+        }
+    }
+    out
+}
+
+/// Renders every snippet for every frontend and pool it is attached to, as
+/// the renderer will, and refuses the document if one exceeds its bounds or
+/// leaves its section (`logic::check`). The error names the JSON path (a
+/// frontend's: `logic[i].template` and the frontend; a pool's:
+/// `pools[i].logic[j]` and the logic object).
 fn check_logic(
     d: &DesiredState,
     w: &WireDocument,
     host: &LogicHost,
 ) -> Result<(), ValidationErrors> {
-    let Err(problems) = crate::logic::render_frontend_logic(d, host) else {
+    let Err(problems) = crate::logic::render_logic(d, host) else {
         return Ok(());
     };
     let index = |names: Vec<Option<&String>>, n: &Name| {
@@ -979,16 +1018,42 @@ fn check_logic(
     };
     let logic_names: Vec<Option<&String>> = w.logic.iter().map(|l| l.name.as_ref()).collect();
     let fe_names: Vec<Option<&String>> = w.frontends.iter().map(|f| f.name.as_ref()).collect();
+    let pool_names: Vec<Option<&String>> = w.pools.iter().map(|p| p.name.as_ref()).collect();
     let errors = problems
         .into_iter()
         .map(|p| {
-            let path = format!("logic[{}].template", index(logic_names.clone(), &p.logic));
-            let mut message = match &p.frontend {
-                Some(f) => format!(
-                    "rendered for frontends[{}] ({f}): ",
-                    index(fe_names.clone(), f)
+            use crate::logic::Target;
+            // A frontend's snippet: the logic's template (as before pools
+            // had logic); a pool's: the reference (`pools[3].logic[0]`).
+            let reference = |base: String, refs: Option<&Vec<String>>| {
+                let j = refs
+                    .and_then(|r| r.iter().position(|x| x.as_str() == p.logic.as_str()))
+                    .unwrap_or(0);
+                format!("{base}.logic[{j}]")
+            };
+            let (path, mut message) = match &p.target {
+                Some(Target::Frontend(f)) => (
+                    format!("logic[{}].template", index(logic_names.clone(), &p.logic)),
+                    format!(
+                        "rendered for frontends[{}] ({f}): ",
+                        index(fe_names.clone(), f)
+                    ),
                 ),
-                None => String::new(),
+                Some(Target::Pool(n)) => {
+                    let i = index(pool_names.clone(), n);
+                    (
+                        reference(format!("pools[{i}]"), w.pools.get(i).map(|x| &x.logic)),
+                        format!(
+                            "logic {} (logic[{}].template) rendered for pool {n}: ",
+                            p.logic,
+                            index(logic_names.clone(), &p.logic)
+                        ),
+                    )
+                }
+                None => (
+                    format!("logic[{}].template", index(logic_names.clone(), &p.logic)),
+                    String::new(),
+                ),
             };
             match &p.problem {
                 crate::logic::Problem::Template(e) => message.push_str(&e.to_string()),

@@ -199,6 +199,17 @@ fn assign<'a>(pool: &'a Pool, be: &'a ObservedBackend) -> Assignment<'a> {
     a
 }
 
+/// Keywords of a server added at runtime: the check's and the pool's
+/// `slowstart` (a dynamic server has no `default-server`).
+fn server_keywords(pool: &Pool) -> Option<String> {
+    let check = pool.check.as_ref().map(layout::check_keywords);
+    let slow = crate::model::options::server_keywords(&pool.options);
+    match (check, slow) {
+        (Some(c), Some(s)) => Some(format!("{c} {s}")),
+        (c, s) => c.or(s),
+    }
+}
+
 fn plan_pool(pool: &Pool, be: &ObservedBackend, p: &mut Plan) {
     let backend = pool.name.as_str();
     let a = assign(pool, be);
@@ -215,7 +226,7 @@ fn plan_pool(pool: &Pool, be: &ObservedBackend, p: &mut Plan) {
                 addr: s.address,
                 port: s.port,
                 weight: s.weight,
-                check: pool.check.as_ref().map(layout::check_keywords),
+                check: server_keywords(pool),
             });
             if pool.check.is_some() {
                 p.commands.push(Command::EnableHealth {

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::logic::LogicHost;
 use crate::model::{DesiredState, Pool, Routing, Stickiness};
 
 use super::reason::{Change, ReloadReason};
@@ -27,14 +28,35 @@ pub struct Structure {
     pub certificates: BTreeSet<String>,
     /// Digest of the templates and the agent settings rendered into global/defaults.
     pub global: String,
+    /// Digest of each attached snippet's *rendered* lines, by `frontend NAME`
+    /// / `pool NAME`: whatever a template reads from its context (zones,
+    /// evacuation, other pools, node facts), a change of its output is a
+    /// reload. Empty (and left out of the digest) without attached logic.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub snippets: BTreeMap<String, String>,
 }
 
-/// What of a pool needs a reload: mode, balance, check; for routing and
+/// What of a pool needs a reload: mode, balance, check, its logic list and
+/// typed options (timeouts, retries, redispatch, http-reuse, slowstart, the
+/// backup servers' names); for routing and
 /// stickiness their kind and (routed pools) the group's zone list, since a
 /// zone is a backend. Never servers, weights, states, evacuation or client
 /// subnets: those go through the runtime socket. A pool without routing or
 /// stickiness digests as before they existed (no reload on upgrade).
 fn pool_digest(d: &DesiredState, p: &Pool) -> String {
+    if !p.logic.is_empty() || !p.options.is_default() {
+        let zones = d.availability_zones.as_ref().map(|a| &a.zones);
+        return digest(&(
+            &p.mode,
+            &p.balance,
+            &p.check,
+            p.routing,
+            p.stickiness,
+            (p.routing == Routing::Az).then_some(zones),
+            &p.logic,
+            &p.options,
+        ));
+    }
     if p.routing == Routing::None && p.stickiness == Stickiness::None {
         return digest(&(&p.mode, &p.balance, &p.check));
     }
@@ -52,6 +74,32 @@ fn pool_digest(d: &DesiredState, p: &Pool) -> String {
     ))
 }
 
+/// Digests of every attached snippet's rendered lines. A document whose
+/// logic does not render is refused by validation before it gets here; if
+/// one still fails, the error text is digested (a change is still seen).
+fn snippet_digests(d: &DesiredState, host: &LogicHost) -> BTreeMap<String, String> {
+    let has_logic = d.frontends.values().any(|f| !f.logic.is_empty())
+        || d.pools.values().any(|p| !p.logic.is_empty());
+    if !has_logic {
+        return BTreeMap::new();
+    }
+    let lines = |v: &Vec<crate::logic::CheckedSnippet>| {
+        digest(&v.iter().map(|c| (c.name(), c.lines())).collect::<Vec<_>>())
+    };
+    match crate::logic::render_logic(d, host) {
+        Ok(r) => r
+            .frontends
+            .iter()
+            .map(|(n, v)| (format!("frontend {n}"), lines(v)))
+            .chain(r.pools.iter().map(|(n, v)| (format!("pool {n}"), lines(v))))
+            .collect(),
+        Err(errs) => {
+            let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            BTreeMap::from([("error".to_string(), digest(&text))])
+        }
+    }
+}
+
 fn digest<T: Serialize>(v: &T) -> String {
     let bytes = serde_json::to_vec(v).unwrap_or_default();
     hex::encode(&Sha256::digest(&bytes)[..8])
@@ -59,8 +107,16 @@ fn digest<T: Serialize>(v: &T) -> String {
 
 impl Structure {
     /// The structure of `d`; `global` digests templates and render settings.
+    /// Snippets are rendered with placeholder host facts
+    /// ([`LogicHost::unknown`]); the renderer uses [`Structure::of_host`].
     pub fn of(d: &DesiredState, global: &str) -> Structure {
+        Structure::of_host(d, global, &LogicHost::unknown(&d.group))
+    }
+
+    /// The structure of `d` with snippets rendered for `host`.
+    pub fn of_host(d: &DesiredState, global: &str, host: &LogicHost) -> Structure {
         Structure {
+            snippets: snippet_digests(d, host),
             frontends: d
                 .frontends
                 .values()
@@ -106,6 +162,7 @@ impl Structure {
         diff_map(&mut out, "frontend", &self.frontends, &next.frontends);
         diff_map(&mut out, "pool", &self.pools, &next.pools);
         diff_map(&mut out, "logic", &self.logic, &next.logic);
+        diff_map(&mut out, "snippet of", &self.snippets, &next.snippets);
         diff_set(&mut out, "map", &self.maps, &next.maps);
         diff_set(&mut out, "acl", &self.acls, &next.acls);
         diff_set(
@@ -158,5 +215,156 @@ fn diff_set(
     }
     for k in a.difference(b) {
         out.push(change(what, k, Change::Removed));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::validate::{parse_document, ValidateContext};
+    use serde_json::{json, Value};
+
+    const POOL_LOGIC: &str = include_str!("../../fixtures/api/valid/pool-logic.json");
+
+    fn parse(v: &Value) -> DesiredState {
+        parse_document(
+            &serde_json::to_vec(v).unwrap(),
+            &ValidateContext {
+                group: "blue".into(),
+            },
+        )
+        .unwrap()
+    }
+
+    /// (what changes, the reload reasons it gives): pool options, backup
+    /// flags and logic are a reload; weights, states, servers and evacuation
+    /// are not, unless a snippet renders what changed.
+    #[test]
+    fn what_of_pool_options_and_logic_needs_a_reload() {
+        type Edit = fn(&mut Value);
+        let cases: &[(&str, Edit, &[&str])] = &[
+            ("nothing", |_| {}, &[]),
+            (
+                "a weight",
+                |v| v["pools"][0]["servers"][0]["weight"] = json!(7),
+                &[],
+            ),
+            (
+                "a state",
+                |v| v["pools"][0]["servers"][1]["state"] = json!("drain"),
+                &[],
+            ),
+            (
+                "a server added",
+                |v| {
+                    v["pools"][0]["servers"].as_array_mut().unwrap().push(
+                        json!({"name": "web2c", "address": "10.12.0.3", "port": 8080, "az": "az2"}),
+                    )
+                },
+                &[],
+            ),
+            (
+                "az1 evacuated (no snippet reads it)",
+                |v| v["availability_zones"]["evacuated"] = json!(["az1"]),
+                &[],
+            ),
+            (
+                "a backup flag",
+                |v| v["pools"][0]["servers"][0]["backup"] = json!(true),
+                &["pool www changed"],
+            ),
+            (
+                "a timeout",
+                |v| v["pools"][1]["timeouts"]["server"] = json!("20m"),
+                &["pool db changed"],
+            ),
+            (
+                "http_reuse",
+                |v| v["pools"][0]["http_reuse"] = json!("never"),
+                &["pool www changed"],
+            ),
+            (
+                "slowstart",
+                |v| v["pools"][0]["slowstart"] = json!("20s"),
+                &["pool www changed"],
+            ),
+            (
+                "retries",
+                |v| v["pools"][1]["retries"] = json!(3),
+                &["pool db changed"],
+            ),
+            (
+                "redispatch",
+                |v| v["pools"][0]["redispatch"] = json!(false),
+                &["pool www changed"],
+            ),
+            (
+                "a pool's logic list",
+                |v| v["pools"][1]["logic"] = json!([]),
+                &["pool db changed", "snippet of pool db removed"],
+            ),
+            (
+                "a template",
+                |v| v["logic"][0]["template"] = json!("description changed"),
+                &[
+                    "logic pool_tag changed",
+                    "snippet of pool db changed",
+                    "snippet of pool www changed",
+                ],
+            ),
+            (
+                "another pool's mode, read by a snippet",
+                |v| {
+                    v["logic"][0]["template"] = json!("description {{ pools.db.balance }}");
+                    v["pools"][1]["balance"] = json!("roundrobin");
+                },
+                &[
+                    "pool db changed",
+                    "logic pool_tag changed",
+                    "snippet of pool db changed",
+                    "snippet of pool www changed",
+                ],
+            ),
+        ];
+        for (what, edit, want) in cases {
+            let base: Value = serde_json::from_str(POOL_LOGIC).unwrap();
+            let mut next = base.clone();
+            edit(&mut next);
+            let got: Vec<String> = Structure::of(&parse(&base), "g")
+                .diff(&Structure::of(&parse(&next), "g"))
+                .iter()
+                .map(|r| r.to_string())
+                .collect();
+            assert_eq!(got, *want, "{what}");
+        }
+    }
+
+    /// The bug of issue 10: a snippet rendering something the runtime
+    /// changes (here the evacuated zones) must make that change a reload,
+    /// or HAProxy keeps running the old snippet.
+    #[test]
+    fn a_snippet_reading_evacuation_makes_evacuation_a_reload() {
+        let mut base: Value = serde_json::from_str(POOL_LOGIC).unwrap();
+        base["logic"][1]["template"] =
+            json!("http-response set-header X-Evacuated \"{{ az.evacuated | join(',') }}\"");
+        let mut next = base.clone();
+        next["availability_zones"]["evacuated"] = json!(["az2"]);
+        let got: Vec<String> = Structure::of(&parse(&base), "g")
+            .diff(&Structure::of(&parse(&next), "g"))
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(got, ["snippet of pool www changed"]);
+    }
+
+    #[test]
+    fn a_document_without_logic_or_options_digests_as_before() {
+        let d =
+            parse(&serde_json::from_str(include_str!("../../fixtures/api/valid/az.json")).unwrap());
+        let s = Structure::of(&d, "g");
+        assert!(s.snippets.is_empty());
+        // The serialized form has no `snippets` key, so the digest is the
+        // one an older agent embedded.
+        assert!(!serde_json::to_string(&s).unwrap().contains("snippets"));
     }
 }

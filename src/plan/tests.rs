@@ -43,6 +43,8 @@ fn state_with(pools: Vec<(&str, &str, Vec<Server>)>) -> DesiredState {
             servers: servers.into_iter().map(|s| (s.name.clone(), s)).collect(),
             routing: Default::default(),
             stickiness: Default::default(),
+            logic: Vec::new(),
+            options: Default::default(),
         };
         d.pools.insert(pool.name.clone(), pool);
     }
@@ -361,6 +363,8 @@ fn arb_pair() -> impl Strategy<Value = (DesiredState, DesiredState, bool)> {
                 servers,
                 routing: Default::default(),
                 stickiness: Default::default(),
+                logic: Vec::new(),
+                options: Default::default(),
             };
             a.pools.insert(name.clone(), mk(sa));
             b.pools.insert(name.clone(), mk(sb));
@@ -420,4 +424,24 @@ proptest! {
 
 fn texts(r: &[crate::plan::ReloadReason]) -> Vec<String> {
     r.iter().map(|r| r.to_string()).collect()
+}
+
+/// A server added at runtime carries the pool's `slowstart` next to its
+/// check keywords (a dynamic server has no `default-server`; HAProxy 2.6's
+/// `add server` accepts `slowstart`).
+#[test]
+fn added_servers_carry_slowstart() {
+    let mut d = state_with(vec![("p", "roundrobin", vec![])]);
+    let p = d.pools.values_mut().next().unwrap();
+    assert_eq!(super::server_keywords(p).as_deref(), Some("check"));
+    p.options.slowstart = Some(std::time::Duration::from_secs(10));
+    assert_eq!(
+        super::server_keywords(p).as_deref(),
+        Some("check slowstart 10000ms")
+    );
+    p.check = None;
+    assert_eq!(
+        super::server_keywords(p).as_deref(),
+        Some("slowstart 10000ms")
+    );
 }

@@ -333,7 +333,7 @@ pub struct HaproxyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub az_routing: Vec<crate::plan::az::PoolRoutes>,
     /// Extra: fields of the document in force that the agent ignored
-    /// (`pools[0].logic: unknown field, ignored ...`).
+    /// (`pools[0].timeout: unknown field, ignored ...`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub document_warnings: Vec<String>,
 }

@@ -129,3 +129,19 @@ pub async fn get_host(addr: SocketAddr, host: &str) -> Result<(u16, String), Str
         .await
         .map_err(|_| "timeout".to_string())?
 }
+
+/// GET / through `addr`; returns the whole response (status line, headers, body).
+pub async fn get_raw(addr: SocketAddr) -> Result<String, String> {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .map_err(|_| "timeout".to_string())?
+}
