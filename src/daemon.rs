@@ -628,6 +628,7 @@ fn build_snapshot(cfg: &Config, f: &mut Feeds, started: SystemTime) -> Snapshot 
         withdraw_at: any.drain_withdraw_at.map(Timestamp),
     });
     let confirmed = bird.announced.clone().unwrap_or_default();
+    let in_sets = confirmed.all();
     snap.vips = any
         .decisions
         .iter()
@@ -636,6 +637,12 @@ fn build_snapshot(cfg: &Config, f: &mut Feeds, started: SystemTime) -> Snapshot 
             // agent wants: a withdrawal that could not be written (full disk,
             // BIRD refusing) leaves the prefix announced, and says so.
             let in_bird = confirmed.advertise.contains(&d.vip);
+            let exported = crate::bird::exports::vip_exported(
+                &bird.export_scope,
+                in_sets.contains(&d.vip),
+                &bird.not_exported,
+                &d.vip,
+            );
             let bird_error = bird
                 .error
                 .as_ref()
@@ -663,6 +670,7 @@ fn build_snapshot(cfg: &Config, f: &mut Feeds, started: SystemTime) -> Snapshot 
                 adopted: any.adopted.contains(&d.vip),
                 draining: d.announcement == Announcement::Drain,
                 demoted: d.announcement == Announcement::Demote,
+                exported,
             }
         })
         .collect();

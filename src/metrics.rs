@@ -405,6 +405,14 @@ impl Collector for SnapshotCollector {
             None,
             Some(flag(s.bird.ok)),
         )?;
+        let export_known = matches!(s.bird.export_check.as_str(), "configured" | "discovered");
+        gauge(
+            &mut enc,
+            "lb_agent_bird_not_exported",
+            "Prefixes in BIRD's sets that no BGP protocol exports (bird.conf or VIP interface problem); absent when the check cannot run",
+            None,
+            export_known.then_some(s.bird.not_exported.len() as i64),
+        )?;
 
         // VIPs and services.
         {
@@ -417,6 +425,20 @@ impl Collector for SnapshotCollector {
             for v in &s.vips {
                 ConstGauge::new(flag(v.announced))
                     .encode(me.encode_family(&[("vip", v.address.as_str())])?)?;
+            }
+        }
+        {
+            let mut me = enc.encode_descriptor(
+                "lb_agent_vip_exported",
+                "1 when a BGP protocol exports the VIP's prefix BIRD holds in a set, 0 when none does; absent when unknown",
+                None,
+                MetricType::Gauge,
+            )?;
+            for v in &s.vips {
+                if let Some(e) = v.exported {
+                    ConstGauge::new(flag(e))
+                        .encode(me.encode_family(&[("vip", v.address.as_str())])?)?;
+                }
             }
         }
         {
@@ -520,7 +542,7 @@ fn az_routing(
 
 /// Names of every metric family, as they appear on `# TYPE` lines (for
 /// documentation and tests).
-pub const FAMILIES: [(&str, &str); 28] = [
+pub const FAMILIES: [(&str, &str); 30] = [
     ("lb_agent_apply_duration_seconds", "histogram"),
     ("lb_agent_build", "info"),
     ("lb_agent_applied_revision", "gauge"),
@@ -545,7 +567,9 @@ pub const FAMILIES: [(&str, &str); 28] = [
     ("lb_agent_az_spilling", "gauge"),
     ("lb_agent_bird_reconfigures", "counter"),
     ("lb_agent_bird_ok", "gauge"),
+    ("lb_agent_bird_not_exported", "gauge"),
     ("lb_agent_vip_announced", "gauge"),
+    ("lb_agent_vip_exported", "gauge"),
     ("lb_agent_service_healthy", "gauge"),
     ("lb_agent_check_results", "counter"),
     ("lb_agent_check_duration_seconds", "histogram"),
@@ -700,11 +724,15 @@ mod tests {
                 ok: true,
                 reconfigures: 7,
                 failures: 8,
+                not_exported: vec!["192.0.2.10/32".into()],
+                export_check: "discovered".into(),
+                export_protocols: vec!["tor1".into()],
                 ..Default::default()
             },
             vips: vec![VipStatus {
                 address: "192.0.2.10/32".into(),
                 announced: true,
+                exported: Some(false),
                 services: vec![
                     ServiceStatus {
                         name: "www_https".into(),
@@ -861,8 +889,21 @@ mod tests {
             "{d}"
         );
 
+        assert_eq!(
+            value(&s, "lb_agent_bird_not_exported", &[]),
+            Some(1.0),
+            "{d}"
+        );
+        assert_eq!(
+            value(&s, "lb_agent_vip_exported", &[("vip", "192.0.2.10/32")]),
+            Some(0.0),
+            "{d}"
+        );
+
         // A new snapshot is what the next scrape shows.
         let mut next = snapshot();
+        next.bird.export_check = "unknown".into();
+        next.vips[0].exported = None;
         next.revision = None;
         next.drained = true;
         next.vips[0].announced = false;
@@ -870,6 +911,11 @@ mod tests {
         tx.send_replace(next);
         let s = parse_exposition(&m.encode().unwrap()).unwrap();
         assert_eq!(value(&s, "lb_agent_applied_revision", &[]), None);
+        assert_eq!(value(&s, "lb_agent_bird_not_exported", &[]), None);
+        assert_eq!(
+            value(&s, "lb_agent_vip_exported", &[("vip", "192.0.2.10/32")]),
+            None
+        );
         assert_eq!(value(&s, "lb_agent_drained", &[]), Some(1.0));
         assert_eq!(
             value(&s, "lb_agent_vip_announced", &[("vip", "192.0.2.10/32")]),

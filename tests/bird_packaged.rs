@@ -27,6 +27,7 @@ mod netns;
 #[path = "common/route.rs"]
 mod route;
 
+use lb_agent::bird::exports::ExportScope;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -139,14 +140,15 @@ fn packaged_bird_conf(n: u32, dir: &Path, include: &Path) -> String {
 }
 
 /// `[bird]` of the shipped packaging/agent.toml, with this lab's include
-/// file and control socket, and export confirmation on the ToR session.
+/// file and control socket, and the default export confirmation
+/// (`export_protocols = []`: the BGP sessions that are up).
 fn packaged_agent_bird(dir: &Path) -> BirdConfig {
     let cfg = lb_agent::config::load(Path::new(PACKAGED_AGENT_TOML))
         .unwrap_or_else(|e| panic!("packaging/agent.toml: {e}"));
     BirdConfig {
         include_file: dir.join("lb-agent-prefixes.conf"),
         control_socket: dir.join("bird.ctl"),
-        export_protocols: vec!["tor1".into()],
+        export_protocols: vec![],
         ..cfg.bird
     }
 }
@@ -447,6 +449,11 @@ async fn packaged_bird_conf_announces_only_vip_addresses_in_the_agents_sets() {
     assert_eq!(
         s.not_exported,
         [net(VIP_NET), net("198.51.100.10/32")].into(),
+        "{s:?}"
+    );
+    assert_eq!(
+        s.export_scope,
+        ExportScope::Discovered(vec!["tor1".into()]),
         "{s:?}"
     );
     assert!(lb.exported().await.is_empty());

@@ -13,6 +13,8 @@
 //! - [`include`] (pure): render, parse and validate the include file.
 //! - [`control`]: a native client for BIRD's control-socket line protocol
 //!   (no `birdc` process per call), with pure parsers for the replies.
+//! - [`exports`] (pure): which BGP protocols confirm the exports, and
+//!   what their answers mean.
 //! - [`publisher`]: the long-lived task that owns BIRD for the agent. It takes
 //!   the desired announcements from a `watch` channel, coalesces bursts,
 //!   writes the include atomically, reconfigures, *confirms the effect* and
@@ -22,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod control;
+pub mod exports;
 pub mod include;
 pub mod publisher;
 

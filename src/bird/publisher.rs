@@ -17,9 +17,11 @@
 //! 4. confirm the effect: `eval <VARIABLE>` shows the prefix set the running
 //!    configuration holds for every variable of the layout (advertise, drain
 //!    and demote alike; membership queries when the set is too large for
-//!    one output line), and with `export_protocols` configured,
+//!    one output line); with `export_protocols` configured,
 //!    `show route export <protocol>` must not list a prefix that was
-//!    withdrawn.
+//!    withdrawn; and a desired prefix that no protocol exports (the
+//!    configured ones, else the BGP protocols that are up: see
+//!    [`super::exports`]) is reported in [`BirdStatus::not_exported`].
 //!
 //! A failed pass (BIRD down, `8002`, confirmation mismatch) is reported and
 //! retried with capped exponential backoff; a new desired value is acted on
@@ -42,6 +44,7 @@ use tracing::{debug, info, warn};
 use super::control::{
     BirdControl, ConfigRejection, ConfigureOutcome, ControlError, ControlOptions, EvalSet,
 };
+use super::exports::{self, ExportScope};
 use super::include::{self, Announced, Family, IncludeLayout, LayoutError, RenderError};
 use super::DesiredAnnouncements;
 use crate::config::BirdConfig;
@@ -49,6 +52,10 @@ use crate::fsutil;
 
 /// Permission bits of the include file (BIRD runs as its own user and must read it).
 pub const INCLUDE_MODE: u32 = 0o644;
+
+/// How soon a pass that newly found a prefix not exported is followed by a
+/// check (a confirm-only resync) rather than after `resync_interval`.
+pub const EXPORT_RECHECK: Duration = Duration::from_secs(1);
 
 /// Tuning of the [`Publisher`]; the defaults suit production.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,10 +113,13 @@ pub struct BirdStatus {
     pub last_outcome: Option<ConfigureOutcome>,
     /// Desired prefixes dropped by [`include::normalize`], and other non-fatal notes.
     pub warnings: Vec<String>,
-    /// Desired prefixes that no `export_protocols` protocol exports (BIRD has
-    /// no route for them: with the packaged bird.conf, no address on the VIP
-    /// interface, or outside its VIP ranges; or the session is down).
+    /// Desired prefixes that no asked protocol exports (BIRD has no route
+    /// for them: with the packaged bird.conf, no address on the VIP
+    /// interface, or outside its VIP ranges; or a configured session is
+    /// down). Empty unless [`BirdStatus::export_scope`] is known.
     pub not_exported: BTreeSet<IpNet>,
+    /// Which protocols the last export check asked (see [`exports`]).
+    pub export_scope: ExportScope,
     /// Where the time of the last successful pass went.
     pub last_pass: Option<PassTiming>,
 }
@@ -173,6 +183,12 @@ pub struct Publisher {
     universe: BTreeSet<IpNet>,
     status: BirdStatus,
     backoff: Duration,
+    /// The not-exported prefixes of the last *known* export check (kept
+    /// across failed passes, so a WARN is logged once per transition).
+    warned: BTreeSet<IpNet>,
+    /// A prefix was newly found not exported: check again soon (BIRD's
+    /// `protocol direct` may learn a just-added address a moment later).
+    recheck_exports: bool,
 }
 
 /// Why a pass runs (logged).
@@ -199,6 +215,8 @@ impl Publisher {
             universe: BTreeSet::new(),
             status: BirdStatus::default(),
             backoff: opts.backoff_initial,
+            warned: BTreeSet::new(),
+            recheck_exports: false,
         })
     }
 
@@ -264,6 +282,10 @@ impl Publisher {
                     self.backoff = self.opts.backoff_initial;
                 }
                 Err(error) => {
+                    // Whatever the last check found is no longer known:
+                    // BIRD not answering is not "not exported".
+                    self.status.export_scope = ExportScope::Unknown;
+                    self.status.not_exported.clear();
                     self.status.ok = false;
                     self.status.failures += 1;
                     self.status.error = Some(error.to_string());
@@ -279,6 +301,9 @@ impl Publisher {
             );
             status.send_replace(self.status.clone());
             resync_at = Instant::now() + self.opts.resync_interval;
+            if std::mem::take(&mut self.recheck_exports) {
+                resync_at = Instant::now() + self.opts.resync_interval.min(EXPORT_RECHECK);
+            }
         }
     }
 
@@ -508,24 +533,31 @@ impl Publisher {
     }
 
     /// Proves BIRD's running configuration holds `clean`'s sets and that no
-    /// export protocol still exports a prefix that is not desired.
+    /// configured export protocol still exports a prefix that is not
+    /// desired; then records which desired prefixes no protocol exports
+    /// (see [`exports`] for which protocols are asked).
     async fn confirm(&mut self, clean: &DesiredAnnouncements) -> Result<(), PassError> {
         confirm_sets(&mut self.ctl, &self.layout, clean, &self.universe).await?;
-        if self.export_protocols.is_empty() {
-            self.status.not_exported.clear();
-            return Ok(());
-        }
+        let rows = if self.export_protocols.is_empty() {
+            self.ctl.show_protocols().await?
+        } else {
+            Vec::new()
+        };
+        let scope = exports::scope(&self.export_protocols, &rows);
         let wanted = clean.all();
         let stale_candidates: BTreeSet<IpNet> =
             self.universe.difference(&wanted).copied().collect();
         let mut exported_anywhere = BTreeSet::new();
-        for protocol in self.export_protocols.clone() {
-            let exported = self.ctl.show_route_export(&protocol).await?;
+        for protocol in scope.protocols() {
+            let exported = self.ctl.show_route_export(protocol).await?;
+            // Only configured protocols prove a withdrawal: a discovered
+            // session may be one (a route collector, iBGP) whose filter
+            // exports more than the agent's sets.
             let stale: Vec<String> = exported
                 .intersection(&stale_candidates)
                 .map(|n| n.to_string())
                 .collect();
-            if !stale.is_empty() {
+            if matches!(scope, ExportScope::Configured(_)) && !stale.is_empty() {
                 return Err(PassError::Mismatch(format!(
                     "protocol {protocol} still exports {}",
                     stale.join(", ")
@@ -533,12 +565,37 @@ impl Publisher {
             }
             exported_anywhere.extend(exported);
         }
-        let missing: BTreeSet<IpNet> = wanted.difference(&exported_anywhere).copied().collect();
-        if !missing.is_empty() {
-            warn!(missing = ?missing, "desired prefixes are not exported by any export protocol");
+        let missing = if scope.is_known() {
+            exports::not_exported(&wanted, &exported_anywhere)
+        } else {
+            BTreeSet::new()
+        };
+        self.record_exports(scope, missing);
+        Ok(())
+    }
+
+    /// Publishes an export check's result and logs its transitions once.
+    fn record_exports(&mut self, scope: ExportScope, missing: BTreeSet<IpNet>) {
+        if scope != self.status.export_scope {
+            info!(scope = scope.as_str(), protocols = ?scope.protocols(), "BIRD export check scope");
+        }
+        if scope.is_known() {
+            let t = exports::transition(&self.warned, &missing);
+            if !t.flagged.is_empty() {
+                self.recheck_exports = true;
+                warn!(
+                    prefixes = ?t.flagged,
+                    protocols = ?scope.protocols(),
+                    "announced prefixes that BIRD does not export (no route for them, or bird.conf's export filter rejects them)"
+                );
+            }
+            if !t.cleared.is_empty() {
+                info!(prefixes = ?t.cleared, "prefixes no longer reported as not exported");
+            }
+            self.warned = missing.clone();
         }
         self.status.not_exported = missing;
-        Ok(())
+        self.status.export_scope = scope;
     }
 }
 

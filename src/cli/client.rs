@@ -822,15 +822,8 @@ pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
             style.paint(Colour::Red, &format!("error: {}", sanitize(e))),
         ));
     }
-    if !b.not_exported.is_empty() {
-        let p: Vec<String> = b.not_exported.iter().map(|p| sanitize(p)).collect();
-        lines.push((
-            "",
-            style.paint(
-                Colour::Yellow,
-                &format!("not exported by any BGP protocol: {}", p.join(", ")),
-            ),
-        ));
+    if let Some(line) = export_line(b) {
+        lines.push(("", style.paint(Colour::Yellow, &line)));
     }
 
     let announced = s.vips.iter().filter(|v| v.announced).count();
@@ -873,7 +866,29 @@ pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
     out
 }
 
+/// The export check's line under `bird`, when it has something to say.
+fn export_line(b: &crate::status::types::BirdStatus) -> Option<String> {
+    let protocols: Vec<String> = b.export_protocols.iter().map(|p| sanitize(p)).collect();
+    if !b.not_exported.is_empty() {
+        let p: Vec<String> = b.not_exported.iter().map(|p| sanitize(p)).collect();
+        return Some(format!(
+            "not exported by any BGP protocol ({}): {}",
+            protocols.join(", "),
+            p.join(", ")
+        ));
+    }
+    (b.export_check == "no_bgp_session_up")
+        .then(|| "exports not confirmed: no BGP session is up".to_string())
+}
+
 fn announced_cell(v: &VipStatus) -> Cell {
+    if v.exported == Some(false) {
+        let (text, _) = announced_cell(&VipStatus {
+            exported: None,
+            ..v.clone()
+        });
+        return (format!("{text}, not exported"), Colour::Red);
+    }
     let (text, colour) = if v.draining {
         ("draining", Colour::Yellow)
     } else if v.demoted {
@@ -1045,6 +1060,39 @@ ADDRESS              ANNOUNCED  HEALTHY  REASON
 ";
         assert_eq!(out, expected, "\n{out}");
         assert!(!out.contains('\x1b'), "no escape codes without colour");
+    }
+
+    #[test]
+    fn status_view_shows_the_export_check() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_060);
+        let mut s = snapshot();
+        s.bird.export_check = "discovered".into();
+        s.bird.export_protocols = vec!["tor1".into(), "tor2".into()];
+        s.bird.not_exported = vec!["2001:db8:10::10/128".into()];
+        s.vips[1].exported = Some(false);
+        let out = render_status(&s, now, PLAIN);
+        assert!(
+            out.contains(
+                "\n          not exported by any BGP protocol (tor1, tor2): 2001:db8:10::10/128\n"
+            ),
+            "\n{out}"
+        );
+        assert!(
+            out.contains("\n2001:db8:10::10/128  yes, not exported  1/1      -\n"),
+            "\n{out}"
+        );
+        s.bird.export_check = "no_bgp_session_up".into();
+        s.bird.export_protocols.clear();
+        s.bird.not_exported.clear();
+        s.vips[1].exported = None;
+        let out = render_status(&s, now, PLAIN);
+        assert!(
+            out.contains("\n          exports not confirmed: no BGP session is up\n"),
+            "\n{out}"
+        );
+        // Discovered and all exported: nothing more than before.
+        s.bird.export_check = "discovered".into();
+        assert!(!render_status(&s, now, PLAIN).contains("export"));
     }
 
     #[test]

@@ -96,6 +96,8 @@ impl From<&crate::bird::publisher::BirdStatus> for BirdStatus {
             failures: b.failures,
             last_confirmed: b.last_confirmed.map(Timestamp),
             not_exported: b.not_exported.iter().map(ToString::to_string).collect(),
+            export_check: b.export_scope.as_str().to_string(),
+            export_protocols: b.export_scope.protocols().to_vec(),
             warnings: b.warnings.clone(),
         }
     }
@@ -160,10 +162,17 @@ mod tests {
             reconfigures: 5,
             failures: 1,
             not_exported: ["192.0.2.10/32".parse().unwrap()].into_iter().collect(),
+            export_scope: crate::bird::exports::ExportScope::Discovered(vec!["tor1".into()]),
             ..Default::default()
         };
         let w = BirdStatus::from(&b);
         assert_eq!((w.ok, w.reconfigures, w.failures), (true, 5, 1));
         assert_eq!(w.not_exported, vec!["192.0.2.10/32".to_string()]);
+        assert_eq!(
+            (w.export_check.as_str(), w.export_protocols),
+            ("discovered", vec!["tor1".to_string()])
+        );
+        let w = BirdStatus::from(&crate::bird::publisher::BirdStatus::default());
+        assert_eq!(w.export_check, "unknown");
     }
 }

@@ -357,8 +357,18 @@ pub struct BirdStatus {
     #[serde(default)]
     pub last_confirmed: Option<Timestamp>,
     /// Extra: announced prefixes no BGP protocol exports (a bird.conf problem).
+    /// Meaningful only when `export_check` is `configured` or `discovered`.
     #[serde(default)]
     pub not_exported: Vec<String>,
+    /// Extra: how the export check chose its protocols: `configured`
+    /// (`[bird] export_protocols`), `discovered` (the BGP protocols up),
+    /// `no_bgp_session_up` (nothing to confirm against) or `unknown` (the
+    /// last pass failed, or none ran yet).
+    #[serde(default)]
+    pub export_check: String,
+    /// Extra: the protocols the export check asked.
+    #[serde(default)]
+    pub export_protocols: Vec<String>,
     /// Extra: non-fatal notes (prefixes dropped from the include, ...).
     #[serde(default)]
     pub warnings: Vec<String>,
@@ -390,6 +400,11 @@ pub struct VipStatus {
     /// announced with a longer AS path because a service is unhealthy.
     #[serde(default)]
     pub demoted: bool,
+    /// Extra: whether a BGP protocol exports the prefix BIRD holds in one
+    /// of its sets (`bird.export_check`); `null` when the prefix is in no
+    /// set or the check could not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exported: Option<bool>,
 }
 
 /// One service (frontend) behind a VIP, with its rise/fall state.
