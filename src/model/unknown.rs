@@ -30,7 +30,7 @@ const POOL: &[&str] = &[
     "routing",
     "stickiness",
 ];
-const SERVER: &[&str] = &["name", "address", "port", "weight", "state", "az"];
+pub(crate) const SERVER: &[&str] = &["name", "address", "port", "weight", "state", "az"];
 const CHECK: &[&str] = &["type", "path", "host", "interval", "rise", "fall"];
 const HEALTH: &[&str] = &["type", "path", "host", "expect_status"];
 

@@ -27,6 +27,7 @@
 //! dead connection within seconds.
 
 pub mod client;
+pub mod incr;
 pub mod layout;
 pub mod policy;
 pub mod store;
