@@ -36,7 +36,7 @@ const POOL: &[&str] = &[
     "http_reuse",
     "slowstart",
 ];
-const SERVER: &[&str] = &["name", "address", "port", "weight", "state", "az", "backup"];
+pub(crate) const SERVER: &[&str] = &["name", "address", "port", "weight", "state", "az", "backup"];
 const TIMEOUTS: &[&str] = &["connect", "server", "queue"];
 const CHECK: &[&str] = &["type", "path", "host", "interval", "rise", "fall"];
 const HEALTH: &[&str] = &["type", "path", "host", "expect_status"];

@@ -299,7 +299,7 @@ pub fn assemble<'a>(
     Ok((out, index))
 }
 
-fn pool_with_servers(out: &mut Vec<u8>, pool: &[u8], servers: &[(&str, &Bytes)]) {
+pub(crate) fn pool_with_servers(out: &mut Vec<u8>, pool: &[u8], servers: &[(&str, &Bytes)]) {
     let body = &pool[..pool.len() - 1];
     out.extend_from_slice(body);
     if body.iter().any(|b| !b.is_ascii_whitespace() && *b != b'{') {

@@ -27,6 +27,7 @@
 //! dead connection within seconds.
 
 pub mod client;
+pub mod incr;
 pub mod layout;
 pub mod policy;
 pub mod store;
@@ -390,6 +391,9 @@ impl<T: Document> Watcher<T> {
     /// Assembles and validates the store's document; delivers it if valid
     /// and newer, otherwise reports which key is at fault.
     async fn deliver(&mut self) {
+        // The full path does not use the record of changed keys (that is
+        // `incr`'s input); clearing it keeps it to one revision's keys.
+        let _ = self.store.take_changes();
         let revision = self.store.revision();
         let prefix = self.url.prefix.clone();
         let (raw, index) = match self.store.document(self.tuning.max_document_bytes) {

@@ -11,7 +11,7 @@
 //! [`Store::document`] assembles the schema-1 document of the current
 //! revision or says which key is at fault.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
@@ -57,6 +57,18 @@ pub struct Store {
     /// Sum of key and value sizes of every entry (bounded by the caller's cap).
     bytes: usize,
     max_value_bytes: usize,
+    /// Keys put or deleted since the last [`Store::take_changes`]; `None`
+    /// after a [`Store::reset`] (everything may have changed).
+    changed: Option<BTreeSet<String>>,
+}
+
+/// What changed since the last [`Store::take_changes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changes {
+    /// A re-listing replaced everything.
+    All,
+    /// These relative keys were put or deleted.
+    Keys(BTreeSet<String>),
 }
 
 impl Store {
@@ -86,6 +98,7 @@ impl Store {
     /// Replaces everything with a listing taken at `revision`.
     pub fn reset(&mut self, revision: u64, kvs: impl IntoIterator<Item = (String, Bytes)>) {
         self.entries.clear();
+        self.changed = None;
         self.bytes = 0;
         for (key, value) in kvs {
             self.put(key, &value);
@@ -110,6 +123,12 @@ impl Store {
                 done.skipped += end - i;
             } else {
                 for e in &events[i..end] {
+                    let key = match &e.change {
+                        Change::Put { key, .. } | Change::Delete { key } => key,
+                    };
+                    if let Some(c) = self.changed.as_mut() {
+                        c.insert(key.clone());
+                    }
                     match &e.change {
                         Change::Put { key, value } => self.put(key.clone(), value),
                         Change::Delete { key } => self.delete(key),
@@ -141,6 +160,48 @@ impl Store {
         if let Some(old) = self.entries.remove(key) {
             self.bytes -= key.len() + entry_size(&old);
         }
+    }
+
+    /// The keys changed since the last call (all of them after a reset),
+    /// and starts a new record.
+    pub fn take_changes(&mut self) -> Changes {
+        match self.changed.replace(BTreeSet::new()) {
+            Some(keys) => Changes::Keys(keys),
+            None => Changes::All,
+        }
+    }
+
+    /// What `key` holds now: `None` when absent, `Err` for a bad value.
+    pub fn slot(&self, key: &str) -> Option<Result<&Slot, &str>> {
+        self.entries.get(key).map(|e| match e {
+            Entry::Ok(slot, _) => Ok(slot),
+            Entry::Bad(m) => Err(m.as_str()),
+        })
+    }
+
+    /// Pool `pool` as it appears in the assembled document (its servers
+    /// inside), from its key and its server keys only: O(pool), not
+    /// O(document). `None` when the pool key is absent or a value is bad.
+    pub fn pool_body(&self, pool: &str) -> Option<Vec<u8>> {
+        let Some(Entry::Ok(_, value)) = self.entries.get(&format!("pools/{pool}")) else {
+            return None;
+        };
+        let from = format!("servers/{pool}/");
+        let mut servers = Vec::new();
+        for (k, e) in self.entries.range(from.clone()..) {
+            if !k.starts_with(&from) {
+                break;
+            }
+            match e {
+                Entry::Ok(Slot::Server { .. }, b) => servers.push((k.as_str(), b)),
+                _ => return None,
+            }
+        }
+        let mut out = Vec::with_capacity(
+            value.len() + servers.iter().map(|s| s.1.len() + 1).sum::<usize>() + 16,
+        );
+        layout::pool_with_servers(&mut out, value, &servers);
+        Some(out)
     }
 
     /// Bytes held (keys and checked values).
