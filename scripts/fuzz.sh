@@ -10,6 +10,8 @@
 # stops a target after N executions (whichever of SECONDS and N comes first). Exits
 # non-zero when a target crashes (panic, abort, timeout, out of memory); the
 # input is kept under fuzz/artifacts/TARGET/ and the log is printed.
+# FUZZ_CGU=N builds with N codegen units (cargo-fuzz's default is 1: the
+# fastest executions, the slowest build); CI's short runs use 16.
 # Prints executions per target. Uses a nightly toolchain when there is one
 # (otherwise see below) and cargo-fuzz
 # (installed here, pinned, when missing).
@@ -109,9 +111,11 @@ max_len() {
     esac
 }
 
-echo "== cargo fuzz build ($toolchain, address sanitizer)"
+build=()
+[[ -n ${FUZZ_CGU:-} ]] && build+=(--codegen-units "$FUZZ_CGU")
+echo "== cargo fuzz build ($toolchain, address sanitizer${FUZZ_CGU:+, $FUZZ_CGU codegen units})"
 start=$(date +%s)
-cargo +"$toolchain" fuzz build
+cargo +"$toolchain" fuzz build "${build[@]}"
 echo "== built in $(($(date +%s) - start)) s"
 
 failed=()
@@ -130,7 +134,7 @@ for t in "${targets[@]}"; do
     log="$work/$t.log"
     echo "== $t: ${secs} s"
     rc=0
-    cargo +"$toolchain" fuzz run "$t" "$corpus" "$seeds" -- \
+    cargo +"$toolchain" fuzz run "${build[@]}" "$t" "$corpus" "$seeds" -- \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
         -max_len="$(max_len "$t")" ${FUZZ_RUNS:+-runs=$FUZZ_RUNS} -print_final_stats=1 >"$log" 2>&1 || rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
@@ -143,7 +147,7 @@ for t in "${targets[@]}"; do
         summary+=("$(printf '%-16s %12s %10s  CRASH' "$t" "${execs:-?}" "$size")")
     else
         if [[ ${FUZZ_KEEP:-0} == 1 ]]; then
-            cargo +"$toolchain" fuzz cmin "$t" "$corpus" >"$work/$t.cmin.log" 2>&1 ||
+            cargo +"$toolchain" fuzz cmin "${build[@]}" "$t" "$corpus" >"$work/$t.cmin.log" 2>&1 ||
                 { echo "!!! $t: corpus minimization failed"; tail -n 5 "$work/$t.cmin.log"; }
             size=$(find "$corpus" -type f | wc -l)
         fi
