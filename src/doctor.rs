@@ -556,7 +556,11 @@ fn observe_sockets(cfg: &Config) -> (Result<usize, String>, Result<String, Strin
             info
         }
         .await
-        .map_err(|e| format!("{}: {e}", cfg.haproxy.runtime_socket.display()));
+        .map_err(|e| match e {
+            // Names the socket already.
+            crate::haproxy::runtime::RuntimeError::Connect { .. } => e.to_string(),
+            e => format!("{}: {e}", cfg.haproxy.runtime_socket.display()),
+        });
         let bird = async {
             let mut ctl = crate::bird::BirdControl::new(
                 &cfg.bird.control_socket,
