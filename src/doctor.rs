@@ -356,12 +356,19 @@ pub fn bird_control_check(path: &Path, observed: Result<String, String>) -> Chec
     }
 }
 
-/// bird.conf (its text, or why it could not be read) includes the agent's file.
-pub fn include_check(
-    bird_conf: &Path,
-    text: &Result<String, String>,
-    include_file: &Path,
-) -> Check {
+/// One file of BIRD's configuration: bird.conf or a file it includes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// bird.conf and the files it includes (or why bird.conf could not be
+/// read), as [`read_bird_conf`] gathers them.
+pub type BirdConfFiles = Result<Vec<ConfFile>, String>;
+
+/// bird.conf, or a file it includes, includes the agent's file.
+pub fn include_check(bird_conf: &Path, files: &BirdConfFiles, include_file: &Path) -> Check {
     const NAME: &str = "bird-include";
     let fix = format!(
         "add `include \"{}\";` to {} before the filters that use its sets \
@@ -369,34 +376,41 @@ pub fn include_check(
         include_file.display(),
         bird_conf.display()
     );
-    match text {
-        Err(e) => Check::fail(NAME, e.clone(), fix),
-        Ok(t) if includes_file(t, bird_conf, include_file) => Check::pass(
+    let files = match files {
+        Err(e) => return Check::fail(NAME, e.clone(), fix),
+        Ok(f) => f,
+    };
+    match files
+        .iter()
+        .find(|f| includes_file(&f.text, &f.path, include_file))
+    {
+        Some(f) => Check::pass(
             NAME,
-            format!(
-                "{} includes {}",
-                bird_conf.display(),
-                include_file.display()
-            ),
+            format!("{} includes {}", f.path.display(), include_file.display()),
         ),
-        Ok(_) => Check::fail(
+        None => Check::fail(
             NAME,
             format!(
-                "{} has no include of {}",
+                "{} has no include of {}{}",
                 bird_conf.display(),
-                include_file.display()
+                include_file.display(),
+                searched(files)
             ),
             fix,
         ),
     }
 }
 
-/// bird.conf's filters use every set the agent writes.
-pub fn export_filter_check(
-    bird_conf: &Path,
-    text: &Result<String, String>,
-    names: &[&str],
-) -> Check {
+/// ` (nor the N files it includes)` when bird.conf includes others.
+fn searched(files: &[ConfFile]) -> String {
+    match files.len() {
+        0 | 1 => String::new(),
+        n => format!(" (nor the {} files it includes)", n - 1),
+    }
+}
+
+/// BIRD's configuration uses every set the agent writes.
+pub fn export_filter_check(bird_conf: &Path, files: &BirdConfFiles, names: &[&str]) -> Check {
     const NAME: &str = "bird-export-filter";
     let fix_for = |missing: &[&str]| {
         format!(
@@ -407,23 +421,31 @@ pub fn export_filter_check(
             missing.first().copied().unwrap_or("ACAST_PS_ADVERTISE")
         )
     };
-    match text {
-        Err(e) => Check::fail(NAME, e.clone(), fix_for(names)),
-        Ok(t) => {
-            let missing = unreferenced_sets(t, names);
-            if missing.is_empty() {
-                Check::pass(
-                    NAME,
-                    format!("{} uses {}", bird_conf.display(), names.join(", ")),
-                )
-            } else {
-                Check::fail(
-                    NAME,
-                    format!("{} never uses {}", bird_conf.display(), missing.join(", ")),
-                    fix_for(&missing),
-                )
-            }
-        }
+    let files = match files {
+        Err(e) => return Check::fail(NAME, e.clone(), fix_for(names)),
+        Ok(f) => f,
+    };
+    // Each file on its own: a comment left open in one does not hide the next.
+    let mut missing: Vec<&str> = names.to_vec();
+    for f in files {
+        missing = unreferenced_sets(&f.text, &missing);
+    }
+    if missing.is_empty() {
+        Check::pass(
+            NAME,
+            format!("{} uses {}", bird_conf.display(), names.join(", ")),
+        )
+    } else {
+        Check::fail(
+            NAME,
+            format!(
+                "{} never uses {}{}",
+                bird_conf.display(),
+                missing.join(", "),
+                searched(files)
+            ),
+            fix_for(&missing),
+        )
     }
 }
 
@@ -490,8 +512,7 @@ pub fn run(cfg: &Config, bird_conf: &Path) -> Vec<Check> {
         Ok((greeting, status)) => (Some(greeting), Ok(status)),
         Err(e) => (None, Err(e)),
     };
-    let conf_text = std::fs::read_to_string(bird_conf)
-        .map_err(|e| format!("reading {}: {e}", bird_conf.display()));
+    let conf_files = read_bird_conf(bird_conf, &cfg.bird.include_file);
     let names = set_names(cfg).unwrap_or_default();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let interface = &cfg.vip.interface;
@@ -506,8 +527,8 @@ pub fn run(cfg: &Config, bird_conf: &Path) -> Vec<Check> {
         master_check(&cfg.haproxy.master_socket, master),
         admin_check(&cfg.haproxy.runtime_socket, admin),
         bird_control_check(&cfg.bird.control_socket, bird_status),
-        include_check(bird_conf, &conf_text, &cfg.bird.include_file),
-        export_filter_check(bird_conf, &conf_text, &names),
+        include_check(bird_conf, &conf_files, &cfg.bird.include_file),
+        export_filter_check(bird_conf, &conf_files, &names),
         interface_check(
             interface,
             Path::new("/sys/class/net").join(interface).exists(),
@@ -580,6 +601,45 @@ fn observe_sockets(cfg: &Config) -> (Result<usize, String>, Result<String, Strin
         .map_err(|e: crate::bird::ControlError| e.to_string());
         (master, admin, bird)
     })
+}
+
+/// Most files [`read_bird_conf`] reads (bird.conf included).
+const MAX_CONF_FILES: usize = 64;
+
+/// bird.conf and, recursively, the files its `include`s name, but not the
+/// agent's own include (its `define`s are not references) and not wildcard
+/// includes; an included file that cannot be read is left out.
+pub fn read_bird_conf(bird_conf: &Path, agent_include: &Path) -> BirdConfFiles {
+    let text = std::fs::read_to_string(bird_conf)
+        .map_err(|e| format!("reading {}: {e}", bird_conf.display()))?;
+    let mut files = vec![ConfFile {
+        path: bird_conf.to_path_buf(),
+        text,
+    }];
+    let mut next = 0;
+    while next < files.len() && files.len() < MAX_CONF_FILES {
+        let base = files[next]
+            .path
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .to_path_buf();
+        let targets = include_targets(&files[next].text);
+        next += 1;
+        for t in targets {
+            let path = base.join(&t);
+            if t.contains(['*', '?'])
+                || path == agent_include
+                || files.iter().any(|f| f.path == path)
+                || files.len() >= MAX_CONF_FILES
+            {
+                continue;
+            }
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                files.push(ConfFile { path, text });
+            }
+        }
+    }
+    Ok(files)
 }
 
 /// stdout + stderr of a command (BIRD prints its version on stderr).

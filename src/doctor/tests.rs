@@ -299,7 +299,7 @@ fn socket_and_host_decisions() {
         ),
         (
             "filter missing",
-            export_filter_check(Path::new(CONF), &Ok(String::new()), &["A_B"]),
+            export_filter_check(Path::new(CONF), &Ok(vec![file(CONF, "")]), &["A_B"]),
             false,
             "if net ~ A_B then accept;",
         ),
@@ -314,4 +314,91 @@ fn socket_and_host_decisions() {
         );
         assert!(line.contains(fix_has), "{name}: {line}");
     }
+}
+
+fn file(path: &str, text: &str) -> ConfFile {
+    ConfFile {
+        path: path.into(),
+        text: text.into(),
+    }
+}
+
+#[test]
+fn checks_over_included_files() {
+    let inc = format!("include \"{INC}\";");
+    let cases: Vec<(&str, Vec<ConfFile>, bool, bool)> = vec![
+        (
+            "all in bird.conf",
+            vec![file(CONF, &format!("{inc}\nif net ~ A_B then accept;"))],
+            true,
+            true,
+        ),
+        (
+            "include and filter in an included file",
+            vec![
+                file(CONF, "include \"conf.d/lb.conf\";"),
+                file(
+                    "/etc/bird/conf.d/lb.conf",
+                    &format!("{inc}\nif net ~ A_B then accept;"),
+                ),
+            ],
+            true,
+            true,
+        ),
+        (
+            "the filter in a file, the include missing",
+            vec![
+                file(CONF, "include \"filters.conf\";"),
+                file("/etc/bird/filters.conf", "if net ~ A_B then accept;"),
+            ],
+            false,
+            true,
+        ),
+        (
+            "an open comment in one file does not hide the next",
+            vec![
+                file(CONF, &format!("{inc}\n/* unterminated")),
+                file("/etc/bird/filters.conf", "if net ~ A_B then accept;"),
+            ],
+            true,
+            true,
+        ),
+        ("nothing", vec![file(CONF, "")], false, false),
+    ];
+    for (name, files, include_ok, filter_ok) in cases {
+        let files = Ok(files);
+        let i = include_check(Path::new(CONF), &files, Path::new(INC));
+        let f = export_filter_check(Path::new(CONF), &files, &["A_B"]);
+        assert_eq!(i.ok, include_ok, "{name}: {i:?}");
+        assert_eq!(f.ok, filter_ok, "{name}: {f:?}");
+    }
+}
+
+#[test]
+fn reads_included_files_but_not_the_agents_include() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("bird.conf");
+    let agent = dir.path().join("lb-agent-prefixes.conf");
+    std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+    std::fs::write(
+        &conf,
+        "include \"lb-agent-prefixes.conf\";\ninclude \"conf.d/a.conf\";\ninclude \"missing.conf\";\ninclude \"conf.d/*.conf\";\n",
+    )
+    .unwrap();
+    std::fs::write(&agent, "define A_B = [ 10.0.0.0/32 ];\n").unwrap();
+    // a.conf includes bird.conf back: read once.
+    std::fs::write(
+        dir.path().join("conf.d/a.conf"),
+        format!("include \"{}\";\nif net ~ X then accept;\n", conf.display()),
+    )
+    .unwrap();
+    let files = read_bird_conf(&conf, &agent).unwrap();
+    let paths: Vec<_> = files.iter().map(|f| f.path.clone()).collect();
+    assert_eq!(paths, vec![conf.clone(), dir.path().join("conf.d/a.conf")]);
+    let ok = Ok(files);
+    assert!(include_check(&conf, &ok, &agent).ok);
+    // The agent's define is not a reference.
+    let f = export_filter_check(&conf, &ok, &["A_B", "X"]);
+    assert!(!f.ok && f.detail.contains("never uses A_B"), "{f:?}");
+    assert!(read_bird_conf(&dir.path().join("none.conf"), &agent).is_err());
 }
