@@ -296,8 +296,9 @@ pub fn master_check(path: &Path, observed: Result<usize, String>) -> Check {
             NAME,
             e,
             format!(
-                "run HAProxy in master-worker mode with `-S {}` (Debian's haproxy.service does, \
-                 EXTRAOPTS in /etc/default/haproxy; `systemctl start haproxy`), or set [haproxy] master_socket",
+                "run HAProxy in master-worker mode with `-S {}` (Debian's haproxy.service passes \
+                 `-S /run/haproxy-master.sock` unless EXTRAOPTS in /etc/default/haproxy replaces it; \
+                 `systemctl start haproxy`), or set [haproxy] master_socket",
                 path.display()
             ),
         ),
