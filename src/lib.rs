@@ -16,13 +16,15 @@
 //! - [`anycast`]: health → gate → BIRD and the VIP addresses, wired into one task.
 //! - [`reconcile`]: the HAProxy loop (observe → plan → apply → read back → reload or persist).
 //! - [`status`], [`metrics`], [`cli`], [`daemon`], [`telemetry`]: the operating surface;
-//!   [`fdbudget`]: the descriptor limit raised at start and checked against the listener caps.
+//!   [`fdbudget`]: the descriptor limit raised at start and checked against the listener caps;
+//!   [`doctor`]: the host checks of `lb-agent doctor`.
 
 pub mod anycast;
 pub mod bird;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod doctor;
 pub mod drain;
 pub mod exposition;
 pub mod fdbudget;

@@ -8,6 +8,11 @@ fn main() {
     let result = match cli.command {
         Cmd::Run { config } => run(&config),
         Cmd::CheckConfig { config, cache } => cli::check_config(&config, cache),
+        Cmd::Doctor {
+            config,
+            bird_conf,
+            json,
+        } => cli::doctor(&config, &bird_conf, json),
         Cmd::Render {
             desired,
             config,

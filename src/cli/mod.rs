@@ -75,6 +75,21 @@ pub enum Cmd {
         #[arg(long, short, env = "LB_AGENT_CONFIG", default_value = DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Check this host against agent.toml: HAProxy's and BIRD's sockets and
+    /// versions, bird.conf's include and export filter, the VIP interface,
+    /// the status-socket group and the state dir; a fix for each failure.
+    /// Exit 0 when every check passes, 1 when one fails, 2 for a bad agent.toml.
+    Doctor {
+        /// agent.toml to use.
+        #[arg(long, short, env = "LB_AGENT_CONFIG", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// BIRD's main configuration, which must include the agent's file.
+        #[arg(long, default_value = crate::doctor::DEFAULT_BIRD_CONF)]
+        bird_conf: PathBuf,
+        /// Print the checks as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the haproxy.cfg the agent would install for a desired-state document (dry run).
     Render {
         /// The desired-state document (JSON, schema 1).
@@ -289,6 +304,35 @@ pub fn handover(config_path: &Path) -> Result<(), Failure> {
         path.display(),
         crate::anycast::HANDOVER_VALIDITY.as_secs()
     ))
+}
+
+/// `lb-agent doctor`: one line per check (or `--json`); fails with
+/// [`EXIT_RUNTIME`] when a check failed.
+pub fn doctor(config_path: &Path, bird_conf: &Path, json: bool) -> Result<(), Failure> {
+    let cfg = load_config(config_path)?;
+    let checks = crate::doctor::run(&cfg, bird_conf);
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if json {
+        let report = crate::doctor::Report {
+            ok: failed == 0,
+            config: config_path.to_path_buf(),
+            bird_conf: bird_conf.to_path_buf(),
+            checks: &checks,
+        };
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Failure::runtime(format!("encoding the report: {e}")))?;
+        print(&format!("{text}\n"))?;
+    } else {
+        let lines: String = checks.iter().map(|c| c.line() + "\n").collect();
+        print(&lines)?;
+    }
+    if failed > 0 {
+        return Err(Failure::runtime(format!(
+            "doctor: {failed} of {} checks failed",
+            checks.len()
+        )));
+    }
+    Ok(())
 }
 
 /// `lb-agent render --desired FILE`.
