@@ -654,7 +654,8 @@ fn validate(
     let mut pools = BTreeMap::new();
     for (i, p) in w.pools.iter().enumerate() {
         let base = format!("pools[{i}]");
-        if let Some(pool) = validate_pool(&mut errs, &base, p, availability_zones.as_ref(), &logic) {
+        if let Some(pool) = validate_pool(&mut errs, &base, p, availability_zones.as_ref(), &logic)
+        {
             if pools.contains_key(&pool.name) {
                 errs.push(
                     format!("{base}.name"),
