@@ -67,7 +67,6 @@ fn fixtures() -> Vec<PathBuf> {
 #[test]
 fn golden_renders() {
     let r = Renderer::new(None, settings()).unwrap();
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     for p in fixtures() {
         let d = parse_document(
             &fs::read(&p).unwrap(),
@@ -80,18 +79,18 @@ fn golden_renders() {
         let golden = Path::new("fixtures/golden")
             .join(p.file_stem().unwrap())
             .with_extension("cfg");
-        if update {
-            fs::write(&golden, &out.config).unwrap();
-        }
-        let want = fs::read_to_string(&golden)
-            .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", golden.display()));
-        assert_eq!(
-            out.config,
-            want,
-            "{} differs from its golden file",
-            p.display()
-        );
+        assert_golden(&out.config, &golden);
     }
+}
+
+/// `config` equals the golden file (rewritten first with `UPDATE_GOLDEN=1`).
+fn assert_golden(config: &str, golden: &Path) {
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        fs::write(golden, config).unwrap();
+    }
+    let want = fs::read_to_string(golden)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", golden.display()));
+    assert_eq!(config, want, "{} differs from its render", golden.display());
 }
 
 #[test]
@@ -207,15 +206,7 @@ fn host_settings_render_in_global() {
     .unwrap();
     let out = r.render(&d, Path::new("/etc/haproxy/lb-agent")).unwrap();
     let golden = Path::new("fixtures/golden/host-settings.cfg");
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        fs::write(golden, &out.config).unwrap();
-    }
-    let want = fs::read_to_string(golden)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", golden.display()));
-    assert_eq!(
-        out.config, want,
-        "host settings differ from their golden file"
-    );
+    assert_golden(&out.config, golden);
     // The parts this test is about, spelled out (the golden file could be
     // regenerated wrong).
     for line in [

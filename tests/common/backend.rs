@@ -67,27 +67,16 @@ impl Drop for Backend {
 
 /// GET / through `addr`; returns the body (the serving backend's name) or an error text.
 pub async fn get(addr: SocketAddr) -> Result<String, String> {
-    let fut = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&out).into_owned();
-        if !text.starts_with("HTTP/1.1 200") {
-            return Err(text.lines().next().unwrap_or("").to_string());
-        }
-        Ok(text
-            .split("\r\n\r\n")
-            .nth(1)
-            .unwrap_or("")
-            .trim()
-            .to_string())
-    };
-    tokio::time::timeout(Duration::from_secs(5), fut)
-        .await
-        .map_err(|_| "timeout".to_string())?
+    let text = get_raw(addr).await?;
+    if !text.starts_with("HTTP/1.1 200") {
+        return Err(text.lines().next().unwrap_or("").to_string());
+    }
+    Ok(text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_string())
 }
 
 /// A free TCP port on `ip` (bound and released; small race accepted in tests).
