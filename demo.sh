@@ -362,8 +362,8 @@ if [ "${#need[@]}" -gt 0 ]; then
 else
     say "haproxy, bird2, iproute2, socat, curl, python3: already installed"
 fi
-say "$("$HAPROXY_BIN" -v | head -1)"
-say "$(bird --version 2>&1 | head -1)"
+say "$("$HAPROXY_BIN" -v | sed -n 1p)"
+say "$(bird --version 2>&1 | sed -n 1p)"
 # A distro-started HAProxy or BIRD is not part of the lab (which runs its own
 # inside namespaces); stop them as test.sh does so nothing competes.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
