@@ -8,7 +8,7 @@
 //!   when the renderer has the same host facts validation used: validation
 //!   is what decides, the renderer must not refuse what it accepted;
 //! - the rendered config holds exactly the snippets the document attaches
-//!   (`Rendered::checked_snippets`), and no data file escapes `data_dir`.
+//!   to frontends and pools (`Rendered::checked_snippets`), and no data file escapes `data_dir`.
 #![no_main]
 
 use std::path::{Component, Path};
@@ -35,6 +35,7 @@ fn renderer() -> &'static Renderer {
             node_name: host.node_name.clone(),
             node_group: host.node_group.clone(),
             node_az: host.node_az.clone(),
+            global: Default::default(),
         };
         Renderer::new(None, settings).expect("built-in templates load")
     })
@@ -57,7 +58,13 @@ fuzz_target!(|data: &[u8]| {
     let rendered = renderer()
         .render(&d, &host.data_dir)
         .unwrap_or_else(|e| panic!("validated document does not render: {e}"));
-    let attached: usize = d.frontends.values().map(|f| f.logic.len()).sum();
+    // A frontend's snippets once; a pool's in each of its backends (one, or
+    // the spill backend and one per zone when it routes by AZ).
+    let attached: usize = d.frontends.values().map(|f| f.logic.len()).sum::<usize>()
+        + lb_agent::plan::az::backends(&d)
+            .iter()
+            .map(|b| b.base.logic.len())
+            .sum::<usize>();
     assert_eq!(rendered.checked_snippets(), attached);
     for rel in rendered.files.keys() {
         assert!(

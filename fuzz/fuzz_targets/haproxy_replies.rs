@@ -59,7 +59,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(entries.len(), non_blank);
             // Printed back one per `\n` line (a value ending in '\r' would
             // read back as a "\r\n" line ending: not a round trip to test).
-            if entries.iter().all(|(k, v)| !k.ends_with('\r') && !v.ends_with('\r')) {
+            if entries
+                .iter()
+                .all(|(k, v)| !k.ends_with('\r') && !v.ends_with('\r'))
+            {
                 let printed: String = entries
                     .iter()
                     .map(|(k, v)| format!("0x1 {k} {v}\n"))
