@@ -68,19 +68,24 @@ fn fixtures() -> Vec<PathBuf> {
 fn golden_renders() {
     let r = Renderer::new(None, settings()).unwrap();
     for p in fixtures() {
-        let d = parse_document(
-            &fs::read(&p).unwrap(),
-            &ValidateContext {
-                group: "blue".into(),
-            },
-        )
-        .unwrap();
+        let d = parse_blue(&fs::read(&p).unwrap());
         let out = r.render(&d, Path::new("/etc/haproxy/lb-agent")).unwrap();
         let golden = Path::new("fixtures/golden")
             .join(p.file_stem().unwrap())
             .with_extension("cfg");
         assert_golden(&out.config, &golden);
     }
+}
+
+/// A fixture document of group `blue`, validated.
+fn parse_blue(body: &[u8]) -> lb_agent::model::DesiredState {
+    parse_document(
+        body,
+        &ValidateContext {
+            group: "blue".into(),
+        },
+    )
+    .unwrap()
 }
 
 /// `config` equals the golden file (rewritten first with `UPDATE_GOLDEN=1`).
@@ -102,13 +107,7 @@ fn rendered_configs_pass_haproxy_check() {
     }
     let r = Renderer::new(None, settings()).unwrap();
     for p in fixtures() {
-        let d = parse_document(
-            &fs::read(&p).unwrap(),
-            &ValidateContext {
-                group: "blue".into(),
-            },
-        )
-        .unwrap();
+        let d = parse_blue(&fs::read(&p).unwrap());
         let dir = tempfile::tempdir().unwrap();
         let out = r.render(&d, dir.path()).unwrap();
         for (rel, body) in &out.files {
@@ -143,13 +142,7 @@ fn operator_template_overrides_one_file() {
     )
     .unwrap();
     let r = Renderer::new(Some(dir.path()), settings()).unwrap();
-    let d = parse_document(
-        &fs::read("fixtures/api/valid/minimal.json").unwrap(),
-        &ValidateContext {
-            group: "blue".into(),
-        },
-    )
-    .unwrap();
+    let d = parse_blue(&fs::read("fixtures/api/valid/minimal.json").unwrap());
     let out = r.render(&d, Path::new("/x")).unwrap();
     assert!(out.config.contains("# operator global"));
     assert!(
@@ -197,13 +190,7 @@ fn host_settings_render_in_global() {
         .find(|f| f["name"] == "git_ssh")
         .unwrap();
     ssh["tls"] = serde_json::json!({ "certificates": ["www_example_com"] });
-    let d = parse_document(
-        &serde_json::to_vec(&doc).unwrap(),
-        &ValidateContext {
-            group: "blue".into(),
-        },
-    )
-    .unwrap();
+    let d = parse_blue(&serde_json::to_vec(&doc).unwrap());
     let out = r.render(&d, Path::new("/etc/haproxy/lb-agent")).unwrap();
     let golden = Path::new("fixtures/golden/host-settings.cfg");
     assert_golden(&out.config, golden);
