@@ -12,6 +12,10 @@
 # input is kept under fuzz/artifacts/TARGET/ and the log is printed.
 # FUZZ_CGU=N builds with N codegen units (cargo-fuzz's default is 1: the
 # fastest executions, the slowest build); CI's short runs use 16.
+# FUZZ_SAN=none builds without AddressSanitizer (cargo-fuzz's default is
+# address): faster executions; panics, aborts, timeouts and out-of-memory are
+# still caught, memory errors in unsafe code are not (why the long runs of the
+# slowest targets may use it: docs/reliability.md).
 # Prints executions per target. Uses a nightly toolchain when there is one
 # (otherwise see below) and cargo-fuzz
 # (installed here, pinned, when missing).
@@ -111,9 +115,9 @@ max_len() {
     esac
 }
 
-build=()
+build=(--sanitizer "${FUZZ_SAN:-address}")
 [[ -n ${FUZZ_CGU:-} ]] && build+=(--codegen-units "$FUZZ_CGU")
-echo "== cargo fuzz build ($toolchain, address sanitizer${FUZZ_CGU:+, $FUZZ_CGU codegen units})"
+echo "== cargo fuzz build ($toolchain, sanitizer ${FUZZ_SAN:-address}${FUZZ_CGU:+, $FUZZ_CGU codegen units})"
 start=$(date +%s)
 cargo +"$toolchain" fuzz build "${build[@]}"
 echo "== built in $(($(date +%s) - start)) s"
