@@ -347,6 +347,8 @@ if [ -z "$BIN" ]; then
     have cc || add_need gcc
     # etcd-client compiles etcd's .proto files with protoc at build time.
     have protoc || add_need protobuf-compiler
+    # ... which import protobuf's well-known types (libprotobuf-dev).
+    [ -e /usr/include/google/protobuf/descriptor.proto ] || add_need libprotobuf-dev
     [ -e /usr/include/stdio.h ] || add_need libc6-dev
 fi
 if [ "${#need[@]}" -gt 0 ]; then

@@ -6,13 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # etcd: the etcd source's tests start their own members; protoc: etcd-client
-# compiles etcd's protobuf definitions at build time.
+# compiles etcd's protobuf definitions at build time, which import protobuf's
+# well-known types (google/protobuf/*.proto, in libprotobuf-dev: only a
+# recommendation of protobuf-compiler, so not there with --no-install-recommends).
 # rsyslog: the packaged drop-in is run by tests/haproxy_observability.rs.
 # python3 -m venv and curl: the benchmark's anycast-healthchecker baseline
 # (tests/bench_quick.rs runs the harness).
 scripts/ensure-packages.sh haproxy:haproxy bird:bird2 ip:iproute2 socat:socat \
     openssl:openssl setpriv:util-linux curl:curl python3:python3 rsyslogd:rsyslog \
-    etcd:etcd-server etcdctl:etcd-client protoc:protobuf-compiler
+    etcd:etcd-server etcdctl:etcd-client protoc:protobuf-compiler libprotobuf-dev
 python3 -c 'import ensurepip, venv' 2>/dev/null || scripts/ensure-packages.sh python3-venv
 # Debian's Prometheus client parses both metrics formats (tests/status_socket.rs).
 /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || scripts/ensure-packages.sh python3-prometheus-client
