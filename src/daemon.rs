@@ -30,7 +30,6 @@ use crate::anycast::{self, AnycastRequest, AnycastSettings, AnycastStatus};
 use crate::bird::publisher::{BirdStatus, PublisherOptions};
 use crate::config::{self, Config};
 use crate::gate::Announcement;
-use crate::haproxy::render::{RenderSettings, Renderer};
 use crate::haproxy::watch::HaproxyView;
 use crate::health::monitor::HealthSnapshot;
 use crate::health::{CheckResult, Checker};
@@ -48,32 +47,6 @@ use crate::status::{Action, Request, ServerOptions, Snapshot, StatusServer};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 /// Period of the snapshot refresh (check streaks change without flips).
 const SNAPSHOT_PERIOD: Duration = Duration::from_millis(500);
-
-/// The renderer for a configuration (templates + host settings).
-pub fn renderer(cfg: &Config) -> anyhow::Result<Renderer> {
-    let h = &cfg.haproxy;
-    Renderer::new(
-        Some(&h.templates),
-        RenderSettings {
-            runtime_socket: h.runtime_socket.clone(),
-            state_file: h.state_file.clone(),
-            hard_stop_after: h.hard_stop_after,
-            data_dir: h.data_dir.clone(),
-            slot_policy_pow2: h.server_slots == crate::config::SlotPolicy::Pow2,
-            node_name: cfg.node.name.clone(),
-            node_group: cfg.node.group.clone(),
-            node_az: cfg.node.az.clone(),
-            global: host_global(cfg)?,
-        },
-    )
-    .context("loading templates")
-}
-
-/// The `global` settings of `[haproxy]` for this host (its CPUs).
-pub fn host_global(cfg: &Config) -> anyhow::Result<crate::haproxy::global::GlobalSettings> {
-    use crate::haproxy::global::{allowed_cpus, GlobalSettings};
-    Ok(GlobalSettings::resolve(&cfg.haproxy, &allowed_cpus())?)
-}
 
 /// The document parser the source uses: JSON → validated [`DesiredState`],
 /// with logic snippets rendered and checked for this host and the VIPs
@@ -217,7 +190,7 @@ async fn run_generation(
     signals: &mut Signals,
 ) -> anyhow::Result<Outcome> {
     ensure_dirs(cfg)?;
-    let renderer = renderer(cfg)?;
+    let renderer = crate::setup::renderer(cfg)?;
     info!(config = %config_path.display(), node = %cfg.node.name, group = %cfg.node.group, generation, "lb-agent starting");
 
     let cancel = CancellationToken::new();
@@ -476,7 +449,7 @@ async fn run_generation(
                     Ok(new) if new == *cfg => {
                         info!("configuration unchanged");
                     }
-                    Ok(new) => match self::renderer(&new) {
+                    Ok(new) => match crate::setup::renderer(&new) {
                         // Valid on its own but not on this host (more pinned
                         // threads than allowed CPUs) or templates that do not
                         // load: the next generation could not start.

@@ -32,6 +32,8 @@ pub mod fsutil;
 pub mod gate;
 pub mod haproxy;
 pub mod health;
+#[cfg(test)]
+mod layering;
 pub mod logic;
 pub mod mem;
 pub mod metrics;
@@ -39,6 +41,7 @@ pub mod model;
 pub mod plan;
 pub mod publish;
 pub mod reconcile;
+pub mod setup;
 pub mod source;
 pub mod status;
 pub mod telemetry;

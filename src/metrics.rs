@@ -178,6 +178,12 @@ impl Metrics {
     }
 }
 
+impl crate::status::MetricsText for Metrics {
+    fn encode(&self) -> Result<String, std::fmt::Error> {
+        Metrics::encode(self)
+    }
+}
+
 /// A poisoned lock only means a panic elsewhere while counting; the counts
 /// are still usable.
 fn lock(m: &Mutex<CheckMap>) -> MutexGuard<'_, CheckMap> {

@@ -206,7 +206,7 @@ pub fn check_config(path: &Path, cache: bool) -> Result<(), Failure> {
     let cfg = load_config(path)?;
     // Settings valid on their own that this host cannot apply (more pinned
     // threads than allowed CPUs), as `run` would find them.
-    crate::daemon::host_global(&cfg)
+    crate::setup::host_global(&cfg)
         .map_err(|e| Failure::usage(format!("{} is invalid on this host:\n{e}", path.display())))?;
     for w in config::warnings(&cfg) {
         eprintln!("warning: {}: {w}", path.display());
@@ -384,7 +384,7 @@ pub fn render(
                 .join("\n")
         ))
     })?;
-    let r = crate::daemon::renderer(&cfg).map_err(|e| Failure::usage(format!("{e:#}")))?;
+    let r = crate::setup::renderer(&cfg).map_err(|e| Failure::usage(format!("{e:#}")))?;
     let out = r
         .render(&d, &cfg.haproxy.data_dir)
         .map_err(|e| Failure::runtime(e.to_string()))?;

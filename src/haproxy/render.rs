@@ -123,20 +123,8 @@ pub struct Renderer {
     global_digest: String,
 }
 
-/// Relative path of a map file below `data_dir`.
-pub fn map_path(name: &str) -> PathBuf {
-    PathBuf::from("maps").join(format!("{name}.map"))
-}
-
-/// Relative path of an ACL pattern file below `data_dir`.
-pub fn acl_path(name: &str) -> PathBuf {
-    PathBuf::from("acls").join(format!("{name}.acl"))
-}
-
-/// Relative path of a certificate bundle below `data_dir`.
-pub fn cert_path(name: &str) -> PathBuf {
-    PathBuf::from("certs").join(format!("{name}.pem"))
-}
+/// The data-file naming shared with the planner and the logic sandbox.
+pub use crate::model::files::{acl_path, cert_path, map_path};
 
 #[derive(Serialize)]
 struct Snippet {

@@ -127,7 +127,7 @@ impl fmt::Display for LogicError {
 /// Absolute paths of the document's map and ACL files below `data_dir`:
 /// the only files a snippet may reference.
 pub fn data_files(d: &DesiredState, data_dir: &Path) -> BTreeSet<String> {
-    use crate::haproxy::render::{acl_path, map_path};
+    use crate::model::files::{acl_path, map_path};
     d.maps
         .keys()
         .map(|n| data_dir.join(map_path(n.as_str())))
@@ -217,8 +217,8 @@ impl Shared {
             node: Value::from(Serde(serde_json::json!({
                 "name": host.node_name, "group": host.node_group, "az": host.node_az,
             }))),
-            maps: paths(d.maps.keys().collect(), crate::haproxy::render::map_path),
-            acls: paths(d.acls.keys().collect(), crate::haproxy::render::acl_path),
+            maps: paths(d.maps.keys().collect(), crate::model::files::map_path),
+            acls: paths(d.acls.keys().collect(), crate::model::files::acl_path),
             az: match &d.availability_zones {
                 Some(a) => Value::from(Serde(serde_json::json!({
                     "zones": a.zones, "evacuated": a.evacuated,

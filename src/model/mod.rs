@@ -6,6 +6,7 @@
 //! file or on the runtime socket, references resolve, binds sit inside a VIP.
 
 pub mod az;
+pub mod files;
 pub mod grammar;
 pub mod hostnet;
 mod names;

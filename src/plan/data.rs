@@ -11,7 +11,7 @@ use std::path::Path;
 
 use sha1::{Digest, Sha1};
 
-use crate::haproxy::render::{acl_path, cert_path, map_path};
+use crate::model::files::{acl_path, cert_path, map_path};
 use crate::model::observed::ObservedData;
 use crate::model::DesiredState;
 

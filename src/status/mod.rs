@@ -61,7 +61,7 @@ use tokio::sync::oneshot;
 
 pub use access::Peer;
 pub use server::{
-    ServeError, ServerOptions, SocketGroup, StatusServer, DEFAULT_HEADER_TIMEOUT,
+    MetricsText, ServeError, ServerOptions, SocketGroup, StatusServer, DEFAULT_HEADER_TIMEOUT,
     DEFAULT_MAX_CONNECTION_AGE,
 };
 pub use types::Snapshot;

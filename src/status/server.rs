@@ -44,7 +44,16 @@ use super::types::{DrainBody, ErrorBody, OkBody, Snapshot};
 use super::{Action, Request};
 use crate::config::StatusConfig;
 use crate::exposition::{self, Format};
-use crate::metrics::Metrics;
+
+/// The text served at `/metrics`, in OpenMetrics form, produced by the caller.
+///
+/// The server knows nothing of what is measured: the agent's `Metrics`
+/// implements this, so `metrics` imports `status` and never the reverse
+/// (docs/architecture.md, "Module layering").
+pub trait MetricsText: Send + Sync + std::fmt::Debug {
+    /// One scrape's exposition (OpenMetrics text, `# EOF` included).
+    fn encode(&self) -> Result<String, std::fmt::Error>;
+}
 
 /// How long a mutation waits for the daemon by default.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -221,7 +230,7 @@ pub struct StatusServer {
 struct AppState {
     snapshot: watch::Receiver<Snapshot>,
     requests: mpsc::Sender<Request>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn MetricsText>,
     access: Arc<AccessPolicy>,
     timeout: Duration,
 }
@@ -238,7 +247,7 @@ impl StatusServer {
         opts: &ServerOptions,
         snapshot: watch::Receiver<Snapshot>,
         requests: mpsc::Sender<Request>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<dyn MetricsText>,
     ) -> Result<StatusServer, ServeError> {
         if opts.mode & !0o777 != 0 {
             return Err(ServeError::BadMode(opts.mode));
@@ -744,6 +753,16 @@ async fn forward(s: &AppState, peer: Peer, action: Action) -> Response {
 mod tests {
     use super::*;
 
+    /// These tests serve no metrics; `tests/status_socket.rs` serves the real ones.
+    #[derive(Debug)]
+    struct NoMetrics;
+
+    impl MetricsText for NoMetrics {
+        fn encode(&self) -> Result<String, std::fmt::Error> {
+            Ok("# EOF\n".into())
+        }
+    }
+
     #[test]
     fn drain_bodies_are_validated() {
         assert_eq!(
@@ -786,8 +805,7 @@ mod tests {
     async fn bind(o: &ServerOptions) -> Result<StatusServer, ServeError> {
         let (_tx, rx) = watch::channel(Snapshot::default());
         let (req_tx, _req_rx) = mpsc::channel(1);
-        let metrics = Arc::new(Metrics::new(rx.clone()));
-        StatusServer::bind(o, rx, req_tx, metrics).await
+        StatusServer::bind(o, rx, req_tx, Arc::new(NoMetrics)).await
     }
 
     #[tokio::test]
