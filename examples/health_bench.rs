@@ -16,6 +16,8 @@
 //! many workers), every phase (`phases`: comma-separated subset of
 //! `tcp,http,tcp+http,tls+http`).
 
+#![allow(clippy::disallowed_methods)] // it measures real elapsed time
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};

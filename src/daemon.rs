@@ -391,7 +391,7 @@ async fn run_generation(
             anycast: anycast_status,
             health,
         };
-        let started = SystemTime::now();
+        let started = crate::clock::wall();
         tracker.spawn(async move {
             let mut tick = tokio::time::interval(SNAPSHOT_PERIOD);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -648,6 +648,6 @@ fn build_snapshot(cfg: &Config, f: &mut Feeds, started: SystemTime) -> Snapshot 
         })
         .collect();
     snap.started_at = Some(Timestamp(started));
-    snap.updated_at = Some(Timestamp(SystemTime::now()));
+    snap.updated_at = Some(Timestamp(crate::clock::wall()));
     snap
 }

@@ -418,7 +418,7 @@ mod tests {
     fn gate_state_carries_age_into_monotonic_time() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = DrainStore::load(dir.path()).unwrap();
-        let now = Instant::now();
+        let now = crate::clock::now();
         assert_eq!(s.gate_state(t(0), now), DrainState::Undrained);
         s.drain("m", t(0)).unwrap();
         // Ten seconds after the drain began (across a "restart": a fresh load).

@@ -403,7 +403,7 @@ mod tests {
     }
 
     fn run(case: &Case) -> Vec<VipDecision> {
-        let clock = Clock(Instant::now());
+        let clock = Clock(crate::clock::now());
         let drain = match case.drained {
             None => DrainState::Undrained,
             Some((since, reason)) => DrainState::Drained {
@@ -835,7 +835,7 @@ mod tests {
     /// announcement follows the documented formula (docs/gating.md) and only it.
     #[test]
     fn formula_holds_for_every_combination() {
-        let clock = Clock(Instant::now());
+        let clock = Clock(crate::clock::now());
         for bits in 0u32..(1 << 7) {
             let bit = |n: u32| bits & (1 << n) != 0;
             let (present, haproxy_up, has_service, all_healthy) = (bit(0), bit(1), bit(2), bit(3));
@@ -917,7 +917,7 @@ mod tests {
 
     #[test]
     fn deadline_is_grace_end_while_draining() {
-        let clock = Clock(Instant::now());
+        let clock = Clock(crate::clock::now());
         let vips = vec![view(V4, true, vec![ok("www")])];
         let drain = DrainState::Drained {
             since: clock.at(10),
@@ -951,7 +951,7 @@ mod tests {
 
     #[test]
     fn zero_grace_withdraws_at_once() {
-        let clock = Clock(Instant::now());
+        let clock = Clock(crate::clock::now());
         let vips = vec![view(V4, true, vec![ok("www")])];
         let drain = DrainState::Drained {
             since: clock.at(10),

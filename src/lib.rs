@@ -22,6 +22,7 @@
 pub mod anycast;
 pub mod bird;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod doctor;

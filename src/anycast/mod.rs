@@ -279,7 +279,7 @@ fn handover_requested(state_dir: &std::path::Path) -> bool {
     match std::fs::metadata(&p).and_then(|m| m.modified()) {
         // A flag from the future (a clock gone wrong) is not fresh: keeping
         // announcements is the fail-open direction.
-        Ok(t) => SystemTime::now()
+        Ok(t) => crate::clock::wall()
             .duration_since(t)
             .is_ok_and(|age| age < HANDOVER_VALIDITY),
         Err(_) => false,
@@ -390,7 +390,7 @@ pub async fn run<A: AddressOps, B: Announcer>(
         let confirmed = bird_status.borrow().announced.as_ref().map(|a| a.all());
         release_addresses(&mut vips, &seen, confirmed.as_ref()).await;
         let decisions = out.status.borrow().decisions.clone();
-        let wall = SystemTime::now();
+        let wall = crate::clock::wall();
         for d in &decisions {
             if d.announcement.is_announced() {
                 announced_since.entry(d.vip).or_insert(wall);
@@ -431,7 +431,7 @@ impl Turn<'_> {
     ) -> anyhow::Result<Option<Instant>> {
         let s = self.s;
         let now = Instant::now();
-        let drain_state = drain.gate_state(SystemTime::now(), now.into_std());
+        let drain_state = drain.gate_state(crate::clock::wall(), now.into_std());
         let install = inputs.install.borrow().clone();
         let haproxy = inputs.haproxy.borrow().clone();
         let health = inputs.health.borrow().clone();
@@ -493,7 +493,7 @@ impl Turn<'_> {
         let drain_withdraw_at = match (&drain_state, self.graceful) {
             (gate::DrainState::Drained { since, .. }, true) => {
                 let left = (*since + s.bird.drain_grace).saturating_duration_since(now.into_std());
-                Some(SystemTime::now() + left)
+                Some(crate::clock::wall() + left)
             }
             _ => None,
         };
@@ -620,7 +620,7 @@ fn handle_request(drain: &mut DrainStore, req: AnycastRequest) {
     match req {
         AnycastRequest::Drain { reason, reply } => {
             let r = drain
-                .drain(&reason, SystemTime::now())
+                .drain(&reason, crate::clock::wall())
                 .map_err(|e| e.to_string());
             match &r {
                 Ok(()) => info!(%reason, "drained by operator"),

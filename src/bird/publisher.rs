@@ -408,13 +408,13 @@ impl Publisher {
             Ok(outcome) => outcome,
             Err(ControlError::ConfigRejected(rejection)) => {
                 self.status.reconfigures += 1;
-                self.status.last_reconfigure = Some(SystemTime::now());
+                self.status.last_reconfigure = Some(crate::clock::wall());
                 return Err(self.handle_rejection(rejection, &text).await);
             }
             Err(e) => return Err(e.into()),
         };
         self.status.reconfigures += 1;
-        self.status.last_reconfigure = Some(SystemTime::now());
+        self.status.last_reconfigure = Some(crate::clock::wall());
         self.status.last_outcome = Some(outcome);
         let configure = t.elapsed();
 
@@ -448,7 +448,7 @@ impl Publisher {
         self.status.ok = true;
         self.status.error = None;
         self.status.announced = Some(clean.clone());
-        self.status.last_confirmed = Some(SystemTime::now());
+        self.status.last_confirmed = Some(crate::clock::wall());
     }
 
     async fn write(&mut self, text: &str) -> Result<(), PassError> {

@@ -294,7 +294,7 @@ async fn run_socket_command(cmd: ClientCmd) -> Result<(), Failure> {
                 return print_json(&body);
             }
             let snap: Snapshot = parse(&body)?;
-            print(&render_status(&snap, SystemTime::now(), style))
+            print(&render_status(&snap, crate::clock::wall(), style))
         }
         ClientCmd::Vips { socket, json } => {
             let body = call(
@@ -1128,7 +1128,7 @@ ADDRESS              ANNOUNCED  SERVICES                   REASON
             node: "n".into(),
             ..Default::default()
         };
-        let out = render_status(&s, SystemTime::now(), PLAIN);
+        let out = render_status(&s, crate::clock::wall(), PLAIN);
         assert!(out.contains("revision  none applied yet"), "{out}");
         assert!(out.contains("source    init, last success never"), "{out}");
         assert!(out.contains("vips      0/0 announced"), "{out}");

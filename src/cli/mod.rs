@@ -296,7 +296,7 @@ pub fn reset(config_path: &Path, if_failed: bool) -> Result<(), Failure> {
 pub fn handover(config_path: &Path) -> Result<(), Failure> {
     let cfg = load_config(config_path)?;
     let path = cfg.node.state_dir.join(crate::anycast::HANDOVER_FILE);
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let stamp = humantime::format_rfc3339_seconds(crate::clock::wall()).to_string();
     crate::fsutil::write_atomic(&path, stamp.as_bytes(), 0o644)
         .map_err(|e| Failure::runtime(format!("writing {}: {e}", path.display())))?;
     print(&format!(

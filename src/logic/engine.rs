@@ -266,7 +266,7 @@ fn default_filter(value: &Value, other: Option<Value>, kwargs: Kwargs) -> Result
 mod tests {
     use super::*;
     use minijinja::value::Serde;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     fn render(src: &str, ctx: serde_json::Value) -> Result<String, TemplateError> {
         let e = Engine::default();
@@ -332,7 +332,7 @@ mod tests {
     }
 
     fn bounded(src: &str) -> (TemplateError, Duration) {
-        let t = Instant::now();
+        let t = crate::clock::now();
         let e = render(src, serde_json::json!({})).unwrap_err();
         (e, t.elapsed())
     }

@@ -645,7 +645,7 @@ impl<H: HaproxyOps> Reconciler<H> {
             st.ready = true;
             st.error = None;
             if log {
-                st.last_apply = Some(SystemTime::now());
+                st.last_apply = Some(crate::clock::wall());
                 st.last_apply_seconds = Some(elapsed.as_secs_f64());
             }
         });
@@ -793,7 +793,7 @@ impl<H: HaproxyOps> Reconciler<H> {
                     .entry(r.kind().to_string())
                     .or_default() += 1;
             }
-            st.last_reload = Some(SystemTime::now());
+            st.last_reload = Some(crate::clock::wall());
             st.worker_pid = Some(outcome.worker_pid);
             st.old_workers = outcome.old_workers;
             st.reload_attempts = 0;
@@ -864,9 +864,9 @@ async fn changed_worker(
 fn wall_clock(t: Instant) -> SystemTime {
     let now = Instant::now();
     if t >= now {
-        SystemTime::now() + (t - now)
+        crate::clock::wall() + (t - now)
     } else {
-        SystemTime::now() - (now - t)
+        crate::clock::wall() - (now - t)
     }
 }
 

@@ -10,7 +10,6 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use rand::rngs::StdRng;
@@ -145,7 +144,7 @@ impl<T: Document> Loop<T> {
         }
         self.failures = 0;
         self.wiring.status.send_modify(|s| {
-            let now = SystemTime::now();
+            let now = crate::clock::wall();
             s.state = SourceState::Ok;
             s.error = None;
             s.consecutive_failures = 0;
@@ -238,7 +237,7 @@ impl<T: Document> Loop<T> {
             s.state = state;
             s.error = Some(text);
             s.consecutive_failures = failures;
-            s.last_attempt = Some(SystemTime::now());
+            s.last_attempt = Some(crate::clock::wall());
             s.polls_error += 1;
         });
         if self.cache_allowed && self.known.revision.is_none() {
@@ -263,7 +262,7 @@ impl<T: Document> Loop<T> {
                 self.wiring.status.send_modify(|s| {
                     s.revision = Some(revision);
                     s.from_cache = true;
-                    s.last_change = Some(SystemTime::now());
+                    s.last_change = Some(crate::clock::wall());
                 });
                 self.wiring.out.send_replace(Some(Arc::new(accepted)));
             }

@@ -106,7 +106,7 @@ impl Throttle {
         self.suppressed += 1;
         let due = self.last.is_none_or(|t| t.elapsed() >= WARN_INTERVAL);
         if due {
-            self.last = Some(Instant::now());
+            self.last = Some(crate::clock::now());
             Some(std::mem::take(&mut self.suppressed))
         } else {
             None

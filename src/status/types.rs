@@ -30,7 +30,7 @@ const MAX_FORMATTABLE: Duration = Duration::from_millis(253_402_300_799_999);
 impl Timestamp {
     /// The current wall-clock time.
     pub fn now() -> Timestamp {
-        Timestamp(SystemTime::now())
+        Timestamp(crate::clock::wall())
     }
 
     /// The RFC 3339 form. Times before 1970 or after 9999 are clamped to

@@ -140,7 +140,7 @@ impl HostValidator {
 /// Dumps links, addresses and routes of the current network namespace,
 /// keeping the entries that could collide with a prefix of `vips`.
 pub fn observe_networks(vips: &PrefixIndex) -> Result<HostNetworks, VipError> {
-    let deadline = Instant::now() + DEADLINE;
+    let deadline = crate::clock::now() + DEADLINE;
     let mut nl = Dumper::open(deadline)?;
     let mut links: BTreeMap<u32, (String, bool)> = BTreeMap::new();
     nl.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()), |m| {
@@ -367,7 +367,7 @@ impl Dumper {
         self.socket.send(&out, 0).map_err(|e| nl_error(what, e))?;
         let mut seen = 0usize;
         loop {
-            if Instant::now() > self.deadline {
+            if crate::clock::now() > self.deadline {
                 return Err(nl_error(
                     what,
                     std::io::Error::other(format!("not done within {DEADLINE:?}")),

@@ -34,7 +34,7 @@ pub mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{EventType, GetOptions, WatchOptions};
@@ -323,7 +323,7 @@ impl<T: Document> Watcher<T> {
 
     fn mark_ok(&self) {
         self.status(|s| {
-            let now = SystemTime::now();
+            let now = crate::clock::wall();
             s.last_success = Some(now);
             s.last_attempt = Some(now);
             if s.stream
@@ -352,7 +352,7 @@ impl<T: Document> Watcher<T> {
             s.state = state;
             s.error = Some(text);
             s.consecutive_failures = failures;
-            s.last_attempt = Some(SystemTime::now());
+            s.last_attempt = Some(crate::clock::wall());
             s.polls_error += 1;
             if let Some(st) = s.stream.as_mut() {
                 st.watch_state = "disconnected".into();
@@ -376,7 +376,7 @@ impl<T: Document> Watcher<T> {
                 self.status(|s| {
                     s.revision = Some(revision);
                     s.from_cache = true;
-                    s.last_change = Some(SystemTime::now());
+                    s.last_change = Some(crate::clock::wall());
                 });
                 self.wiring.out.send_replace(Some(Arc::new(accepted)));
             }
@@ -450,7 +450,7 @@ impl<T: Document> Watcher<T> {
             s.revision = Some(revision);
             s.etag = Some(format!("etcd-{revision}"));
             s.from_cache = false;
-            s.last_change = Some(SystemTime::now());
+            s.last_change = Some(crate::clock::wall());
             if let Some(st) = s.stream.as_mut() {
                 st.rejected_key = None;
                 st.rejected_revision = None;

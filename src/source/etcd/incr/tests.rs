@@ -1,7 +1,5 @@
 //! Incremental == full, and what each path costs.
 
-use std::time::Instant;
-
 use bytes::Bytes;
 use proptest::prelude::*;
 
@@ -283,11 +281,11 @@ fn one_server_change_cost_incremental_vs_full() {
             )],
         );
         let changes = s.take_changes();
-        let (c0, w0) = (thread_cpu_us(), Instant::now());
+        let (c0, w0) = (thread_cpu_us(), crate::clock::now());
         assert_eq!(inc.update(&s, &changes), Ok(Path::Incremental));
         inc_cpu += thread_cpu_us() - c0;
         inc_wall += w0.elapsed().as_secs_f64() * 1e6;
-        let (c0, w0) = (thread_cpu_us(), Instant::now());
+        let (c0, w0) = (thread_cpu_us(), crate::clock::now());
         let reference = full(&s, &*parser(), MAX, "/lb/").expect("valid");
         full_cpu += thread_cpu_us() - c0;
         full_wall += w0.elapsed().as_secs_f64() * 1e6;
