@@ -3,14 +3,10 @@
 //! reaching HAProxy's runtime state (latency printed), a `file://` source,
 //! and a clean stop on SIGTERM.
 
-#[path = "common/agent.rs"]
-mod agent;
-#[path = "common/backend.rs"]
-mod backend;
-#[path = "common/fake_api.rs"]
-mod fake_api;
-#[path = "common/haproxy.rs"]
-mod haproxy;
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
+mod common;
+use common::{agent, backend, fake_api, haproxy};
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

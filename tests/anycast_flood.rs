@@ -14,12 +14,10 @@
 //! 3. SIGCONT brings the route back, flood still held;
 //! 4. once the flood is dropped, `lb-agent vips` answers at once.
 
-#[path = "common/bird.rs"]
-mod bird;
-#[path = "common/lab.rs"]
-mod lab;
-#[path = "common/netns.rs"]
-mod netns;
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
+mod common;
+use common::{lab, netns};
 
 use std::time::{Duration, Instant};
 

@@ -30,12 +30,10 @@
 //! Every test also watches each include file the whole time: every version
 //! on disk parses (atomic writes, never a torn file).
 
-#[path = "common/bird.rs"]
-mod bird;
-#[path = "common/lab.rs"]
-mod lab;
-#[path = "common/netns.rs"]
-mod netns;
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
+mod common;
+use common::{bird, lab, netns};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};

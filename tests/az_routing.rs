@@ -22,12 +22,10 @@
 //! 5. lb1 (az1) withdrawn: az1's clients reach lb2 and are still served by
 //!    az1's servers.
 
-#[path = "common/bird.rs"]
-mod bird;
-#[path = "common/lab.rs"]
-mod lab;
-#[path = "common/netns.rs"]
-mod netns;
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
+mod common;
+use common::{lab, netns};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};

@@ -1,6 +1,8 @@
 //! The benchmark harness runs end to end in `--quick` mode and prints its
 //! table. Only the shape is checked: timings are never asserted (docs/performance.md).
 
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;

@@ -18,14 +18,10 @@
 //!
 //! The proof is read on the ToR: its kernel table and its BGP sessions.
 
-#[path = "common/bird.rs"]
-mod bird;
-#[path = "common/driver.rs"]
-mod driver;
-#[path = "common/netns.rs"]
-mod netns;
-#[path = "common/route.rs"]
-mod route;
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
+mod common;
+use common::{bird, driver, netns, route};
 
 use lb_agent::bird::exports::ExportScope;
 use std::collections::BTreeSet;

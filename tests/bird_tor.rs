@@ -5,14 +5,10 @@
 //! proof is always read where it matters: the ToR's kernel routing table
 //! (`ip -n tor route show <vip>`), and the ToR's BGP sessions.
 
-#[path = "common/bird.rs"]
-mod bird;
-#[path = "common/driver.rs"]
-mod driver;
-#[path = "common/netns.rs"]
-mod netns;
-#[path = "common/route.rs"]
-mod route;
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
+mod common;
+use common::{bird, driver, netns, route};
 
 use std::collections::BTreeSet;
 use std::path::Path;

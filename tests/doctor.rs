@@ -5,12 +5,8 @@
 //! and a stopped BIRD each FAIL their named check with its fix, exit 1; a
 //! broken agent.toml exits 2.
 
-#[path = "common/agent.rs"]
-mod agent;
-#[path = "common/bird.rs"]
-mod bird;
-#[path = "common/haproxy.rs"]
-mod haproxy;
+mod common;
+use common::{agent, bird, haproxy};
 
 use std::path::Path;
 use std::process::Command;
@@ -213,10 +209,12 @@ fn doctor_with_haproxy_down() {
 fn debian_haproxy_unit_has_the_default_master_socket() {
     let unit = Path::new("/lib/systemd/system/haproxy.service");
     let Ok(text) = std::fs::read_to_string(unit) else {
-        eprintln!(
-            "!!! SKIPPED debian_haproxy_unit_has_the_default_master_socket: {} not found; \
-             install it with `apt-get install -y haproxy`",
-            unit.display()
+        common::skip::skip(
+            "debian_haproxy_unit_has_the_default_master_socket",
+            &format!(
+                "{} not found; apt-get install -y haproxy (.ci/run does)",
+                unit.display()
+            ),
         );
         return;
     };

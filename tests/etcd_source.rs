@@ -8,16 +8,10 @@
 //! agent's validator as its parser. Every wait is bounded; every process is
 //! killed by PID on drop. Skips loudly without `etcd`.
 
-#[path = "common/agent.rs"]
-mod agent;
-#[path = "common/backend.rs"]
-mod backend;
-#[path = "common/etcd.rs"]
-mod etcd;
-#[path = "common/fake_api.rs"]
-mod fake_api;
-#[path = "common/haproxy.rs"]
-mod haproxy;
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
+mod common;
+use common::{agent, backend, etcd, fake_api, haproxy};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -19,12 +19,10 @@
 //! - the agent killed with SIGKILL: with `on_stop = "keep"` a restart never
 //!   flaps the route; the unit's `ExecStopPost` reset fails closed.
 
-#[path = "common/bird.rs"]
-mod bird;
-#[path = "common/lab.rs"]
-mod lab;
-#[path = "common/netns.rs"]
-mod netns;
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
+mod common;
+use common::{lab, netns};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -7,10 +7,10 @@
 //! document whose VIP is a loopback address; HAProxy runs it in
 //! master-worker mode from the lab, stopped by PID on drop.
 
-#[path = "common/backend.rs"]
-mod backend;
-#[path = "common/haproxy.rs"]
-mod haproxy;
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
+mod common;
+use common::{backend, haproxy};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -269,8 +269,11 @@ async fn tls_frontends_log_tls_version_cipher_and_sni() {
     if !haproxy::available("tls_frontends_log_tls_version_cipher_and_sni") {
         return;
     }
-    if !std::path::Path::new("/usr/bin/curl").exists() {
-        eprintln!("!!! SKIPPED tls_frontends_log_tls_version_cipher_and_sni: /usr/bin/curl not found (apt-get install curl)");
+    if !common::skip::require_path(
+        "tls_frontends_log_tls_version_cipher_and_sni",
+        "/usr/bin/curl",
+        "curl",
+    ) {
         return;
     }
     let lab = Lab::new();
@@ -356,8 +359,11 @@ async fn packaged_rsyslog_dropin_writes_haproxy_lines() {
     if !haproxy::available("packaged_rsyslog_dropin_writes_haproxy_lines") {
         return;
     }
-    if !std::path::Path::new(RSYSLOGD).exists() {
-        eprintln!("!!! SKIPPED packaged_rsyslog_dropin_writes_haproxy_lines: {RSYSLOGD} not found (apt-get install rsyslog; test.sh does)");
+    if !common::skip::require_path(
+        "packaged_rsyslog_dropin_writes_haproxy_lines",
+        RSYSLOGD,
+        "rsyslog",
+    ) {
         return;
     }
     let lab = Lab::new();

@@ -1,6 +1,8 @@
 //! Every check kind against real local servers: each passes when it should
 //! and is shown to fail the way an operator would see it.
 
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
 #[path = "health_support/mod.rs"]
 mod support;
 

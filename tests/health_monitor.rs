@@ -3,6 +3,8 @@
 //! `fast_interval` (not `interval`), the steady state is checked at
 //! `interval`, and receivers are woken only by flips.
 
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
 #[path = "health_support/mod.rs"]
 mod support;
 

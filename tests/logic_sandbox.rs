@@ -10,10 +10,10 @@
 //!   within a bounded time, the status socket keeps answering, a corrected
 //!   document is accepted, and SIGTERM stops the agent.
 
-#[path = "common/agent.rs"]
-mod agent;
-#[path = "common/haproxy.rs"]
-mod haproxy;
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
+mod common;
+use common::{agent, haproxy};
 
 use std::path::Path;
 use std::process::Command;

@@ -3,10 +3,10 @@
 //! frontend, and a backup server takes traffic only once the primaries are
 //! down (real failures: their listeners closed, HAProxy's checks see it).
 
-#[path = "common/backend.rs"]
-mod backend;
-#[path = "common/haproxy.rs"]
-mod haproxy;
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
+mod common;
+use common::{backend, haproxy};
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

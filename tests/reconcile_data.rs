@@ -1,10 +1,10 @@
 //! Maps, ACLs and certificates converge through the runtime socket of a real
 //! HAProxy 2.6 without reloads (docs/api.md, "What is applied how"), and the files on disk follow.
 
-#[path = "common/backend.rs"]
-mod backend;
-#[path = "common/haproxy.rs"]
-mod haproxy;
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
+mod common;
+use common::{backend, haproxy};
 
 use std::net::SocketAddr;
 use std::process::Command;

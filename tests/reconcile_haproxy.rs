@@ -8,10 +8,10 @@
 //! are local on Linux without adding them. The reconciler runs in-process
 //! and is observed through its status channel and through HAProxy itself.
 
-#[path = "common/backend.rs"]
-mod backend;
-#[path = "common/haproxy.rs"]
-mod haproxy;
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
+mod common;
+use common::{backend, haproxy};
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

@@ -3,6 +3,8 @@
 //! `UPDATE_GOLDEN=1 cargo test --test render_golden` rewrites the golden files;
 //! review the diff like any other code change.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -101,8 +103,11 @@ fn assert_golden(config: &str, golden: &Path) {
 #[test]
 fn rendered_configs_pass_haproxy_check() {
     let haproxy = Path::new("/usr/sbin/haproxy");
-    if !haproxy.exists() {
-        eprintln!("!!! SKIPPED rendered_configs_pass_haproxy_check: /usr/sbin/haproxy is not installed (apt-get install haproxy)");
+    if !common::skip::require_path(
+        "rendered_configs_pass_haproxy_check",
+        "/usr/sbin/haproxy",
+        "haproxy",
+    ) {
         return;
     }
     let r = Renderer::new(None, settings()).unwrap();
@@ -249,7 +254,10 @@ fn host_settings_render_in_global() {
     // Validate with the data paths of the temporary directory.
     let staged = r.render(&d, dir.path()).unwrap();
     match haproxy_check(&staged, dir.path()) {
-        None => eprintln!("!!! SKIPPED haproxy -c in host_settings_render_in_global: /usr/sbin/haproxy is not installed (apt-get install haproxy)"),
+        None => common::skip::skip(
+            "host_settings_render_in_global (haproxy -c)",
+            "/usr/sbin/haproxy not found; apt-get install -y haproxy (.ci/run does)",
+        ),
         Some((ok, output)) => assert!(ok, "haproxy -c failed:\n{output}"),
     }
 }

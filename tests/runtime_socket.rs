@@ -1,8 +1,10 @@
 //! The runtime-socket client against a real HAProxy 2.6: strict replies,
 //! 2.6's framing traps, and a measured throughput figure (printed, not asserted).
 
-#[path = "common/haproxy.rs"]
-mod haproxy;
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
+mod common;
+use common::haproxy;
 
 use std::time::{Duration, Instant};
 

@@ -3,8 +3,10 @@
 //! protocol says it must send, and every answer's effect is checked on the
 //! poller's output and status channels. Every wait is bounded.
 
-#[path = "common/fake_api.rs"]
-mod fake_api;
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
+mod common;
+use common::fake_api;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -4,6 +4,10 @@
 //! (exit codes, output, `| head`), including a peer running as `nobody`
 //! through `setpriv` (needs root, as in CI).
 
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
+
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -1420,9 +1424,10 @@ fn python_client_missing() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!(
-            "!!! SKIPPED metrics_formats_parse_with_a_real_prometheus_parser: /usr/bin/python3 \
-             cannot import prometheus_client; apt-get install -y python3-prometheus-client (.ci/run does)"
+        common::skip::skip(
+            "metrics_formats_parse_with_a_real_prometheus_parser",
+            "/usr/bin/python3 cannot import prometheus_client; \
+             apt-get install -y python3-prometheus-client (.ci/run does)",
         );
     }
     !ok

@@ -14,8 +14,8 @@
 //! Every netlink conversation is bounded by a timeout; without root (or
 //! without `ip netns`) each test prints a loud SKIPPED banner and returns.
 
-#[path = "common/netns.rs"]
-mod netns;
+mod common;
+use common::netns;
 
 use std::collections::BTreeSet;
 use std::future::Future;

@@ -8,8 +8,8 @@
 //! a conflict with itself. `render` is also run as the real binary inside
 //! the namespace.
 
-#[path = "common/netns.rs"]
-mod netns;
+mod common;
+use common::netns;
 
 use std::path::Path;
 

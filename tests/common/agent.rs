@@ -4,8 +4,6 @@
 //! (VIP management off unless a test runs it inside its own namespace),
 //! spawns `lb-agent run`, and stops it by PID on drop (SIGTERM, then SIGKILL).
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};

@@ -1,7 +1,5 @@
 //! Test harness: tiny real HTTP backends on 127.0.0.1 that answer with their name.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

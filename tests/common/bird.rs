@@ -6,7 +6,6 @@
 //! BIRD's), and waits, bounded, for the control socket's `0001` greeting.
 //! On drop it stops BIRD by PID: SIGTERM, then SIGKILL after a grace period.
 //! A missing `bird` binary is a test failure, not a skip: the CI installs it.
-#![allow(dead_code)]
 
 use std::fs;
 use std::io::{BufRead, BufReader};

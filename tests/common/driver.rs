@@ -1,6 +1,5 @@
 //! A real [`Publisher`] driving one BIRD for a test: desired announcements
 //! in through a `watch` channel, [`BirdStatus`] out, waits bounded in time.
-#![allow(dead_code)]
 
 use std::time::Duration;
 

@@ -3,8 +3,6 @@
 //! the agent and a member that a test can cut (a network fault, not a fake
 //! etcd); and small write helpers over the etcd-client crate.
 
-#![allow(dead_code)]
-
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Txn, TxnOp};
 
-/// True when `etcd` is installed; otherwise prints the skip line.
+/// True when `etcd` is installed; skips `test` otherwise ([`super::skip`]).
 pub fn available(test: &str) -> bool {
     let ok = Command::new("etcd")
         .arg("--version")
@@ -23,8 +21,9 @@ pub fn available(test: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        println!(
-            "!!! SKIPPED {test}: etcd not installed (apt-get install etcd-server etcd-client)"
+        super::skip::skip(
+            test,
+            "etcd not installed; apt-get install -y etcd-server etcd-client (.ci/run does)",
         );
     }
     ok

@@ -9,9 +9,7 @@
 //! still gets its step's reply, so the test runs on and `finish()` reports
 //! every mismatch at once.
 //!
-//! Included with `#[path]` by the test crates that need it.
-
-#![allow(dead_code)] // each test crate uses a different part
+//! Part of the test harness module (`tests/common/mod.rs`).
 
 use std::collections::VecDeque;
 use std::io::Write;

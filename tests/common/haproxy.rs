@@ -4,21 +4,15 @@
 //! distro config; the agent then takes over. Stopped by PID on drop, even
 //! when the test panics.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const HAPROXY: &str = "/usr/sbin/haproxy";
 
-/// True when HAProxy is installed; prints a loud skip message otherwise.
+/// True when HAProxy is installed; skips `test` otherwise ([`super::skip`]).
 pub fn available(test: &str) -> bool {
-    if Path::new(HAPROXY).exists() {
-        return true;
-    }
-    eprintln!("!!! SKIPPED {test}: {HAPROXY} not found; install it with `apt-get install -y haproxy` (.ci/run does)");
-    false
+    super::skip::require_path(test, HAPROXY, "haproxy")
 }
 
 /// Paths of one HAProxy instance under test.

@@ -1,7 +1,7 @@
 //! Test harness: the anycast lab of docs/architecture.md ("The test labs") driven by the real
 //! `lb-agent` binary.
 //!
-//! Topology (every name carries a unique suffix, see [`crate::netns`]):
+//! Topology (every name carries a unique suffix, see [`super::netns`]):
 //!
 //! ```text
 //!   client 10.0.9.2 ── tor (BIRD AS65000, merge paths on, ip_forward=1, L4 hash)
@@ -21,7 +21,6 @@
 //! withdrawing agent still finds its BIRD), then HAProxy, BIRD, backends,
 //! and the namespaces last (which also kills by PID whatever is left in
 //! them). Every wait is bounded in time.
-#![allow(dead_code)]
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -36,8 +35,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-use crate::bird::{tor_bird_conf, Bird, LAB_BFD, TIMERS};
-use crate::netns::{veth, Netns};
+use super::bird::{tor_bird_conf, Bird, LAB_BFD, TIMERS};
+use super::netns::{veth, Netns};
 use lb_agent::bird::control::ProtocolRow;
 use lb_agent::bird::include::{self, IncludeLayout};
 use lb_agent::bird::{BirdControl, ControlOptions, DesiredAnnouncements};

@@ -9,9 +9,8 @@
 //! touched: veth pairs are created directly between two test namespaces.
 //!
 //! Tests that need namespaces call [`skip_without_netns`] first: without
-//! root or without `ip netns` support they print a loud SKIPPED banner and
-//! return, rather than fail on a machine that cannot run them.
-#![allow(dead_code)]
+//! root or without `ip netns` support they skip through [`super::skip`]
+//! (a loud banner, counted; a failure under `LB_AGENT_NO_SKIP=1`, as on CI).
 
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -46,17 +45,16 @@ pub fn netns_unavailable() -> Option<String> {
     }
 }
 
-/// Prints a loud banner and returns true when the calling test must skip.
+/// True when the calling test must skip (no root or no namespaces here):
+/// the skip goes through [`super::skip`] (loud, counted, fatal on CI).
 pub fn skip_without_netns(test: &str) -> bool {
     match netns_unavailable() {
         None => false,
         Some(reason) => {
-            eprintln!();
-            eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-            eprintln!("!!! SKIPPED {test}: {reason}");
-            eprintln!("!!! This test needs root and network namespaces (run .ci/run).");
-            eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-            eprintln!();
+            super::skip::skip(
+                test,
+                &format!("{reason}; this test needs root and network namespaces (run .ci/run)"),
+            );
             true
         }
     }
@@ -212,23 +210,8 @@ impl Netns {
     }
 }
 
-/// Like [`skip_without_netns`], but the banner is written to the process's
-/// stderr directly. libtest captures `eprintln!` of passing tests, so the
-/// banner of [`skip_without_netns`] only shows with `--nocapture`; a skip
-/// must be visible in a plain `cargo test` run.
+/// The same as [`skip_without_netns`] (kept for the tests that call it by
+/// this name): every skip banner now bypasses libtest's capture.
 pub fn skip_without_netns_loudly(test: &str) -> bool {
-    use std::io::Write;
-    match netns_unavailable() {
-        None => false,
-        Some(reason) => {
-            let bar = "!".repeat(64);
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(
-                err,
-                "\n{bar}\n!!! SKIPPED {test}: {reason}\n\
-                 !!! This test needs root and network namespaces (run .ci/run).\n{bar}\n"
-            );
-            true
-        }
-    }
+    skip_without_netns(test)
 }

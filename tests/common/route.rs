@@ -1,7 +1,6 @@
 //! Reading a namespace's kernel routing table, where every anycast claim is
 //! settled: `ip route show <addr>` parsed into nexthops, and `ip monitor
 //! route` time-stamped line by line.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::netns::Netns;
+use super::netns::Netns;
 
 /// Parses `ip route show <addr>`: a single-path route names its gateway on
 /// the route line, a multipath route lists `nexthop` lines. Each nexthop

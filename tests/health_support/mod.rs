@@ -5,6 +5,7 @@
 //! Included with `#[path]` by the `health_*` test crates; not every crate
 //! uses every server.
 #![allow(dead_code)]
+#![allow(clippy::disallowed_methods)] // waits bounded in real time (docs/testing.md)
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
