@@ -413,7 +413,8 @@ proptest! {
         }
     }
 
-    /// The plan is deterministic.
+    /// The plan is deterministic within one process (`tests/determinism.rs`
+    /// compares two processes, each with its own hash seeds).
     #[test]
     fn plan_is_deterministic((a, b, pow2) in arb_pair()) {
         let policy = if pow2 { SlotPolicy::Pow2 } else { SlotPolicy::Exact };

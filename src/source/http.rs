@@ -416,10 +416,35 @@ mod tests {
         assert_eq!(redact("not a url"), "not a url");
     }
 
+    /// The installed default is *ring*, a second call keeps it (the same
+    /// provider, not a new one), and what the clients need builds from it.
     #[test]
     fn crypto_provider_install_is_idempotent() {
         ensure_crypto_provider();
+        let first = rustls::crypto::CryptoProvider::get_default()
+            .expect("a default provider after ensure_crypto_provider")
+            .clone();
         ensure_crypto_provider();
-        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+        let second = rustls::crypto::CryptoProvider::get_default().expect("still installed");
+        assert!(
+            std::sync::Arc::ptr_eq(&first, second),
+            "the provider was replaced"
+        );
+        let suites = |p: &rustls::crypto::CryptoProvider| -> Vec<String> {
+            p.cipher_suites
+                .iter()
+                .map(|s| format!("{:?}", s.suite()))
+                .collect()
+        };
+        assert_eq!(
+            suites(&first),
+            suites(&rustls::crypto::ring::default_provider()),
+            "the default provider is not ring's"
+        );
+        let tls = rustls::ClientConfig::builder_with_provider(first.clone())
+            .with_safe_default_protocol_versions();
+        assert!(tls.is_ok(), "no TLS client config from it: {:?}", tls.err());
+        let client = reqwest::Client::builder().build();
+        assert!(client.is_ok(), "reqwest client: {:?}", client.err());
     }
 }
