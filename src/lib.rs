@@ -16,8 +16,13 @@
 //! - [`anycast`]: health → gate → BIRD and the VIP addresses, wired into one task.
 //! - [`reconcile`]: the HAProxy loop (observe → plan → apply → read back → reload or persist).
 //! - [`status`], [`metrics`], [`cli`], [`daemon`], [`telemetry`]: the operating surface;
+//!   [`setup`]: the builders `run` and the CLI share;
 //!   [`fdbudget`]: the descriptor limit raised at start and checked against the listener caps;
 //!   [`doctor`]: the host checks of `lb-agent doctor`.
+//! - [`clock`]: the only reads of the std clocks.
+//!
+//! Imports go one way between layers (input, model, decisions, executors, loops,
+//! surface): docs/architecture.md, "Module layering", checked by a unit test.
 
 pub mod anycast;
 pub mod bird;
