@@ -498,3 +498,32 @@ async fn haproxy_down_keeps_the_file_right_and_converges_when_it_is_back() {
     );
     l.stop().await;
 }
+
+/// The end-to-end twin, on a real HAProxy and real sleeps, is
+/// `tests/reconcile_haproxy.rs::burst_of_reload_changes_coalesces`; here the
+/// paused clock makes the count exact.
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_reload_changes_coalesces_into_one_reload_per_min_reload_interval() {
+    let names: Vec<String> = (0..10).map(|k| format!("f{k}")).collect();
+    let fes = |n: usize| names[..n].iter().map(String::as_str).collect::<Vec<_>>();
+    let ops = Scripted::new();
+    let l = Loop::start(ops.clone(), &doc(1, &fes(1)));
+    // Nine documents 150 ms apart, each adding a frontend: each needs a reload.
+    for i in 2..=10u64 {
+        l.offer(doc(i, &fes(i as usize)));
+        run_for(0.15).await;
+    }
+    run_for(30.0).await;
+    // The first reload at once; the other eight changes, all inside the 5 s
+    // min_reload_interval, coalesce into one reload of the last revision.
+    assert_eq!(ops.times("reload"), vec![0, 5000]);
+    let st = l.status.borrow().clone();
+    assert!(st.converged, "{st:#?}");
+    assert_eq!((st.revision, st.reloads), (Some(10), 2), "{st:#?}");
+    let loaded = ops.with(|s| s.record.clone()).expect("a loaded record");
+    assert_eq!(
+        loaded.structure.digest(),
+        ops.structure(&doc(10, &fes(10))).digest()
+    );
+    l.stop().await;
+}
