@@ -315,9 +315,41 @@ struct Side {
     note: String,
 }
 
-fn cpu(pid: u32) -> Result<Duration> {
-    let (u, s) = sys::cpu_times(pid)?;
-    Ok(u + s)
+/// What a server used: a process (etcd) or a thread of this one (the
+/// long-poll server; `/proc/TID/stat` would sum the whole process).
+#[derive(Clone, Copy)]
+enum Server {
+    Process(u32),
+    Thread(u32),
+}
+
+fn cpu(who: Server) -> Result<Duration> {
+    match who {
+        Server::Process(pid) => {
+            let (u, s) = sys::cpu_times(pid)?;
+            Ok(u + s)
+        }
+        Server::Thread(tid) => {
+            let path = format!("/proc/self/task/{tid}/stat");
+            let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+            let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .map(|v| v.parse().unwrap_or(0))
+                .collect();
+            // utime and stime are fields 14 and 15; `rest` starts at field 3.
+            let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+            let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+                .ok()
+                .flatten()
+                .unwrap_or(100) as u64;
+            Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+        }
+    }
+}
+
+fn me() -> Server {
+    Server::Process(std::process::id())
 }
 
 /// Arms the clock, runs `change` (which publishes and returns a note),
@@ -326,7 +358,7 @@ async fn measure<F>(
     sz: &FleetSizes,
     watchers: &[Watcher],
     clock: &Clock,
-    server: u32,
+    server: Server,
     change: F,
 ) -> Result<(Side, u64)>
 where
@@ -339,7 +371,7 @@ where
     for w in watchers {
         w.tap.first_after.store(0, Ordering::SeqCst);
     }
-    let (cpu0, bench0) = (cpu(server)?, cpu(std::process::id())?);
+    let (cpu0, bench0) = (cpu(server)?, cpu(me())?);
     let t0 = Instant::now();
     clock
         .armed
@@ -347,7 +379,7 @@ where
     let (rev, note) = change.await?;
     let at = applied_at(watchers, rev, sz.change_limit).await;
     let window = t0.elapsed();
-    let (cpu1, bench1) = (cpu(server)?, cpu(std::process::id())?);
+    let (cpu1, bench1) = (cpu(server)?, cpu(me())?);
     clock.armed.store(0, Ordering::SeqCst);
     let armed_ns = t0.duration_since(clock.epoch).as_nanos() as u64;
     let bytes = watchers
@@ -373,7 +405,11 @@ where
             server_cpu: cpu1.saturating_sub(cpu0),
             bench_cpu: bench1.saturating_sub(bench0),
             window,
-            server_rss_kb: sys::status_kb(server, "VmRSS:"),
+            server_rss_kb: match server {
+                Server::Process(pid) => sys::status_kb(pid, "VmRSS:"),
+                // A thread's VmRSS is the whole bench process's.
+                Server::Thread(_) => None,
+            },
             bench_rss_kb: sys::status_kb(std::process::id(), "VmRSS:"),
             load: Duration::ZERO,
             load_bytes: 0,
@@ -554,7 +590,14 @@ async fn etcd_side(sz: &FleetSizes, doc: &str) -> Result<Side> {
             ),
         ))
     };
-    let (mut side, _) = measure(sz, &watchers, &clock, etcd.daemon.pid(), change).await?;
+    let (mut side, _) = measure(
+        sz,
+        &watchers,
+        &clock,
+        Server::Process(etcd.daemon.pid()),
+        change,
+    )
+    .await?;
     side.load = load;
     side.load_bytes = load_bytes;
     cancel.cancel();
@@ -771,9 +814,7 @@ async fn http_side(sz: &FleetSizes, doc: &str) -> Result<Side> {
             },
         ))
     };
-    let (mut side, _) = measure(sz, &watchers, &clock, tid, change).await?;
-    // The thread's VmRSS is the whole bench process's.
-    side.server_rss_kb = None;
+    let (mut side, _) = measure(sz, &watchers, &clock, Server::Thread(tid), change).await?;
     side.load = load;
     side.load_bytes = load_bytes;
     cancel.cancel();
@@ -845,7 +886,7 @@ fn cell_server(s: &Side, who: &str) -> String {
         None => "RSS: part of the bench process".into(),
     };
     format!(
-        "{who}: {:.0} ms CPU over the {:.0} ms window = {:.2} cores, {rss}; the in-process watchers: {:.0} ms CPU ({:.2} ms per watcher)",
+        "{who}: {:.0} ms CPU over the {:.0} ms window = {:.2} cores, {rss}; the whole bench process (all watchers and forwarders): {:.0} ms CPU ({:.2} ms per watcher)",
         ms(s.server_cpu),
         w * 1000.0,
         s.server_cpu.as_secs_f64() / w,
