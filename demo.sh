@@ -477,10 +477,10 @@ say "tor: ip_forward=$(ip netns exec "$NS_TOR" cat /proc/sys/net/ipv4/ip_forward
 publish() {
     if [ "$SOURCE" = etcd ]; then
         local out
+        T_PUB=$(ms)
         printf '%s$ ip netns exec %s %s publish --to %s %s%s\n' "$B" "$NS_API" "$A" "$ETCD_URL" "${1#"$REPO"/}" "$N"
         out=$(ip netns exec "$NS_API" "$BIN" publish --to "$ETCD_URL" "$1" 2>&1) ||
             die "lb-agent publish $1 failed: $out" "${FAIL_LOGS[@]}"
-        T_PUB=$(ms)
         printf '%s\n' "$out" | sed 's/^/    /'
         PUB_REV=$(printf '%s\n' "$out" | sed -n 's/.* as etcd revision \([0-9]*\).*/\1/p' | tail -1)
         [ -n "$PUB_REV" ] || die "lb-agent publish wrote nothing for $1" "${FAIL_LOGS[@]}"
@@ -651,10 +651,10 @@ fi
 
 banner "STEP 3/6  A live runtime change: drain be1, no reload"
 if [ "$SOURCE" = etcd ]; then
-    say "One \`lb-agent publish\` writes the changed document to etcd: it diffs the keys and"
-    say "writes the changed ones (be1's server key and the group key) in one transaction."
-    say "lb1 and lb2 both watch the prefix and receive just those keys. A server state is"
-    say "applied through the HAProxy runtime socket: no reload."
+    say "One \`lb-agent publish\` writes the changed document to etcd: it diffs the keys"
+    say "against etcd and writes the changed ones (here be1's server key) in one"
+    say "transaction. lb1 and lb2 both watch the prefix and receive just that key. A"
+    say "server state is applied through the HAProxy runtime socket: no reload."
 else
     say "The central API publishes revision 2 of group \"blue\" with server be1 in state"
     say "\"drain\". lb1 reads it from file://, lb2 from the HTTP API (long-poll: the API holds"
@@ -682,7 +682,7 @@ converge_ms() { # converge_ms N REV: the agent's own "converged ... took_ms"
 }
 if [ "$SOURCE" = etcd ]; then
     for n in 1 2; do
-        say "lb$n (etcd watch) accepted etcd revision $REV2 $(accepted_after "$n" "$REV2") after \`publish\` returned, converged in $(converge_ms "$n" "$REV2")"
+        say "lb$n (etcd watch) accepted etcd revision $REV2 $(accepted_after "$n" "$REV2") after \`lb-agent publish\` started, converged in $(converge_ms "$n" "$REV2")"
     done
     say "The same publish as each LB's status socket shows it (the revision is etcd's):"
     for n in 1 2; do
@@ -713,7 +713,11 @@ requests 6
 [ "$(count_of "$REQ_BES" be2)" = 6 ] || die "a drained server still got new requests" "${FAIL_LOGS[@]}"
 ok "6/6 served by be2: be1 takes no new requests"
 shown "ip netns exec $NS_LB1 $A status --socket $(sock 1)" ip netns exec "$NS_LB1" "$BIN" status --socket "$(sock 1)"
-say "Back to ready (revision 3, again a runtime change):"
+if [ "$SOURCE" = etcd ]; then
+    say "Back to ready (the next etcd revision, again a runtime change):"
+else
+    say "Back to ready (revision 3, again a runtime change):"
+fi
 sed -e 's/"revision": 1,/"revision": 3,/' "$FIX/blue.r1.json" >"$LAB/api/.r3.json"
 publish "$LAB/api/.r3.json"
 rm -f "$LAB/api/.r3.json"
