@@ -90,8 +90,12 @@ fn revision_of(raw: &[u8]) -> Result<Rev, String> {
 
 // ------------------------------------------------------------- forwarders
 
-/// The clock every forwarder stamps with, and the instant of the change.
+/// The clock every forwarder stamps with, the instant of the change, and
+/// the runtime the forwarders run on: a thread of their own, so a watcher
+/// busy assembling a document on the main runtime does not delay the
+/// stamps.
 struct Clock {
+    wire: tokio::runtime::Handle,
     epoch: Instant,
     /// ns since `epoch` of the change; 0 = not armed.
     armed: AtomicU64,
@@ -119,9 +123,14 @@ async fn forwarder(
     clock: Arc<Clock>,
     cancel: CancellationToken,
 ) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
+    let wire = clock.wire.clone();
+    wire.spawn(async move {
+        let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+            return;
+        };
         loop {
             let inbound = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -519,7 +528,7 @@ fn changed_server(pools: usize) -> (String, String, String) {
     (format!("servers/pool{p:04}/s007"), old, new)
 }
 
-async fn etcd_side(sz: &FleetSizes, doc: &str) -> Result<Side> {
+async fn etcd_side(sz: &FleetSizes, doc: &str, wire: &tokio::runtime::Handle) -> Result<Side> {
     let etcd = start_etcd().await?;
     let url = EtcdUrl {
         endpoints: vec![etcd.client.to_string()],
@@ -536,6 +545,7 @@ async fn etcd_side(sz: &FleetSizes, doc: &str) -> Result<Side> {
     .map_err(|e| anyhow!("publishing the group: {e}"))?;
     let r1 = report.revision.context("the publish wrote nothing")? as u64;
     let clock = Arc::new(Clock {
+        wire: wire.clone(),
         epoch: Instant::now(),
         armed: AtomicU64::new(0),
     });
@@ -745,7 +755,7 @@ fn start_longpoll(lp: Arc<LongPoll>, cancel: CancellationToken) -> Result<(Socke
         .context("the long-poll server thread did not start")?
 }
 
-async fn http_side(sz: &FleetSizes, doc: &str) -> Result<Side> {
+async fn http_side(sz: &FleetSizes, doc: &str, wire: &tokio::runtime::Handle) -> Result<Side> {
     let plain = Bytes::from(doc.to_string());
     let gz = gzip(&plain)?;
     let lp = Arc::new(LongPoll {
@@ -756,6 +766,7 @@ async fn http_side(sz: &FleetSizes, doc: &str) -> Result<Side> {
     let _stop = cancel.clone().drop_guard();
     let (addr, tid) = start_longpoll(lp.clone(), cancel.clone())?;
     let clock = Arc::new(Clock {
+        wire: wire.clone(),
         epoch: Instant::now(),
         armed: AtomicU64::new(0),
     });
@@ -930,13 +941,25 @@ pub async fn fig_fleet(sz: &FleetSizes) -> Vec<(String, Result<(String, String)>
     let doc = super::document(1, sz.pools, sz.servers, false);
     let t = Instant::now();
     let validate = parse(doc.as_bytes()).map(|_| t.elapsed());
+    let wire = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("fleet-wire")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow!("the forwarders' runtime: {e}")),
+    };
     eprintln!("[fleet] etcd: {} watchers", sz.watchers);
-    let etcd = match etcd_side(sz, &doc).await {
+    let etcd = etcd_side(sz, &doc, wire.handle()).await;
+    eprintln!("[fleet] HTTP long-poll: {} watchers", sz.watchers);
+    let http = http_side(sz, &doc, wire.handle()).await;
+    // Inside an async context a runtime may only be shut down in the background.
+    wire.shutdown_background();
+    let etcd = match etcd {
         Ok(s) => s,
         Err(e) => return fail(&e.context("etcd side")),
     };
-    eprintln!("[fleet] HTTP long-poll: {} watchers", sz.watchers);
-    let http = http_side(sz, &doc).await;
     let h = |f: &dyn Fn(&Side) -> String| match &http {
         Ok(s) => f(s),
         Err(e) => super::na(format!("HTTP side: {e:#}").replace('|', "/")),
