@@ -1026,6 +1026,7 @@ mod tests {
         let (key, old, new) = changed_server(10);
         assert_eq!(key, "servers/pool0005/s007");
         assert_eq!(doc.matches(&old).count(), 1);
-        assert_eq!(old.len(), new.len());
+        assert_eq!(new, old.replace("\"weight\":10", "\"weight\":7"));
+        assert_ne!(new, old);
     }
 }
