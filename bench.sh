@@ -5,6 +5,8 @@
 #   ./bench.sh                              full run (about 10 minutes)
 #   ./bench.sh --out docs/benchmarks.md     ... and write the table there
 #   ./bench.sh --quick                      small sizes, well under a minute
+#   ./bench.sh --only fleet [--watchers N]  1,000 etcd watchers vs 1,000 HTTP long-pollers
+#                                           (docs/fleet.md; about 5 minutes, ~10 GB RAM)
 set -euo pipefail
 cd "$(dirname "$0")"
 

@@ -6,6 +6,9 @@
 #                          and leave the lab running to look around
 #   ./demo.sh --no-keep    the same, then tear everything down (for automated
 #                          checks; also when CI is set in the environment)
+#   ./demo.sh --source etcd  the same lab with etcd as the source of both LBs:
+#                          an etcd member in the api namespace, every change
+#                          published with `lb-agent publish --to etcd://...`
 #   ./demo.sh teardown     stop and remove everything a previous run left
 #   ./demo.sh --help       all options
 #
@@ -17,6 +20,8 @@
 #                       ├── lb2 10.0.2.2 AS65002: HAProxy + BIRD + lb-agent (HTTP API, long-poll)
 #                       ├── be1 10.0.11.2:8080, be2 10.0.12.2:8080 (answer with their name)
 #                       └── api 10.0.13.2:8000 (the desired-state document of group "blue")
+#                           (--source etcd: an etcd member on 10.0.13.2:2379 instead, and
+#                            both lb1 and lb2 watch etcd://10.0.13.2:2379/lb/blue)
 #   VIP 192.0.2.10/32 on each LB's lo (added by lb-agent), announced by BGP while healthy.
 #
 # Configuration files and documents: fixtures/demo/. Runtime files, sockets and
@@ -36,6 +41,7 @@ NS_TOR=$P-tor NS_LB1=$P-lb1 NS_LB2=$P-lb2 NS_BE1=$P-be1 NS_BE2=$P-be2 NS_API=$P-
 ALL_NS=("$NS_CL" "$NS_LB1" "$NS_LB2" "$NS_BE1" "$NS_BE2" "$NS_API" "$NS_TOR")
 VIP=192.0.2.10
 API_URL=http://10.0.13.2:8000/v1/groups/blue/config
+ETCD_URL=etcd://10.0.13.2:2379/lb/blue
 HAPROXY_BIN=/usr/sbin/haproxy
 # The distro's interpreter, not a wrapper (a pyenv shim is a bash script, so the
 # PID we record would not be python's for seconds).
@@ -47,6 +53,7 @@ KEEP=1
 PROFILE=debug
 BIN=""
 INSTALL=1
+SOURCE=default # default (lb1 file://, lb2 HTTP long-poll) | etcd (both LBs)
 case "${CI:-}" in "" | 0 | false | no) ;; *) KEEP=0 ;; esac
 
 usage() {
@@ -65,6 +72,10 @@ Options:
   --release     build with \`cargo build --release\` instead
   --bin PATH    use this lb-agent binary; do not build
   --no-install  do not apt-get install missing packages (fail instead)
+  --source etcd run an etcd member in the api namespace; both LBs use
+                source.url = "$ETCD_URL" and every change is one
+                \`lb-agent publish --to $ETCD_URL\` (docs/etcd.md)
+  --source default  lb1 reads file://, lb2 the HTTP long-poll API (the default)
 
 Needs root, Debian 12 (apt), and cargo >= 1.85 (rustup) unless --bin is given.
 Lab files, sockets and logs: $LAB (set LB_DEMO_DIR to move it).
@@ -85,6 +96,11 @@ while [ $# -gt 0 ]; do
         shift
         ;;
     --no-install) INSTALL=0 ;;
+    --source)
+        [ $# -ge 2 ] || { echo "--source needs etcd or default" >&2; exit 2; }
+        case "$2" in etcd | default) SOURCE=$2 ;; *) echo "--source $2: etcd or default" >&2; exit 2 ;; esac
+        shift
+        ;;
     -h | --help | help) usage; exit 0 ;;
     *) echo "unknown argument: $1 (see ./demo.sh --help)" >&2; exit 2 ;;
     esac
@@ -342,6 +358,7 @@ for pair in haproxy:haproxy bird:bird2 birdc:bird2 ip:iproute2 socat:socat curl:
     setsid:util-linux; do
     have "${pair%%:*}" || add_need "${pair##*:}"
 done
+if [ "$SOURCE" = etcd ]; then have etcd || add_need etcd-server; fi
 if [ -z "$BIN" ]; then
     # The agent's TLS crate (ring) compiles C, and rustc links with cc.
     have cc || add_need gcc
@@ -453,21 +470,62 @@ say "namespaces: ${ALL_NS[*]}"
 say "tor: ip_forward=$(ip netns exec "$NS_TOR" cat /proc/sys/net/ipv4/ip_forward)," \
     "fib_multipath_hash_policy=$(ip netns exec "$NS_TOR" cat /proc/sys/net/ipv4/fib_multipath_hash_policy)"
 
+# publish FILE: the central side publishes a document; sets PUB_REV to the
+# revision the agents will report and T_PUB. Default mode: atomically
+# replaces the API's file (temp + rename), the revision is the file's. etcd
+# mode: one `lb-agent publish` (one transaction), the revision is etcd's.
+publish() {
+    if [ "$SOURCE" = etcd ]; then
+        local out
+        T_PUB=$(ms)
+        printf '%s$ ip netns exec %s %s publish --to %s %s%s\n' "$B" "$NS_API" "$A" "$ETCD_URL" "${1#"$REPO"/}" "$N"
+        out=$(ip netns exec "$NS_API" "$BIN" publish --to "$ETCD_URL" "$1" 2>&1) ||
+            die "lb-agent publish $1 failed: $out" "${FAIL_LOGS[@]}"
+        printf '%s\n' "$out" | sed 's/^/    /'
+        PUB_REV=$(printf '%s\n' "$out" | sed -n 's/.* as etcd revision \([0-9]*\).*/\1/p' | tail -1)
+        [ -n "$PUB_REV" ] || die "lb-agent publish wrote nothing for $1" "${FAIL_LOGS[@]}"
+    else
+        T_PUB=$(ms)
+        cp "$1" "$LAB/api/.blue.json.tmp"
+        mv -f "$LAB/api/.blue.json.tmp" "$LAB/api/blue.json"
+        PUB_REV=$(sed -n 's/^ *"revision": *\([0-9]*\).*/\1/p' "$1" | head -1)
+    fi
+}
+
 phase "Backends and the central API"
 spawn be1 "$NS_BE1" "$LAB/be1.log" "$PY" "$FIX/backend.py" be1 8080
 spawn be2 "$NS_BE2" "$LAB/be2.log" "$PY" "$FIX/backend.py" be2 8080
 mkdir -p "$LAB/api"
-cp "$FIX/blue.r1.json" "$LAB/api/blue.json"
-spawn api "$NS_API" "$LAB/api.log" "$PY" "$FIX/api.py" 10.0.13.2 8000 "$LAB/api"
-FAIL_LOGS=("$LAB/be1.log" "$LAB/be2.log" "$LAB/api.log")
+FAIL_LOGS=("$LAB/be1.log" "$LAB/be2.log")
 wait_until "be1 answering through the ToR" 15 ip netns exec "$NS_CL" curl -sf -m 1 http://10.0.11.2:8080/
 wait_until "be2 answering through the ToR" 15 ip netns exec "$NS_CL" curl -sf -m 1 http://10.0.12.2:8080/
-wait_until "the API answering lb2" 15 ip netns exec "$NS_LB2" curl -sf -m 1 "$API_URL"
-say "be1 10.0.11.2:8080, be2 10.0.12.2:8080: up; API $API_URL: up (revision 1)"
+if [ "$SOURCE" = etcd ]; then
+    # One etcd member in the api namespace: clients on 10.0.13.2:2379, its
+    # peer port only on that namespace's loopback. Data in $LAB/etcd.
+    spawn etcd "$NS_API" "$LAB/etcd.log" etcd --name demo --data-dir "$LAB/etcd" \
+        --listen-client-urls http://10.0.13.2:2379 --advertise-client-urls http://10.0.13.2:2379 \
+        --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+        --initial-cluster demo=http://127.0.0.1:2380 --initial-cluster-state new
+    FAIL_LOGS+=("$LAB/etcd.log")
+    wait_until "etcd answering lb1" 20 ip netns exec "$NS_LB1" curl -sf -m 1 http://10.0.13.2:2379/health
+    wait_until "etcd answering lb2" 20 ip netns exec "$NS_LB2" curl -sf -m 1 http://10.0.13.2:2379/health
+    say "etcd $(etcd --version | sed -n 's/^etcd Version: //p') in $NS_API (PID $PID_etcd): up; publishing the first document:"
+    publish "$FIX/blue.r1.json"
+    say "be1 10.0.11.2:8080, be2 10.0.12.2:8080: up; $ETCD_URL: up (etcd revision $PUB_REV)"
+else
+    cp "$FIX/blue.r1.json" "$LAB/api/blue.json"
+    PUB_REV=1
+    spawn api "$NS_API" "$LAB/api.log" "$PY" "$FIX/api.py" 10.0.13.2 8000 "$LAB/api"
+    FAIL_LOGS+=("$LAB/api.log")
+    wait_until "the API answering lb2" 15 ip netns exec "$NS_LB2" curl -sf -m 1 "$API_URL"
+    say "be1 10.0.11.2:8080, be2 10.0.12.2:8080: up; API $API_URL: up (revision 1)"
+fi
+REV1=$PUB_REV
 
 render() { # render TEMPLATE N: fills @...@ placeholders for LB N (or the ToR)
     local n=$2 dir=$LAB/lb$2 url
     [ "$n" = 1 ] && url="file://$LAB/api/blue.json" || url=$API_URL
+    if [ "$SOURCE" = etcd ]; then url=$ETCD_URL; fi
     sed -e "s|@N@|$n|g" -e "s|@NS@|$P-lb$n|g" -e "s|@DIR@|$dir|g" -e "s|@ASN@|6500$n|g" \
         -e "s|@URL@|$url|g" -e "s|@HAPROXY@|$HAPROXY_BIN|g" \
         -e "s|@INCLUDE@|$dir/bird/lb-agent-prefixes.conf|g" "$1"
@@ -533,9 +591,9 @@ agent_at() { # agent_at N REV: lb N applied REV and converged
 phase "Waiting for the lab to converge"
 wait_until "BGP sessions ToR<->lb1, ToR<->lb2 Established" 30 tor_established
 say "BGP sessions ToR<->lb1 and ToR<->lb2: Established"
-wait_until "lb1 applying revision 1" 40 agent_at 1 1
-wait_until "lb2 applying revision 1" 40 agent_at 2 1
-say "both agents applied revision 1 (rendered haproxy.cfg, reloaded through the master socket)"
+wait_until "lb1 applying revision $REV1" 40 agent_at 1 "$REV1"
+wait_until "lb2 applying revision $REV1" 40 agent_at 2 "$REV1"
+say "both agents applied revision $REV1 (rendered haproxy.cfg, reloaded through the master socket)"
 wait_until "the ToR route to $VIP with 2 nexthops (both LBs healthy and announcing)" 40 has_nexthops 2
 T_READY=$(ms)
 ok "lab up in $(secs "$T_LAB0" "$T_READY") s"
@@ -592,35 +650,50 @@ if [ "$(count_of "$REQ_LBS" lb1)" = 0 ] || [ "$(count_of "$REQ_LBS" lb2)" = 0 ];
 fi
 
 banner "STEP 3/6  A live runtime change: drain be1, no reload"
-say "The central API publishes revision 2 of group \"blue\" with server be1 in state"
-say "\"drain\". lb1 reads it from file://, lb2 from the HTTP API (long-poll: the API holds"
-say "the request until the document changes). A server state is applied through the"
-say "HAProxy runtime socket: no reload."
+if [ "$SOURCE" = etcd ]; then
+    say "One \`lb-agent publish\` writes the changed document to etcd: it diffs the keys"
+    say "against etcd and writes the changed ones (here be1's server key) in one"
+    say "transaction. lb1 and lb2 both watch the prefix and receive just that key. A"
+    say "server state is applied through the HAProxy runtime socket: no reload."
+else
+    say "The central API publishes revision 2 of group \"blue\" with server be1 in state"
+    say "\"drain\". lb1 reads it from file://, lb2 from the HTTP API (long-poll: the API holds"
+    say "the request until the document changes). A server state is applied through the"
+    say "HAProxy runtime socket: no reload."
+fi
 r1=$(jget 1 's["haproxy"]["reloads"]') c1=$(jget 1 's["haproxy"]["runtime_commands"]')
 r2=$(jget 2 's["haproxy"]["reloads"]') c2=$(jget 2 's["haproxy"]["runtime_commands"]')
 say "before: lb1 reloads=$r1 runtime_commands=$c1; lb2 reloads=$r2 runtime_commands=$c2"
 shown "diff -u fixtures/demo/blue.r1.json fixtures/demo/blue.r2-drain-be1.json" \
     sh -c 'diff -u fixtures/demo/blue.r1.json fixtures/demo/blue.r2-drain-be1.json; true'
-publish() { # publish FILE: atomically replaces the API's document (temp + rename)
-    cp "$1" "$LAB/api/.blue.json.tmp"
-    mv -f "$LAB/api/.blue.json.tmp" "$LAB/api/blue.json"
-}
-say "$ cp fixtures/demo/blue.r2-drain-be1.json $LAB/api/blue.json   (temp file + rename)"
-T_PUB=$(ms)
+[ "$SOURCE" = etcd ] || say "$ cp fixtures/demo/blue.r2-drain-be1.json $LAB/api/blue.json   (temp file + rename)"
 publish "$FIX/blue.r2-drain-be1.json"
-wait_until "lb1 applying revision 2" 20 agent_at 1 2
-wait_until "lb2 applying revision 2" 20 agent_at 2 2
+REV2=$PUB_REV
+wait_until "lb1 applying revision $REV2" 20 agent_at 1 "$REV2"
+wait_until "lb2 applying revision $REV2" 20 agent_at 2 "$REV2"
 # How long each agent took to notice, from its own log (our status polling is slower).
 accepted_after() { # accepted_after N REV: ms from publication to "accepted a new document"
     local ts
-    ts=$(grep -m1 "accepted a new document revision=$2 " "$LAB/lb$1/agent.log" | awk '{print $1}')
+    ts=$(grep -m1 -E "accepted a new document( from etcd)? revision=$2 " "$LAB/lb$1/agent.log" | awk '{print $1}')
     [ -n "$ts" ] && ts=$(date -d "$ts" +%s%3N 2>/dev/null) && echo "$((ts - T_PUB)) ms" || echo "?"
 }
 converge_ms() { # converge_ms N REV: the agent's own "converged ... took_ms"
     grep "converged revision=$2 " "$LAB/lb$1/agent.log" | sed -n 's/.*took_ms=\([0-9]*\).*/\1 ms/p' | head -1
 }
-say "lb1 (file://, checked every 500 ms) accepted revision 2 $(accepted_after 1 2) after the publication, converged in $(converge_ms 1 2)"
-say "lb2 (HTTP long-poll)                accepted revision 2 $(accepted_after 2 2) after the publication, converged in $(converge_ms 2 2)"
+if [ "$SOURCE" = etcd ]; then
+    for n in 1 2; do
+        say "lb$n (etcd watch) accepted etcd revision $REV2 $(accepted_after "$n" "$REV2") after \`lb-agent publish\` started, converged in $(converge_ms "$n" "$REV2")"
+    done
+    say "The same publish as each LB's status socket shows it (the revision is etcd's):"
+    for n in 1 2; do
+        shown "ip netns exec $P-lb$n $A status --socket $(sock "$n") | grep -E 'revision|source|stream'" \
+            sh -c "ip netns exec $P-lb$n '$BIN' status --socket '$(sock "$n")' | grep -E 'revision|source|stream'"
+    done
+    ok "one publish (etcd revision $REV2) reached both LBs: lb1 and lb2 report revision $(jget 1 's.get("revision")') and $(jget 2 's.get("revision")')"
+else
+    say "lb1 (file://, checked every 500 ms) accepted revision 2 $(accepted_after 1 2) after the publication, converged in $(converge_ms 1 2)"
+    say "lb2 (HTTP long-poll)                accepted revision 2 $(accepted_after 2 2) after the publication, converged in $(converge_ms 2 2)"
+fi
 R1=$(jget 1 's["haproxy"]["reloads"]') C1=$(jget 1 's["haproxy"]["runtime_commands"]')
 R2=$(jget 2 's["haproxy"]["reloads"]') C2=$(jget 2 's["haproxy"]["runtime_commands"]')
 say "after:  lb1 reloads=$R1 runtime_commands=$C1; lb2 reloads=$R2 runtime_commands=$C2"
@@ -640,15 +713,19 @@ requests 6
 [ "$(count_of "$REQ_BES" be2)" = 6 ] || die "a drained server still got new requests" "${FAIL_LOGS[@]}"
 ok "6/6 served by be2: be1 takes no new requests"
 shown "ip netns exec $NS_LB1 $A status --socket $(sock 1)" ip netns exec "$NS_LB1" "$BIN" status --socket "$(sock 1)"
-say "Back to ready (revision 3, again a runtime change):"
+if [ "$SOURCE" = etcd ]; then
+    say "Back to ready (the next etcd revision, again a runtime change):"
+else
+    say "Back to ready (revision 3, again a runtime change):"
+fi
 sed -e 's/"revision": 1,/"revision": 3,/' "$FIX/blue.r1.json" >"$LAB/api/.r3.json"
 publish "$LAB/api/.r3.json"
 rm -f "$LAB/api/.r3.json"
-wait_until "lb1 applying revision 3" 20 agent_at 1 3
-wait_until "lb2 applying revision 3" 20 agent_at 2 3
+wait_until "lb1 applying revision $PUB_REV" 20 agent_at 1 "$PUB_REV"
+wait_until "lb2 applying revision $PUB_REV" 20 agent_at 2 "$PUB_REV"
 R1b=$(jget 1 's["haproxy"]["reloads"]') R2b=$(jget 2 's["haproxy"]["reloads"]')
 [ "$R1b" = "$r1" ] && [ "$R2b" = "$r2" ] || die "a reload happened for a server state change" "${FAIL_LOGS[@]}"
-ok "revision 3 applied on both LBs, reloads still lb1=$R1b lb2=$R2b"
+ok "revision $PUB_REV applied on both LBs, reloads still lb1=$R1b lb2=$R2b"
 
 banner "STEP 4/6  A failure on lb1: its HAProxy hangs, the VIP is withdrawn there"
 say "We freeze lb1's HAProxy worker (SIGSTOP): connections to the VIP on lb1 are"
@@ -705,8 +782,8 @@ say "is the LB's: lb1 sends its traffic to be1, lb2 to be2."
 shown "diff -u fixtures/demo/blue.r1.json fixtures/demo/blue.r4-az.json" \
     sh -c 'diff -u fixtures/demo/blue.r1.json fixtures/demo/blue.r4-az.json; true'
 publish "$FIX/blue.r4-az.json"
-wait_until "lb1 applying revision 4" 30 agent_at 1 4
-wait_until "lb2 applying revision 4" 30 agent_at 2 4
+wait_until "lb1 applying revision $PUB_REV" 30 agent_at 1 "$PUB_REV"
+wait_until "lb2 applying revision $PUB_REV" 30 agent_at 2 "$PUB_REV"
 routing() { ip netns exec "$1" "$BIN" status --socket "$2" | grep -A1 '^ *routing' || true; }
 shown "ip netns exec $NS_LB1 $A status --socket $(sock 1) | grep -A1 routing" routing "$NS_LB1" "$(sock 1)"
 requests 8
@@ -719,8 +796,8 @@ sed -e 's/"revision": 4,/"revision": 5,/' -e 's/"evacuated": \[\]/"evacuated": [
     "$FIX/blue.r4-az.json" >"$LAB/api/.r5.json"
 publish "$LAB/api/.r5.json"
 rm -f "$LAB/api/.r5.json"
-wait_until "lb1 applying revision 5" 20 agent_at 1 5
-wait_until "lb2 applying revision 5" 20 agent_at 2 5
+wait_until "lb1 applying revision $PUB_REV" 20 agent_at 1 "$PUB_REV"
+wait_until "lb2 applying revision $PUB_REV" 20 agent_at 2 "$PUB_REV"
 shown "ip netns exec $NS_LB1 $A status --socket $(sock 1) | grep -A1 routing" routing "$NS_LB1" "$(sock 1)"
 requests 8
 [ "$REQ_FAILS" = 0 ] || die "$REQ_FAILS of 8 requests failed after the evacuation" "${FAIL_LOGS[@]}"
@@ -737,6 +814,14 @@ fi
 say "lab up: $(secs "$T_LAB0" "$T_READY") s; narration: $(secs "$T_READY" "$T_END") s"
 
 if [ "$KEEP" = 1 ]; then
+    if [ "$SOURCE" = etcd ]; then
+        PUBLISH_HINT="Publish a change: ip netns exec $NS_API $A export --from $ETCD_URL >/tmp/blue.json,
+  edit it, then ip netns exec $NS_API $A publish --to $ETCD_URL /tmp/blue.json;
+  both agents pick it up (the revision is etcd's)."
+    else
+        PUBLISH_HINT="Publish a change: copy $LAB/api/blue.json, raise \"revision\", edit, then mv the
+  copy over $LAB/api/blue.json; both agents pick it up."
+    fi
     cat <<EOF
 
 The lab keeps running. Look around:
@@ -750,8 +835,7 @@ The lab keeps running. Look around:
   echo "show servers state web" | socat stdio $LAB/lb1/admin.sock
   cat $LAB/lb1/haproxy.cfg                         # rendered by lb-agent
   tail -f $LAB/lb1/agent.log $LAB/api.log
-  Publish a change: copy $LAB/api/blue.json, raise "revision", edit, then mv the
-  copy over $LAB/api/blue.json; both agents pick it up.
+  $PUBLISH_HINT
 
 Tear down (namespaces, processes, $LAB):
   ./demo.sh teardown

@@ -9,6 +9,7 @@
 #![allow(clippy::disallowed_methods)] // it measures real elapsed time
 
 mod ach;
+mod fleet;
 mod gating;
 mod sys;
 mod tor;
@@ -996,8 +997,10 @@ fn machine_info(quick: bool) -> String {
 // ---------------------------------------------------------------- main
 
 const USAGE: &str = "usage: lb-agent-bench [--quick] [--out FILE] [--agent PATH] [--ach-venv DIR] \
-[--only plan,runtime,burst,publish,gating,tor] [--profile 'CMD {pid}']";
-const FIGURES: [&str; 6] = ["plan", "runtime", "burst", "publish", "gating", "tor"];
+[--only plan,runtime,burst,publish,fleet,gating,tor] [--watchers N] [--profile 'CMD {pid}']";
+const FIGURES: [&str; 7] = [
+    "plan", "runtime", "burst", "publish", "fleet", "gating", "tor",
+];
 
 struct Args {
     quick: bool,
@@ -1011,6 +1014,8 @@ struct Args {
     /// Shell command run against the agent's PID during the gating window
     /// (`{pid}` replaced), e.g. `perf record -g -p {pid} -o /tmp/p.data -- sleep 10`.
     profile: Option<String>,
+    /// Watchers of the fleet figure (default 1,000; 100 with --quick).
+    watchers: Option<usize>,
 }
 
 impl Args {
@@ -1033,6 +1038,7 @@ fn args() -> Result<Args> {
         ach_venv: target.join(format!("bench/ach-{}", ach::VERSION)),
         only: Vec::new(),
         profile: None,
+        watchers: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -1054,6 +1060,16 @@ fn args() -> Result<Args> {
                 }
             }
             "--profile" => a.profile = Some(it.next().context("--profile needs a command")?),
+            "--watchers" => {
+                let n = it.next().context("--watchers needs a number")?;
+                let n: usize = n
+                    .parse()
+                    .with_context(|| format!("--watchers {n:?}: not a number"))?;
+                if n == 0 {
+                    bail!("--watchers must be at least 1");
+                }
+                a.watchers = Some(n);
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -1168,6 +1184,34 @@ fn main() -> Result<()> {
             no_haproxy()
         };
         rows.push(row(publish_fig, r));
+    }
+    if a.wants("fleet") {
+        let fs = fleet::FleetSizes::new(a.quick, a.watchers);
+        step(
+            "fleet",
+            format!(
+                "{} watchers on one etcd, then on an HTTP long-poll server ({} pools × {} servers)",
+                fs.watchers, fs.pools, fs.servers
+            ),
+        );
+        let have_etcd = Proc::new("etcd")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if have_etcd {
+            for (figure, r) in rt.block_on(fleet::fig_fleet(&fs)) {
+                rows.push(row(figure, r));
+            }
+        } else {
+            rows.push(row(
+                "fleet: etcd watchers vs HTTP long-poll".into(),
+                Err(anyhow!(
+                    "etcd not installed (apt-get install etcd-server etcd-client)"
+                )),
+            ));
+        }
     }
     rt.shutdown_timeout(Duration::from_secs(5));
 
