@@ -285,6 +285,120 @@ async fn single_member_lists_then_applies_each_transaction() {
     src.stop().await;
 }
 
+/// `(incremental, full)` revision counts of the source's stream status.
+fn paths(st: &SourceStatus) -> (u64, u64) {
+    let t = st
+        .stream
+        .as_ref()
+        .expect("an etcd source has a stream status");
+    (t.revisions_incremental, t.revisions_full)
+}
+
+/// `d` as the full path parses it, at `revision`.
+fn parsed(mut d: Value, revision: i64) -> DesiredState {
+    d["revision"] = json!(revision);
+    parser()(d.to_string().as_bytes()).expect("valid")
+}
+
+/// A one-server change takes the incremental path end to end (watch event
+/// → accepted document, equal to the full path's); a change of another
+/// kind, a rejected revision and the one after it take the full path; the
+/// cache the daemon asks for is written off the async threads with the
+/// applied revision, and a source that boots without etcd serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_changes_are_patched_in_place_and_the_cache_is_written_on_request() {
+    if !etcd::available("server_changes_are_patched_in_place") {
+        return;
+    }
+    let c = Cluster::start(1).await;
+    let mut want = doc(3, 3, 10);
+    let r1 = publish_doc(c.endpoints(), &want).await;
+    let mut src = spawn(c.endpoints());
+    src.wait_doc("the listing", 10 * S, |a| a.doc.revision == r1 as u64)
+        .await;
+    assert_eq!(paths(&src.status.borrow()), (0, 1), "the listing is full");
+
+    let mut client = c.client().await;
+    let r2 = txn(&mut client, PREFIX, &[server(1, 2, 20)], &[]).await;
+    let a = src
+        .wait_doc("a server change", 10 * S, |a| a.doc.revision == r2 as u64)
+        .await;
+    want["pools"][1]["servers"][2]["weight"] = json!(20);
+    assert_eq!(*a.doc, parsed(want.clone(), r2), "incremental == full");
+    assert_eq!(paths(&src.status.borrow()), (1, 1));
+
+    // The group key: full path.
+    let r3 = txn(
+        &mut client,
+        PREFIX,
+        &[(
+            "group".into(),
+            json!({"schema": 1, "group": "blue", "force": true}).to_string(),
+        )],
+        &[],
+    )
+    .await;
+    src.wait_doc("a group change", 10 * S, |a| a.doc.revision == r3 as u64)
+        .await;
+    assert_eq!(paths(&src.status.borrow()), (1, 2));
+    want["force"] = json!(true);
+
+    // A bad server: the incremental path does not apply, the full path
+    // rejects it naming the key; its fix is validated whole again.
+    let (key, _) = server(2, 0, 1);
+    let bad = json!({"name": "s0", "address": "10.0.2.1", "port": 0}).to_string();
+    let r4 = txn(&mut client, PREFIX, &[(key.clone(), bad)], &[]).await;
+    let st = src
+        .wait_status("the rejection", 10 * S, |s| {
+            s.stream
+                .as_ref()
+                .is_some_and(|t| t.rejected_revision == Some(r4 as u64))
+        })
+        .await;
+    assert_eq!(
+        st.stream.as_ref().unwrap().rejected_key.as_deref(),
+        Some("/lb/blue/servers/p2/s0")
+    );
+    assert_eq!(paths(&st), (1, 3));
+    let r5 = txn(&mut client, PREFIX, &[server(2, 0, 5)], &[]).await;
+    src.wait_doc("the fix", 10 * S, |a| a.doc.revision == r5 as u64)
+        .await;
+    assert_eq!(paths(&src.status.borrow()), (1, 4), "the fix is full");
+    let r6 = txn(&mut client, PREFIX, &[server(0, 1, 7)], &[]).await;
+    let a = src
+        .wait_doc("a server change", 10 * S, |a| a.doc.revision == r6 as u64)
+        .await;
+    assert_eq!(paths(&src.status.borrow()), (2, 4));
+    want["pools"][2]["servers"][0]["weight"] = json!(5);
+    want["pools"][0]["servers"][1]["weight"] = json!(7);
+    assert_eq!(*a.doc, parsed(want.clone(), r6), "incremental == full");
+
+    // The daemon asks for the cache once it applied r6.
+    let cache = src._dir.path().join("last-good.json");
+    assert!(!cache.exists(), "nothing is cached before it is asked for");
+    match &a.raw {
+        source::CacheBody::Deferred(d) => d.store(),
+        other => panic!("an etcd document's cache is written by the source: {other:?}"),
+    }
+    let deadline = Instant::now() + 10 * S;
+    let written = loop {
+        if let Ok(raw) = std::fs::read(&cache) {
+            break raw;
+        }
+        assert!(Instant::now() < deadline, "the cache was not written");
+        tokio::time::sleep(20 * MS).await;
+    };
+    src.stop().await;
+    // Boot without etcd: the cache is r6's document.
+    let mut boot = spawn_with_cache(
+        vec![format!("127.0.0.1:{}", etcd::free_port())],
+        Some(&written),
+    );
+    let b = boot.wait_doc("the cache", 10 * S, |a| a.from_cache).await;
+    assert_eq!(*b.doc, parsed(want, r6));
+    boot.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_json_in_one_key_is_rejected_by_name_and_the_previous_document_stays() {
     if !etcd::available("invalid_json_in_one_key") {
@@ -847,6 +961,17 @@ async fn the_agent_binary_serves_haproxy_from_etcd() {
     assert_eq!(st["source"]["revision"], json!(r));
     assert_eq!(st["source"]["stream"]["watch_state"], "watching");
     assert_eq!(st["source"]["stream"]["endpoint"], json!(c.endpoints()[0]));
+    // The listing was validated whole; the two-server publish was patched
+    // in place (its rewrite of the group key, same value, is no change).
+    let stream = &st["source"]["stream"];
+    assert_eq!(
+        (
+            stream["revisions_full"].clone(),
+            stream["revisions_incremental"].clone()
+        ),
+        (json!(1), json!(1)),
+        "{st:#}"
+    );
     assert_eq!(
         reloads(),
         before,
@@ -857,6 +982,24 @@ async fn the_agent_binary_serves_haproxy_from_etcd() {
         assert!(
             Instant::now() < deadline,
             "revision {r} never reported applied"
+        );
+        tokio::time::sleep(50 * MS).await;
+    }
+
+    // The applied revision reaches the last-known-good cache (written by
+    // the source's cache thread once the agent applied it).
+    let cache = lab.dir.path().join("state/last-good.json");
+    let deadline = Instant::now() + 10 * S;
+    loop {
+        let cached: Option<Value> = std::fs::read(&cache)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if cached.as_ref().is_some_and(|c| c["revision"] == json!(r)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cache never held revision {r}: {cached:?}"
         );
         tokio::time::sleep(50 * MS).await;
     }
@@ -1048,10 +1191,10 @@ async fn bytes_received_for_a_one_server_change_at_20k_servers() {
     let r1 = publish_doc(c.endpoints(), &doc(1000, 20, 10)).await;
     let cable = Cable::start(c.endpoints()[0].parse().unwrap()).await;
     let mut src = spawn(vec![cable.endpoint()]);
-    let a = src
-        .wait_doc("the 20k listing", 120 * S, |a| a.doc.revision == r1 as u64)
+    src.wait_doc("the 20k listing", 120 * S, |a| a.doc.revision == r1 as u64)
         .await;
-    let document = a.raw.len();
+    // What the HTTP source would receive: the whole document, compact.
+    let document = doc(1000, 20, 10).to_string().len();
     src.wait_status("watching", 10 * S, |s| {
         s.stream
             .as_ref()
@@ -1072,7 +1215,7 @@ async fn bytes_received_for_a_one_server_change_at_20k_servers() {
     }
     println!(
         "one-server change at 20k servers: {per_change:?} bytes received by the agent (gRPC/HTTP2 framing included); \
-         the listing was {listing} bytes, the assembled document {document} bytes"
+         the listing was {listing} bytes, the whole document {document} bytes (compact JSON)"
     );
     assert!(
         per_change.iter().all(|b| (*b as usize) < document / 100),
