@@ -1278,29 +1278,56 @@ async fn publish_and_export_commands() {
     assert_eq!(code, Some(2), "{err}");
 }
 
+/// Thread CPU time now (CLOCK_THREAD_CPUTIME_ID).
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Thread CPU of `f`, and its result.
+fn cpu<R>(into: &mut Vec<Duration>, f: impl FnOnce() -> R) -> R {
+    let t = thread_cpu();
+    let r = f();
+    into.push(thread_cpu() - t);
+    r
+}
+
 /// Where an etcd-watching agent's CPU goes for a one-server change at
-/// 1,000 pools × 20 servers: applying the event to the store, assembling
-/// the document, validating it (printed; run with `--release` for the
-/// figure docs/etcd.md quotes). No etcd needed.
+/// 1,000 pools × 20 servers, thread CPU, median of 20 changes, the full
+/// path as the baseline in the same run: applying the event to the store,
+/// validating (incremental: patch the last state, which the daemon still
+/// holds, so it is copied; full: assemble the document and validate it),
+/// then the reconciler's planning (the structure digest and the plan
+/// against a simulated HAProxy that runs the previous revision). Printed;
+/// run with `--release` for the figures docs/etcd.md quotes. No etcd needed.
 #[test]
 fn agent_cost_of_a_one_server_change_at_20k_servers() {
-    use lb_agent::source::etcd::{layout, store};
+    use lb_agent::plan::{self, sim::SimHaproxy, PlanOptions, Structure};
+    use lb_agent::source::etcd::{incr::Patcher, layout, store};
     let kv = layout::split(&doc(1000, 20, 10)).unwrap();
     let mut s = store::Store::new(64 << 20);
     s.reset(1, kv.into_iter().map(|(k, v)| (k, bytes::Bytes::from(v))));
     let p = parser();
-    let ctx = lb_agent::model::validate::ValidateContext {
-        group: "blue".into(),
+    let (first, _) = s.document(64 << 20).unwrap();
+    let mut patcher = Patcher::new(64 << 20);
+    patcher.accepted(Arc::new(p(&first).unwrap()));
+    let _ = s.take_changes();
+    // HAProxy runs the first revision.
+    let policy = lb_agent::config::SlotPolicy::Pow2;
+    let mut held = Arc::clone(patcher.state().unwrap());
+    let mut sim = SimHaproxy::load(&held, policy);
+    let mut loaded = Structure::of(&held, "bench");
+    let opts = PlanOptions {
+        max_runtime_ops: 10_000,
     };
-    let mut inc = lb_agent::source::etcd::incr::Incremental::new(
-        Box::new(move |b: &[u8]| lb_agent::model::validate::parse_document(b, &ctx)),
-        64 << 20,
-        "/lb/",
-    );
-    let all = s.take_changes();
-    inc.update(&s, &all).unwrap();
-    let (mut apply, mut assemble, mut validate) = (Vec::new(), Vec::new(), Vec::new());
-    let mut incremental = Vec::new();
+    let [mut apply, mut patch, mut structure, mut planning, mut assemble, mut validate] =
+        std::array::from_fn(|_| Vec::new());
     for i in 0..20u64 {
         let (k, v) = server(500, 7, 30 + i as u32);
         let e = store::Event {
@@ -1310,35 +1337,46 @@ fn agent_cost_of_a_one_server_change_at_20k_servers() {
                 value: bytes::Bytes::from(v),
             },
         };
-        let t = Instant::now();
-        assert_eq!(s.apply(&[e]).revisions, 1);
-        apply.push(t.elapsed());
-        let t = Instant::now();
+        cpu(&mut apply, || assert_eq!(s.apply(&[e]).revisions, 1));
         let changes = s.take_changes();
-        assert_eq!(
-            inc.update(&s, &changes),
-            Ok(lb_agent::source::etcd::incr::Path::Incremental)
-        );
-        incremental.push(t.elapsed());
-        let t = Instant::now();
-        let (raw, _) = s.document(64 << 20).unwrap();
-        assemble.push(t.elapsed());
-        let t = Instant::now();
-        let d = p(&raw).unwrap();
-        validate.push(t.elapsed());
+        let d = cpu(&mut patch, || patcher.patch(&s, &changes)).expect("incremental");
+        let st = cpu(&mut structure, || Structure::of(&d, "bench"));
+        let plan = cpu(&mut planning, || {
+            plan::plan(&d, &st, Some(&loaded), &sim.observe(), opts)
+        });
+        assert!(plan.reload.is_empty(), "{:?}", plan.reload);
+        assert_eq!(plan.commands.len(), 1, "{:?}", plan.commands);
+        // The baseline: the full path on the same revision.
+        let (raw, _) = cpu(&mut assemble, || s.document(64 << 20).unwrap());
+        let full = cpu(&mut validate, || p(&raw).unwrap());
         assert_eq!(weight(&d, "p500", "s7"), 30 + i as u16);
-        assert_eq!(inc.state(), Some(&d), "incremental == full");
+        assert_eq!(*d, full, "incremental == full");
+        // HAProxy applies it; the daemon now holds this revision.
+        for c in &plan.commands {
+            sim.apply(c).unwrap();
+        }
+        loaded = st;
+        held = d;
     }
+    drop(held);
     let med = |v: &mut Vec<Duration>| {
         v.sort();
         v[v.len() / 2].as_secs_f64() * 1e3
     };
-    println!(
-        "one-server change at 20k servers, agent CPU (median of 20, {} build): apply to store {:.3} ms, incremental validation {:.3} ms; full path: assemble {:.2} ms, validate {:.1} ms",
-        if cfg!(debug_assertions) { "debug" } else { "release" },
+    let (a, pa, st, pl) = (
         med(&mut apply),
-        med(&mut incremental),
-        med(&mut assemble),
-        med(&mut validate)
+        med(&mut patch),
+        med(&mut structure),
+        med(&mut planning),
+    );
+    let (asm, val) = (med(&mut assemble), med(&mut validate));
+    println!(
+        "one-server change at 1,000 pools x 20 servers, agent thread CPU, median of 20, {} build:\n\
+         incremental: apply {a:.3} ms + patch (copy of the held state included) {pa:.3} ms = {:.3} ms to the accepted document\n\
+         full (baseline): apply {a:.3} ms + assemble {asm:.2} ms + validate {val:.2} ms = {:.2} ms\n\
+         planning, either path: structure digest {st:.2} ms + plan {pl:.2} ms",
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        a + pa,
+        a + asm + val,
     );
 }
