@@ -1341,8 +1341,9 @@ fn agent_cost_of_a_one_server_change_at_20k_servers() {
         let changes = s.take_changes();
         let d = cpu(&mut patch, || patcher.patch(&s, &changes)).expect("incremental");
         let st = cpu(&mut structure, || Structure::of(&d, "bench"));
+        let observed = sim.observe();
         let plan = cpu(&mut planning, || {
-            plan::plan(&d, &st, Some(&loaded), &sim.observe(), opts)
+            plan::plan(&d, &st, Some(&loaded), &observed, opts)
         });
         assert!(plan.reload.is_empty(), "{:?}", plan.reload);
         assert_eq!(plan.commands.len(), 1, "{:?}", plan.commands);

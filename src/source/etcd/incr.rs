@@ -24,7 +24,9 @@
 //! - the store's bytes stay under `max_document_size`.
 //!
 //! Cost of the fast path: O(changed pools' servers + log keys + pools)
-//! (finding a pool's index among the pools is a walk over the pool names).
+//! (finding a pool's index among the pools is a walk over the pool names),
+//! plus one copy of the state when the previous one is still held (the
+//! watcher's case: the daemon holds the document it applied).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
