@@ -279,6 +279,120 @@ async fn single_member_lists_then_applies_each_transaction() {
     src.stop().await;
 }
 
+/// `(incremental, full)` revision counts of the source's stream status.
+fn paths(st: &SourceStatus) -> (u64, u64) {
+    let t = st
+        .stream
+        .as_ref()
+        .expect("an etcd source has a stream status");
+    (t.revisions_incremental, t.revisions_full)
+}
+
+/// `d` as the full path parses it, at `revision`.
+fn parsed(mut d: Value, revision: i64) -> DesiredState {
+    d["revision"] = json!(revision);
+    parser()(d.to_string().as_bytes()).expect("valid")
+}
+
+/// A one-server change takes the incremental path end to end (watch event
+/// → accepted document, equal to the full path's); a change of another
+/// kind, a rejected revision and the one after it take the full path; the
+/// cache the daemon asks for is written off the async threads with the
+/// applied revision, and a source that boots without etcd serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_changes_are_patched_in_place_and_the_cache_is_written_on_request() {
+    if !etcd::available("server_changes_are_patched_in_place") {
+        return;
+    }
+    let c = Cluster::start(1).await;
+    let mut want = doc(3, 3, 10);
+    let r1 = publish_doc(c.endpoints(), &want).await;
+    let mut src = spawn(c.endpoints());
+    src.wait_doc("the listing", 10 * S, |a| a.doc.revision == r1 as u64)
+        .await;
+    assert_eq!(paths(&src.status.borrow()), (0, 1), "the listing is full");
+
+    let mut client = c.client().await;
+    let r2 = txn(&mut client, PREFIX, &[server(1, 2, 20)], &[]).await;
+    let a = src
+        .wait_doc("a server change", 10 * S, |a| a.doc.revision == r2 as u64)
+        .await;
+    want["pools"][1]["servers"][2]["weight"] = json!(20);
+    assert_eq!(*a.doc, parsed(want.clone(), r2), "incremental == full");
+    assert_eq!(paths(&src.status.borrow()), (1, 1));
+
+    // The group key: full path.
+    let r3 = txn(
+        &mut client,
+        PREFIX,
+        &[(
+            "group".into(),
+            json!({"schema": 1, "group": "blue", "force": true}).to_string(),
+        )],
+        &[],
+    )
+    .await;
+    src.wait_doc("a group change", 10 * S, |a| a.doc.revision == r3 as u64)
+        .await;
+    assert_eq!(paths(&src.status.borrow()), (1, 2));
+    want["force"] = json!(true);
+
+    // A bad server: the incremental path does not apply, the full path
+    // rejects it naming the key; its fix is validated whole again.
+    let (key, _) = server(2, 0, 1);
+    let bad = json!({"name": "s0", "address": "10.0.2.1", "port": 0}).to_string();
+    let r4 = txn(&mut client, PREFIX, &[(key.clone(), bad)], &[]).await;
+    let st = src
+        .wait_status("the rejection", 10 * S, |s| {
+            s.stream
+                .as_ref()
+                .is_some_and(|t| t.rejected_revision == Some(r4 as u64))
+        })
+        .await;
+    assert_eq!(
+        st.stream.as_ref().unwrap().rejected_key.as_deref(),
+        Some("/lb/blue/servers/p2/s0")
+    );
+    assert_eq!(paths(&st), (1, 3));
+    let r5 = txn(&mut client, PREFIX, &[server(2, 0, 5)], &[]).await;
+    src.wait_doc("the fix", 10 * S, |a| a.doc.revision == r5 as u64)
+        .await;
+    assert_eq!(paths(&src.status.borrow()), (1, 4), "the fix is full");
+    let r6 = txn(&mut client, PREFIX, &[server(0, 1, 7)], &[]).await;
+    let a = src
+        .wait_doc("a server change", 10 * S, |a| a.doc.revision == r6 as u64)
+        .await;
+    assert_eq!(paths(&src.status.borrow()), (2, 4));
+    want["pools"][2]["servers"][0]["weight"] = json!(5);
+    want["pools"][0]["servers"][1]["weight"] = json!(7);
+    assert_eq!(*a.doc, parsed(want.clone(), r6), "incremental == full");
+
+    // The daemon asks for the cache once it applied r6.
+    let cache = src._dir.path().join("last-good.json");
+    assert!(!cache.exists(), "nothing is cached before it is asked for");
+    match &a.raw {
+        source::CacheBody::Deferred(d) => d.store(),
+        other => panic!("an etcd document's cache is written by the source: {other:?}"),
+    }
+    let deadline = Instant::now() + 10 * S;
+    let written = loop {
+        if let Ok(raw) = std::fs::read(&cache) {
+            break raw;
+        }
+        assert!(Instant::now() < deadline, "the cache was not written");
+        tokio::time::sleep(20 * MS).await;
+    };
+    src.stop().await;
+    // Boot without etcd: the cache is r6's document.
+    let mut boot = spawn_with_cache(
+        vec![format!("127.0.0.1:{}", etcd::free_port())],
+        Some(&written),
+    );
+    let b = boot.wait_doc("the cache", 10 * S, |a| a.from_cache).await;
+    assert_eq!(*b.doc, parsed(want, r6));
+    boot.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_json_in_one_key_is_rejected_by_name_and_the_previous_document_stays() {
     if !etcd::available("invalid_json_in_one_key") {
@@ -841,6 +955,17 @@ async fn the_agent_binary_serves_haproxy_from_etcd() {
     assert_eq!(st["source"]["revision"], json!(r));
     assert_eq!(st["source"]["stream"]["watch_state"], "watching");
     assert_eq!(st["source"]["stream"]["endpoint"], json!(c.endpoints()[0]));
+    // The listing was validated whole; the two-server publish was patched
+    // in place (its rewrite of the group key, same value, is no change).
+    let stream = &st["source"]["stream"];
+    assert_eq!(
+        (
+            stream["revisions_full"].clone(),
+            stream["revisions_incremental"].clone()
+        ),
+        (json!(1), json!(1)),
+        "{st:#}"
+    );
     assert_eq!(
         reloads(),
         before,
@@ -851,6 +976,24 @@ async fn the_agent_binary_serves_haproxy_from_etcd() {
         assert!(
             Instant::now() < deadline,
             "revision {r} never reported applied"
+        );
+        tokio::time::sleep(50 * MS).await;
+    }
+
+    // The applied revision reaches the last-known-good cache (written by
+    // the source's cache thread once the agent applied it).
+    let cache = lab.dir.path().join("state/last-good.json");
+    let deadline = Instant::now() + 10 * S;
+    loop {
+        let cached: Option<Value> = std::fs::read(&cache)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if cached.as_ref().is_some_and(|c| c["revision"] == json!(r)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cache never held revision {r}: {cached:?}"
         );
         tokio::time::sleep(50 * MS).await;
     }
@@ -1042,10 +1185,10 @@ async fn bytes_received_for_a_one_server_change_at_20k_servers() {
     let r1 = publish_doc(c.endpoints(), &doc(1000, 20, 10)).await;
     let cable = Cable::start(c.endpoints()[0].parse().unwrap()).await;
     let mut src = spawn(vec![cable.endpoint()]);
-    let a = src
-        .wait_doc("the 20k listing", 120 * S, |a| a.doc.revision == r1 as u64)
+    src.wait_doc("the 20k listing", 120 * S, |a| a.doc.revision == r1 as u64)
         .await;
-    let document = a.raw.len();
+    // What the HTTP source would receive: the whole document, compact.
+    let document = doc(1000, 20, 10).to_string().len();
     src.wait_status("watching", 10 * S, |s| {
         s.stream
             .as_ref()
@@ -1066,7 +1209,7 @@ async fn bytes_received_for_a_one_server_change_at_20k_servers() {
     }
     println!(
         "one-server change at 20k servers: {per_change:?} bytes received by the agent (gRPC/HTTP2 framing included); \
-         the listing was {listing} bytes, the assembled document {document} bytes"
+         the listing was {listing} bytes, the whole document {document} bytes (compact JSON)"
     );
     assert!(
         per_change.iter().all(|b| (*b as usize) < document / 100),
@@ -1129,29 +1272,56 @@ async fn publish_and_export_commands() {
     assert_eq!(code, Some(2), "{err}");
 }
 
+/// Thread CPU time now (CLOCK_THREAD_CPUTIME_ID).
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Thread CPU of `f`, and its result.
+fn cpu<R>(into: &mut Vec<Duration>, f: impl FnOnce() -> R) -> R {
+    let t = thread_cpu();
+    let r = f();
+    into.push(thread_cpu() - t);
+    r
+}
+
 /// Where an etcd-watching agent's CPU goes for a one-server change at
-/// 1,000 pools × 20 servers: applying the event to the store, assembling
-/// the document, validating it (printed; run with `--release` for the
-/// figure docs/etcd.md quotes). No etcd needed.
+/// 1,000 pools × 20 servers, thread CPU, median of 20 changes, the full
+/// path as the baseline in the same run: applying the event to the store,
+/// validating (incremental: patch the last state, which the daemon still
+/// holds, so it is copied; full: assemble the document and validate it),
+/// then the reconciler's planning (the structure digest and the plan
+/// against a simulated HAProxy that runs the previous revision). Printed;
+/// run with `--release` for the figures docs/etcd.md quotes. No etcd needed.
 #[test]
 fn agent_cost_of_a_one_server_change_at_20k_servers() {
-    use lb_agent::source::etcd::{layout, store};
+    use lb_agent::plan::{self, sim::SimHaproxy, PlanOptions, Structure};
+    use lb_agent::source::etcd::{incr::Patcher, layout, store};
     let kv = layout::split(&doc(1000, 20, 10)).unwrap();
     let mut s = store::Store::new(64 << 20);
     s.reset(1, kv.into_iter().map(|(k, v)| (k, bytes::Bytes::from(v))));
     let p = parser();
-    let ctx = lb_agent::model::validate::ValidateContext {
-        group: "blue".into(),
+    let (first, _) = s.document(64 << 20).unwrap();
+    let mut patcher = Patcher::new(64 << 20);
+    patcher.accepted(Arc::new(p(&first).unwrap()));
+    let _ = s.take_changes();
+    // HAProxy runs the first revision.
+    let policy = lb_agent::config::SlotPolicy::Pow2;
+    let mut held = Arc::clone(patcher.state().unwrap());
+    let mut sim = SimHaproxy::load(&held, policy);
+    let mut loaded = Structure::of(&held, "bench");
+    let opts = PlanOptions {
+        max_runtime_ops: 10_000,
     };
-    let mut inc = lb_agent::source::etcd::incr::Incremental::new(
-        Box::new(move |b: &[u8]| lb_agent::model::validate::parse_document(b, &ctx)),
-        64 << 20,
-        "/lb/",
-    );
-    let all = s.take_changes();
-    inc.update(&s, &all).unwrap();
-    let (mut apply, mut assemble, mut validate) = (Vec::new(), Vec::new(), Vec::new());
-    let mut incremental = Vec::new();
+    let [mut apply, mut patch, mut structure, mut planning, mut assemble, mut validate] =
+        std::array::from_fn(|_| Vec::new());
     for i in 0..20u64 {
         let (k, v) = server(500, 7, 30 + i as u32);
         let e = store::Event {
@@ -1161,35 +1331,47 @@ fn agent_cost_of_a_one_server_change_at_20k_servers() {
                 value: bytes::Bytes::from(v),
             },
         };
-        let t = Instant::now();
-        assert_eq!(s.apply(&[e]).revisions, 1);
-        apply.push(t.elapsed());
-        let t = Instant::now();
+        cpu(&mut apply, || assert_eq!(s.apply(&[e]).revisions, 1));
         let changes = s.take_changes();
-        assert_eq!(
-            inc.update(&s, &changes),
-            Ok(lb_agent::source::etcd::incr::Path::Incremental)
-        );
-        incremental.push(t.elapsed());
-        let t = Instant::now();
-        let (raw, _) = s.document(64 << 20).unwrap();
-        assemble.push(t.elapsed());
-        let t = Instant::now();
-        let d = p(&raw).unwrap();
-        validate.push(t.elapsed());
+        let d = cpu(&mut patch, || patcher.patch(&s, &changes)).expect("incremental");
+        let st = cpu(&mut structure, || Structure::of(&d, "bench"));
+        let observed = sim.observe();
+        let plan = cpu(&mut planning, || {
+            plan::plan(&d, &st, Some(&loaded), &observed, opts)
+        });
+        assert!(plan.reload.is_empty(), "{:?}", plan.reload);
+        assert_eq!(plan.commands.len(), 1, "{:?}", plan.commands);
+        // The baseline: the full path on the same revision.
+        let (raw, _) = cpu(&mut assemble, || s.document(64 << 20).unwrap());
+        let full = cpu(&mut validate, || p(&raw).unwrap());
         assert_eq!(weight(&d, "p500", "s7"), 30 + i as u16);
-        assert_eq!(inc.state(), Some(&d), "incremental == full");
+        assert_eq!(*d, full, "incremental == full");
+        // HAProxy applies it; the daemon now holds this revision.
+        for c in &plan.commands {
+            sim.apply(c).unwrap();
+        }
+        loaded = st;
+        held = d;
     }
+    drop(held);
     let med = |v: &mut Vec<Duration>| {
         v.sort();
         v[v.len() / 2].as_secs_f64() * 1e3
     };
-    println!(
-        "one-server change at 20k servers, agent CPU (median of 20, {} build): apply to store {:.3} ms, incremental validation {:.3} ms; full path: assemble {:.2} ms, validate {:.1} ms",
-        if cfg!(debug_assertions) { "debug" } else { "release" },
+    let (a, pa, st, pl) = (
         med(&mut apply),
-        med(&mut incremental),
-        med(&mut assemble),
-        med(&mut validate)
+        med(&mut patch),
+        med(&mut structure),
+        med(&mut planning),
+    );
+    let (asm, val) = (med(&mut assemble), med(&mut validate));
+    println!(
+        "one-server change at 1,000 pools x 20 servers, agent thread CPU, median of 20, {} build:\n\
+         incremental: apply {a:.3} ms + patch (copy of the held state included) {pa:.3} ms = {:.3} ms to the accepted document\n\
+         full (baseline): apply {a:.3} ms + assemble {asm:.2} ms + validate {val:.2} ms = {:.2} ms\n\
+         planning, either path: structure digest {st:.2} ms + plan {pl:.2} ms",
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        a + pa,
+        a + asm + val,
     );
 }

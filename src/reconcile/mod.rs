@@ -54,8 +54,8 @@ use policy::{
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub desired: Arc<DesiredState>,
-    /// The raw body, stored as the last-known-good cache once applied.
-    pub raw: Option<bytes::Bytes>,
+    /// What the last-known-good cache stores once applied.
+    pub raw: Option<crate::source::CacheBody>,
     /// True when it came from the cache at start (it is not written back).
     pub from_cache: bool,
 }
@@ -707,13 +707,19 @@ impl<H: HaproxyOps> Reconciler<H> {
         if c.from_cache || self.cached_revision == Some(c.desired.revision) {
             return;
         }
-        if let Some(raw) = &c.raw {
-            match self.ops.store_cache(raw) {
+        match &c.raw {
+            Some(crate::source::CacheBody::Bytes(raw)) => match self.ops.store_cache(raw) {
                 Ok(()) => self.cached_revision = Some(c.desired.revision),
                 Err(error) => {
                     warn!(%error, path = %self.s.cache.display(), "writing the last-known-good cache failed")
                 }
+            },
+            // The source writes it off this thread (etcd).
+            Some(crate::source::CacheBody::Deferred(d)) => {
+                d.store();
+                self.cached_revision = Some(c.desired.revision);
             }
+            None => {}
         }
     }
 

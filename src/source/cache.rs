@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Accepted, Document, Parser};
+use super::{Accepted, CacheBody, Document, Parser};
 
 /// Why the cache could not be used (a missing cache is not an error).
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +49,7 @@ pub fn load_cache<T: Document>(
     })?;
     Ok(Some(Accepted {
         doc: Arc::new(doc),
-        raw,
+        raw: CacheBody::Bytes(raw),
         etag: None,
         from_cache: true,
     }))
@@ -95,7 +95,7 @@ mod tests {
         store_cache(&path, b"42").unwrap();
         let a = load_cache(&path, &parser()).unwrap().unwrap();
         assert_eq!((a.doc.0, a.from_cache, a.etag.as_deref()), (42, true, None));
-        assert_eq!(&a.raw[..], b"42");
+        assert_eq!(&a.raw.bytes().unwrap()[..], b"42");
 
         store_cache(&path, b"garbage").unwrap();
         let e = load_cache(&path, &parser()).unwrap_err();

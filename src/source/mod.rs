@@ -50,6 +50,7 @@ pub use http::ensure_crypto_provider;
 pub use schedule::Tuning;
 
 use crate::config::{SourceConfig, SourceUrl};
+use crate::model::DesiredState;
 
 /// Consecutive failed polls after which the source is reported `stale`.
 pub const STALE_AFTER: u32 = 3;
@@ -58,11 +59,33 @@ pub const STALE_AFTER: u32 = 3;
 pub trait Document: Send + Sync + 'static {
     /// The document's revision; it only ever increases (docs/api.md, "Revision and removal rules").
     fn revision(&self) -> u64;
+
+    /// The document as a [`DesiredState`], for the etcd source's
+    /// incremental path (docs/etcd.md, "Incremental validation"), which
+    /// patches the last accepted state instead of parsing the whole
+    /// document again. `None` (the default): every revision takes the full
+    /// path through the parser.
+    fn to_state(_doc: &Arc<Self>) -> Option<Arc<DesiredState>> {
+        None
+    }
+
+    /// The inverse of [`Document::to_state`] for a patched state.
+    fn from_state(_state: Arc<DesiredState>) -> Option<Arc<Self>> {
+        None
+    }
 }
 
-impl Document for crate::model::DesiredState {
+impl Document for DesiredState {
     fn revision(&self) -> u64 {
         self.revision
+    }
+
+    fn to_state(doc: &Arc<Self>) -> Option<Arc<DesiredState>> {
+        Some(Arc::clone(doc))
+    }
+
+    fn from_state(state: Arc<DesiredState>) -> Option<Arc<Self>> {
+        Some(state)
     }
 }
 
@@ -75,12 +98,74 @@ pub type Parser<T> = Arc<dyn Fn(&[u8]) -> Result<T, String> + Send + Sync>;
 #[derive(Debug)]
 pub struct Accepted<T> {
     pub doc: Arc<T>,
-    /// The exact bytes received, decompressed: what the cache stores.
-    pub raw: Bytes,
+    /// What the last-known-good cache stores once the document is applied.
+    pub raw: CacheBody,
     /// The server's ETag (for `file://` sources: the content's SHA-256).
     pub etag: Option<String>,
     /// True when this came from `source.cache` because the first poll failed.
     pub from_cache: bool,
+}
+
+/// What the last-known-good cache (`source.cache`) stores for a document.
+#[derive(Debug, Clone)]
+pub enum CacheBody {
+    /// The exact bytes received, decompressed (HTTP, file, the cache
+    /// itself): the daemon writes them.
+    Bytes(Bytes),
+    /// The source writes the document itself, off the async threads and
+    /// coalesced, when asked ([`DeferredCache::store`]): the etcd source,
+    /// whose incremental path never assembles the document (docs/etcd.md,
+    /// "Last-known-good cache").
+    Deferred(DeferredCache),
+}
+
+impl CacheBody {
+    /// The bytes, when the source handed them over.
+    pub fn bytes(&self) -> Option<&Bytes> {
+        match self {
+            CacheBody::Bytes(b) => Some(b),
+            CacheBody::Deferred(_) => None,
+        }
+    }
+}
+
+impl From<Bytes> for CacheBody {
+    fn from(b: Bytes) -> Self {
+        CacheBody::Bytes(b)
+    }
+}
+
+impl From<Vec<u8>> for CacheBody {
+    fn from(b: Vec<u8>) -> Self {
+        CacheBody::Bytes(Bytes::from(b))
+    }
+}
+
+/// A request to the source to write the cache of one revision.
+#[derive(Clone)]
+pub struct DeferredCache {
+    revision: u64,
+    request: Arc<dyn Fn(u64) + Send + Sync>,
+}
+
+impl DeferredCache {
+    pub fn new(revision: u64, request: Arc<dyn Fn(u64) + Send + Sync>) -> Self {
+        DeferredCache { revision, request }
+    }
+
+    /// Asks for the cache to hold this revision; returns at once (the
+    /// write happens later, on another thread; a newer request wins).
+    pub fn store(&self) {
+        (self.request)(self.revision)
+    }
+}
+
+impl std::fmt::Debug for DeferredCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeferredCache")
+            .field("revision", &self.revision)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Health of the source, as the status socket shows it.
@@ -171,6 +256,11 @@ pub struct StreamStatus {
     pub rejected_revision: Option<u64>,
     /// The key at fault in that revision, when one is known.
     pub rejected_key: Option<String>,
+    /// Store revisions validated by patching the last accepted state (only
+    /// the changed pools re-validated; docs/etcd.md, "Incremental validation").
+    pub revisions_incremental: u64,
+    /// Store revisions validated by assembling and parsing the whole document.
+    pub revisions_full: u64,
 }
 
 impl SourceStatus {

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::schedule::{next_delay, Answer, Pacing, Tuning};
-use super::{Accepted, Document, FetchError, Parser, SourceState, SourceStatus};
+use super::{Accepted, CacheBody, Document, FetchError, Parser, SourceState, SourceStatus};
 
 /// What the poller already has, sent with the next request.
 #[derive(Debug, Clone, Default)]
@@ -211,7 +211,7 @@ impl<T: Document> Loop<T> {
                 });
                 self.wiring.out.send_replace(Some(Arc::new(Accepted {
                     doc: Arc::new(doc),
-                    raw,
+                    raw: CacheBody::Bytes(raw),
                     etag,
                     from_cache: false,
                 })));

@@ -50,6 +50,8 @@ impl From<&crate::source::SourceStatus> for SourceStatus {
                 events: t.events,
                 rejected_revision: t.rejected_revision,
                 rejected_key: t.rejected_key.clone(),
+                revisions_incremental: t.revisions_incremental,
+                revisions_full: t.revisions_full,
             }),
         }
     }

@@ -260,6 +260,13 @@ pub struct StreamStatus {
     /// The etcd key at fault in it, when known.
     #[serde(default)]
     pub rejected_key: Option<String>,
+    /// Store revisions validated by patching the last accepted state
+    /// (only the changed pools re-validated).
+    #[serde(default)]
+    pub revisions_incremental: u64,
+    /// Store revisions validated by assembling and parsing the whole document.
+    #[serde(default)]
+    pub revisions_full: u64,
 }
 
 /// A document refused as a whole (docs/safety.md).

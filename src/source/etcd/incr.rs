@@ -24,9 +24,12 @@
 //! - the store's bytes stay under `max_document_size`.
 //!
 //! Cost of the fast path: O(changed pools' servers + log keys + pools)
-//! (finding a pool's index among the pools is a walk over the pool names).
+//! (finding a pool's index among the pools is a walk over the pool names),
+//! plus one copy of the state when the previous one is still held (the
+//! watcher's case: the daemon holds the document it applied).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use super::layout::{self, Slot};
 use super::store::{Changes, Store};
@@ -53,14 +56,121 @@ pub struct Stats {
     pub full: u64,
 }
 
-/// The last accepted state and whether it mirrors the store.
-pub struct Incremental {
-    parser: Box<Parser>,
+/// The fast path alone: the last accepted state and whether it mirrors the
+/// store. A caller that runs the full path itself (the watcher runs it with
+/// the daemon's parser, off the async threads) reports its outcome with
+/// [`Patcher::accepted`] or [`Patcher::rejected`]; [`Incremental`] is the
+/// two together.
+#[derive(Debug, Clone, Default)]
+pub struct Patcher {
     max_document_bytes: usize,
-    prefix: String,
-    state: Option<DesiredState>,
+    state: Option<Arc<DesiredState>>,
     /// True when `state` is the store's document at its last revision.
     synced: bool,
+}
+
+impl Patcher {
+    pub fn new(max_document_bytes: usize) -> Self {
+        Patcher {
+            max_document_bytes,
+            state: None,
+            synced: false,
+        }
+    }
+
+    /// The last accepted state (kept serving across rejections).
+    pub fn state(&self) -> Option<&Arc<DesiredState>> {
+        self.state.as_ref()
+    }
+
+    /// The full path accepted `state`: it is the store's document at the
+    /// store's revision.
+    pub fn accepted(&mut self, state: Arc<DesiredState>) {
+        self.state = Some(state);
+        self.synced = true;
+    }
+
+    /// The full path rejected the store's revision: the state keeps
+    /// serving but no longer mirrors the store, so the next revision takes
+    /// the full path.
+    pub fn rejected(&mut self) {
+        self.synced = false;
+    }
+
+    /// The store's revision as a patch of the accepted state, or `None`
+    /// (nothing changed) when the fast path does not apply.
+    ///
+    /// The new state shares nothing with the previous one while that one
+    /// is still held elsewhere (`Arc::make_mut` copies it): the daemon
+    /// keeps the previous document until the new one is applied.
+    pub fn patch(&mut self, store: &Store, changes: &Changes) -> Option<Arc<DesiredState>> {
+        let Changes::Keys(keys) = changes else {
+            return None;
+        };
+        let state = self.state.as_mut().filter(|_| self.synced)?;
+        let new = changed_pools(state, store, keys, self.max_document_bytes)?;
+        let patched = Arc::make_mut(state);
+        for p in new {
+            patched.pools.insert(p.name.clone(), p);
+        }
+        patched.revision = store.revision();
+        Some(Arc::clone(state))
+    }
+}
+
+/// The re-validated pools of a change of server keys only, or `None` when
+/// the change is of another kind or a pool does not validate alone.
+fn changed_pools(
+    state: &DesiredState,
+    store: &Store,
+    keys: &BTreeSet<String>,
+    max_document_bytes: usize,
+) -> Option<Vec<Pool>> {
+    if store.bytes() > max_document_bytes {
+        return None;
+    }
+    let mut touched: BTreeSet<&str> = BTreeSet::new();
+    for key in keys {
+        let slot = match store.slot(key) {
+            Some(Ok(slot)) => slot.clone(),
+            Some(Err(_)) => return None,
+            // Deleted: what the key was.
+            None => layout::classify(key).ok()?,
+        };
+        match slot {
+            Slot::Server { .. } => {
+                let pool = key["servers/".len()..].split('/').next().unwrap_or("");
+                if keys.contains(&format!("pools/{pool}")) {
+                    return None;
+                }
+                touched.insert(pool);
+            }
+            Slot::Unknown => {}
+            Slot::Group | Slot::Object { .. } => return None,
+        }
+    }
+    let mut new: Vec<Pool> = Vec::with_capacity(touched.len());
+    for pool in touched {
+        let name = Name::try_new(pool).ok()?;
+        let index = state.pools.keys().position(|n| *n == name)?;
+        let inside = format!("pools[{index}].servers[");
+        if state.warnings.iter().any(|w| w.starts_with(&inside)) {
+            return None;
+        }
+        let body = store.pool_body(pool)?;
+        match revalidate_pool(&body, state.availability_zones.as_ref(), &state.logic) {
+            Some(p) if p.name == name => new.push(p),
+            _ => return None,
+        }
+    }
+    Some(new)
+}
+
+/// The fast path and the full path together, with the parser.
+pub struct Incremental {
+    parser: Box<Parser>,
+    prefix: String,
+    patcher: Patcher,
     pub stats: Stats,
 }
 
@@ -84,98 +194,36 @@ impl Incremental {
     pub fn new(parser: Box<Parser>, max_document_bytes: usize, prefix: &str) -> Self {
         Incremental {
             parser,
-            max_document_bytes,
             prefix: prefix.to_string(),
-            state: None,
-            synced: false,
+            patcher: Patcher::new(max_document_bytes),
             stats: Stats::default(),
         }
     }
 
     /// The last accepted state (kept serving across rejections).
     pub fn state(&self) -> Option<&DesiredState> {
-        self.state.as_ref()
+        self.patcher.state().map(|s| &**s)
     }
 
     /// Brings the state to the store's revision: `Ok` with the path taken,
     /// or the full path's rejection (the previous state is kept).
     pub fn update(&mut self, store: &Store, changes: &Changes) -> Result<Path, String> {
-        if let Changes::Keys(keys) = changes {
-            if self.try_fast(store, keys) {
-                self.stats.incremental += 1;
-                return Ok(Path::Incremental);
-            }
+        if self.patcher.patch(store, changes).is_some() {
+            self.stats.incremental += 1;
+            return Ok(Path::Incremental);
         }
         self.stats.full += 1;
-        match full(store, &*self.parser, self.max_document_bytes, &self.prefix) {
+        let max = self.patcher.max_document_bytes;
+        match full(store, &*self.parser, max, &self.prefix) {
             Ok(d) => {
-                self.state = Some(d);
-                self.synced = true;
+                self.patcher.accepted(Arc::new(d));
                 Ok(Path::Full)
             }
             Err(e) => {
-                self.synced = false;
+                self.patcher.rejected();
                 Err(e)
             }
         }
-    }
-
-    /// The fast path; `false` (nothing changed) when it does not apply.
-    fn try_fast(&mut self, store: &Store, keys: &BTreeSet<String>) -> bool {
-        let Some(state) = self.state.as_mut().filter(|_| self.synced) else {
-            return false;
-        };
-        if store.bytes() > self.max_document_bytes {
-            return false;
-        }
-        let mut touched: BTreeSet<&str> = BTreeSet::new();
-        for key in keys {
-            let slot = match store.slot(key) {
-                Some(Ok(slot)) => slot.clone(),
-                Some(Err(_)) => return false,
-                // Deleted: what the key was.
-                None => match layout::classify(key) {
-                    Ok(slot) => slot,
-                    Err(_) => return false,
-                },
-            };
-            match slot {
-                Slot::Server { .. } => {
-                    let pool = key["servers/".len()..].split('/').next().unwrap_or("");
-                    if keys.contains(&format!("pools/{pool}")) {
-                        return false;
-                    }
-                    touched.insert(pool);
-                }
-                Slot::Unknown => {}
-                Slot::Group | Slot::Object { .. } => return false,
-            }
-        }
-        let mut new: Vec<Pool> = Vec::with_capacity(touched.len());
-        for pool in touched {
-            let Ok(name) = Name::try_new(pool) else {
-                return false;
-            };
-            let Some(index) = state.pools.keys().position(|n| *n == name) else {
-                return false;
-            };
-            let inside = format!("pools[{index}].servers[");
-            if state.warnings.iter().any(|w| w.starts_with(&inside)) {
-                return false;
-            }
-            let Some(body) = store.pool_body(pool) else {
-                return false;
-            };
-            match revalidate_pool(&body, state.availability_zones.as_ref(), &state.logic) {
-                Some(p) if p.name == name => new.push(p),
-                _ => return false,
-            }
-        }
-        for p in new {
-            state.pools.insert(p.name.clone(), p);
-        }
-        state.revision = store.revision();
-        true
     }
 }
 

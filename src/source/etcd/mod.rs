@@ -29,6 +29,7 @@
 pub mod client;
 pub mod incr;
 pub mod layout;
+pub mod lkg;
 pub mod policy;
 pub mod store;
 
@@ -44,8 +45,9 @@ use tracing::{debug, info, warn};
 
 use super::poll::Wiring;
 use super::schedule::{backoff_delay, Tuning};
-use super::{Accepted, Document, SourceState, StreamStatus};
+use super::{Accepted, CacheBody, Document, SourceState, StreamStatus};
 use crate::config::{EtcdUrl, SourceConfig};
+use incr::Patcher;
 use policy::{Delay, Outcome, Progress, Step};
 use store::{Change, Event, Store};
 
@@ -62,8 +64,13 @@ pub(crate) async fn run<T: Document>(
     wiring: Wiring<T>,
 ) {
     let creds = Credentials::from_config(&cfg);
+    let lkg = lkg::Writer::spawn(cfg.cache.clone(), tuning.max_document_bytes)
+        .inspect_err(|error| warn!(%error, "cannot start the cache thread; the last-known-good cache will not be written"))
+        .ok();
     let mut w = Watcher {
         store: Store::new(tuning.max_document_bytes),
+        patcher: Patcher::new(tuning.max_document_bytes),
+        lkg,
         url,
         creds,
         tuning,
@@ -122,6 +129,10 @@ pub(crate) async fn run<T: Document>(
 /// State of the watcher between steps.
 struct Watcher<T> {
     store: Store,
+    /// The incremental path: the last accepted state, patched in place.
+    patcher: Patcher,
+    /// The cache thread, fed the same keys as the store.
+    lkg: Option<lkg::Writer>,
     url: EtcdUrl,
     creds: Credentials,
     tuning: Tuning,
@@ -212,6 +223,12 @@ impl<T: Document> Watcher<T> {
             .map(|kv| (self.relative(kv.key()), Bytes::copy_from_slice(kv.value())))
             .collect();
         let keys = kvs.len();
+        if let Some(l) = &self.lkg {
+            l.send(lkg::Feed::Reset {
+                revision,
+                kvs: kvs.clone(),
+            });
+        }
         self.store.reset(revision, kvs);
         self.cache_allowed = false;
         info!(revision, keys, endpoint = %self.url.endpoints[endpoint], "listed the etcd prefix");
@@ -284,6 +301,9 @@ impl<T: Document> Watcher<T> {
                 continue;
             }
             let applied = self.store.apply(&events);
+            if let Some(l) = &self.lkg {
+                l.send(lkg::Feed::Apply(events));
+            }
             debug!(
                 ?applied,
                 revision = self.store.revision(),
@@ -388,43 +408,69 @@ impl<T: Document> Watcher<T> {
         }
     }
 
-    /// Assembles and validates the store's document; delivers it if valid
-    /// and newer, otherwise reports which key is at fault.
+    /// Brings the delivered document to the store's revision: patched in
+    /// place when only servers of existing pools changed (`incr`),
+    /// otherwise assembled and validated whole; delivers it if valid and
+    /// newer, otherwise reports which key is at fault.
     async fn deliver(&mut self) {
-        // The full path does not use the record of changed keys (that is
-        // `incr`'s input); clearing it keeps it to one revision's keys.
-        let _ = self.store.take_changes();
+        let changes = self.store.take_changes();
         let revision = self.store.revision();
-        let prefix = self.url.prefix.clone();
-        let (raw, index) = match self.store.document(self.tuning.max_document_bytes) {
-            Ok(d) => d,
-            Err(e) => {
+        if let Some(doc) = self
+            .patcher
+            .patch(&self.store, &changes)
+            .and_then(T::from_state)
+        {
+            self.stream(|st| st.revisions_incremental += 1);
+            self.accept(revision, doc);
+            return;
+        }
+        self.stream(|st| st.revisions_full += 1);
+        match self.full().await {
+            Ok(doc) => {
+                let doc = Arc::new(doc);
+                if let Some(state) = T::to_state(&doc) {
+                    self.patcher.accepted(state);
+                }
+                self.accept(revision, doc);
+            }
+            Err((key, message)) => {
+                self.patcher.rejected();
+                self.rejected(revision, key, message);
+            }
+        }
+    }
+
+    /// The full path: assembles the store's document and runs the parser
+    /// off the async threads. The error names the etcd key at fault.
+    async fn full(&self) -> Result<T, (Option<String>, String)> {
+        let prefix = &self.url.prefix;
+        let (raw, index) = self
+            .store
+            .document(self.tuning.max_document_bytes)
+            .map_err(|e| {
                 let key = e.key.map(|k| format!("{prefix}{k}"));
                 let message = match &key {
                     Some(k) => format!("key {k}: {}", e.message),
                     None => e.message,
                 };
-                self.rejected(revision, key, message);
-                return;
-            }
-        };
-        let raw = Bytes::from(raw);
+                (key, message)
+            })?;
         let parser = Arc::clone(&self.wiring.parser);
-        let body = raw.clone();
-        let parsed = tokio::task::spawn_blocking(move || parser(&body))
+        let parsed = tokio::task::spawn_blocking(move || parser(&raw))
             .await
             .unwrap_or_else(|e| Err(format!("the document parser panicked: {e}")));
-        let doc = match parsed {
-            Ok(doc) => doc,
-            Err(message) => {
-                let first_key = message
-                    .split("; ")
-                    .find_map(|p| index.key_of(p.split_once(": ").map_or("", |(p, _)| p)))
-                    .map(|k| format!("{prefix}{k}"));
-                self.rejected(revision, first_key, index.annotate(&prefix, &message));
-                return;
-            }
-        };
+        parsed.map_err(|message| {
+            let first_key = message
+                .split("; ")
+                .find_map(|p| index.key_of(p.split_once(": ").map_or("", |(p, _)| p)))
+                .map(|k| format!("{prefix}{k}"));
+            (first_key, index.annotate(prefix, &message))
+        })
+    }
+
+    /// Delivers a valid document of the store's revision unless it is
+    /// older than (or the same as) the one delivered.
+    fn accept(&mut self, revision: u64, doc: Arc<T>) {
         if let Some(current) = self.accepted.filter(|c| *c > doc.revision()) {
             warn!(
                 revision,
@@ -437,11 +483,7 @@ impl<T: Document> Watcher<T> {
         if self.accepted == Some(doc.revision()) && !self.status_from_cache() {
             return;
         }
-        info!(
-            revision,
-            bytes = raw.len(),
-            "accepted a new document from etcd"
-        );
+        info!(revision, "accepted a new document from etcd");
         self.accepted = Some(revision);
         self.status(|s| {
             s.state = SourceState::Ok;
@@ -456,8 +498,14 @@ impl<T: Document> Watcher<T> {
                 st.rejected_revision = None;
             }
         });
+        // Without a cache thread the cache is not written: an empty body
+        // would be no document.
+        let raw = match &self.lkg {
+            Some(l) => CacheBody::Deferred(l.deferred(revision)),
+            None => CacheBody::Deferred(super::DeferredCache::new(revision, Arc::new(|_| {}))),
+        };
         self.wiring.out.send_replace(Some(Arc::new(Accepted {
-            doc: Arc::new(doc),
+            doc,
             raw,
             etag: Some(format!("etcd-{revision}")),
             from_cache: false,

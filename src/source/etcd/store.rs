@@ -57,7 +57,8 @@ pub struct Store {
     /// Sum of key and value sizes of every entry (bounded by the caller's cap).
     bytes: usize,
     max_value_bytes: usize,
-    /// Keys put or deleted since the last [`Store::take_changes`]; `None`
+    /// Keys whose entry changed (put with another value, or deleted)
+    /// since the last [`Store::take_changes`]; `None`
     /// after a [`Store::reset`] (everything may have changed).
     changed: Option<BTreeSet<String>>,
 }
@@ -101,7 +102,7 @@ impl Store {
         self.changed = None;
         self.bytes = 0;
         for (key, value) in kvs {
-            self.put(key, &value);
+            let _ = self.put(key, &value);
         }
         self.revision = revision;
     }
@@ -123,15 +124,14 @@ impl Store {
                 done.skipped += end - i;
             } else {
                 for e in &events[i..end] {
-                    let key = match &e.change {
-                        Change::Put { key, .. } | Change::Delete { key } => key,
+                    // A put of the value a key already holds (every
+                    // `publish` rewrites the group key) is no change.
+                    let (key, changed) = match &e.change {
+                        Change::Put { key, value } => (key, self.put(key.clone(), value)),
+                        Change::Delete { key } => (key, self.delete(key)),
                     };
-                    if let Some(c) = self.changed.as_mut() {
+                    if let (true, Some(c)) = (changed, self.changed.as_mut()) {
                         c.insert(key.clone());
-                    }
-                    match &e.change {
-                        Change::Put { key, value } => self.put(key.clone(), value),
-                        Change::Delete { key } => self.delete(key),
                     }
                 }
                 self.revision = revision;
@@ -143,7 +143,8 @@ impl Store {
         done
     }
 
-    fn put(&mut self, key: String, value: &[u8]) {
+    /// Puts `key`; false when it already held exactly this.
+    fn put(&mut self, key: String, value: &[u8]) -> bool {
         let entry = match layout::classify(&key) {
             Ok(slot) => match layout::check_value(&slot, value, self.max_value_bytes) {
                 Ok(bytes) => Entry::Ok(slot, bytes),
@@ -151,14 +152,23 @@ impl Store {
             },
             Err(e) => Entry::Bad(e),
         };
+        if self.entries.get(&key) == Some(&entry) {
+            return false;
+        }
         self.delete(&key);
         self.bytes += key.len() + entry_size(&entry);
         self.entries.insert(key, entry);
+        true
     }
 
-    fn delete(&mut self, key: &str) {
-        if let Some(old) = self.entries.remove(key) {
-            self.bytes -= key.len() + entry_size(&old);
+    /// Deletes `key`; false when it was absent.
+    fn delete(&mut self, key: &str) -> bool {
+        match self.entries.remove(key) {
+            Some(old) => {
+                self.bytes -= key.len() + entry_size(&old);
+                true
+            }
+            None => false,
         }
     }
 
@@ -386,6 +396,27 @@ mod tests {
             .unwrap_err()
             .message
             .contains("exceeds"));
+    }
+
+    #[test]
+    fn only_real_changes_are_recorded() {
+        let mut s = base();
+        assert_eq!(s.take_changes(), Changes::All);
+        s.apply(&[
+            put(11, "group", "{\"schema\":1,\"group\":\"g\"}"),
+            del(11, "servers/p/none"),
+            put(11, "servers/p/a", "{\"name\":\"a\",\"port\":2}"),
+        ]);
+        assert_eq!(s.revision(), 11);
+        assert_eq!(
+            s.take_changes(),
+            Changes::Keys(["servers/p/a".to_string()].into())
+        );
+        s.apply(&[del(12, "servers/p/a")]);
+        assert_eq!(
+            s.take_changes(),
+            Changes::Keys(["servers/p/a".to_string()].into())
+        );
     }
 
     #[test]
