@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tracing::{debug, info, warn};
@@ -208,9 +208,9 @@ fn run(rx: Receiver<Feed>, path: PathBuf, mut mirror: Mirror) {
         if !mirror.owed() {
             continue;
         }
-        let deadline = Instant::now() + MAX_DELAY;
+        let deadline = crate::clock::now() + MAX_DELAY;
         let mut open = true;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        while let Some(left) = deadline.checked_duration_since(crate::clock::now()) {
             match rx.recv_timeout(left.min(SETTLE)) {
                 Ok(f) => mirror.push(f),
                 Err(RecvTimeoutError::Timeout) => break,
@@ -349,8 +349,8 @@ mod tests {
         drop(d);
         // Every sender is gone: the thread writes what it owes and ends;
         // wait for the file, bounded.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !path.exists() && Instant::now() < deadline {
+        let deadline = crate::clock::now() + Duration::from_secs(10);
+        while !path.exists() && crate::clock::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         let raw = std::fs::read(&path).expect("cache written");
