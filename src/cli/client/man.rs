@@ -11,6 +11,7 @@ use super::commands::DEFAULT_SOCKET;
 /// synopsis and description, then every visible subcommand with its
 /// options (clap_mangen alone would point at per-subcommand pages that are
 /// not shipped), exit status, environment and files.
+// long: the man page written top to bottom, one roff section after another; splitting by section is open (issue 13)
 pub fn man_page() -> std::io::Result<String> {
     use clap_mangen::roff::{bold, italic, roman, Inline, Roff};
     let mut cmd = Cli::command();

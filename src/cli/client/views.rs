@@ -62,6 +62,7 @@ fn az_routing_lines(
 }
 
 /// The human view of `lb-agent status`: a summary block, then the VIP table.
+// long: the status view line by line in output order; to be split by section (issue 13, not done yet)
 pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
     let mut lines: Vec<(&str, String)> = Vec::new();
     let mut node = format!(

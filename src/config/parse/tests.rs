@@ -1,4 +1,3 @@
-
 #[test]
 fn agent_owned_files_follow_state_dir_unless_set() {
     let c = super::parse_str(
