@@ -183,6 +183,7 @@ struct Feeds {
     health: watch::Receiver<HealthSnapshot>,
 }
 
+// long: the daemon's wiring of one generation: build, spawn, wait, drain, in order; not split (issue 13 keeps src/daemon.rs as is)
 async fn run_generation(
     cfg: &Config,
     config_path: &Path,

@@ -34,6 +34,8 @@ pub mod doctor;
 pub mod drain;
 pub mod exposition;
 pub mod fdbudget;
+#[cfg(test)]
+mod fnlength;
 pub mod fsutil;
 pub mod gate;
 pub mod haproxy;

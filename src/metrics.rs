@@ -224,6 +224,7 @@ fn flag(b: bool) -> i64 {
 }
 
 impl Collector for SnapshotCollector {
+    // long: the exposition written family by family; to be split by section (issue 13, not done yet)
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.snapshot.borrow();
 

@@ -298,6 +298,7 @@ struct Observed {
 
 /// The anycast task: see the module docs. Returns after `cancel` fired and
 /// the stop policy was carried out.
+// long: the anycast task's one select! loop over shared mutable state; not split (issue 13 keeps src/anycast/** as is)
 pub async fn run<A: AddressOps, B: Announcer>(
     s: AnycastSettings,
     mut vips: VipManager<A>,

@@ -691,6 +691,7 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, ParseError> {
 /// `{a,b}` patterns: lb-agent never writes them), and the same checks BIRD
 /// makes are applied (valid address, length, no host bits, no duplicate
 /// name, no mixed families), so a file this accepts is one BIRD accepts.
+// long: one recursive-descent parser with a nested expect helper over a shared token iterator; to split by statement later
 pub fn parse(text: &str) -> Result<IncludeFile, ParseError> {
     let tokens = tokenize(text)?;
     let last_line = text.lines().count().max(1);

@@ -269,6 +269,7 @@ impl Renderer {
 
     /// Renders `d` with data-file paths below `data_dir` (the real one, or a
     /// staging directory for validation).
+    // long: one pass over the document collecting every file of the render; to be split by file kind (issue 13, not done yet)
     pub fn render(&self, d: &DesiredState, data_dir: &Path) -> Result<Rendered, RenderError> {
         let s = &self.settings;
         let mut files = BTreeMap::new();

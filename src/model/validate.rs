@@ -448,6 +448,7 @@ fn check_port(errs: &mut Errs, p: i64, path: String) -> Option<u16> {
 }
 
 /// Validates a parsed wire document.
+// long: every section of the document validated in order; to be split per section (issue 13, not done yet)
 fn validate(
     w: WireDocument,
     ctx: &ValidateContext,
