@@ -89,12 +89,7 @@ pub fn parse_str(text: &str, file: &str) -> Result<Config, ConfigErrors> {
 /// [`parse_str`], also returning every dotted key the walker knows, so tests
 /// can check the packaged file documents all of them.
 fn parse_collecting(text: &str, file: &str) -> (Result<Config, ConfigErrors>, Vec<String>) {
-    let mut cx = Cx {
-        file,
-        text,
-        errors: Vec::new(),
-        known: Vec::new(),
-    };
+    let mut cx = Cx::new(file, text);
     let (doc, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
         // The recovered tree is a best effort; walking it would report

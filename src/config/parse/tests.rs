@@ -222,3 +222,42 @@ fn packaged_file_documents_every_key_with_its_default() {
     assert!(matches!(parsed.checks[0].kind, LocalCheckKind::Exec { .. }));
     assert!(matches!(parsed.checks[1].kind, LocalCheckKind::Http { .. }));
 }
+
+/// `Cx::line` (newline offsets found once, then a binary search) gives what
+/// counting the newlines before the offset gives, for every offset of texts
+/// with empty lines, a trailing newline, none, and offsets past the end.
+#[test]
+fn line_of_an_offset_counts_the_newlines_before_it() {
+    for text in [
+        "",
+        "\n",
+        "a",
+        "a\nb",
+        "[node]\n\nname = \"x\"\n",
+        "\n\n\nx\n\n",
+    ] {
+        let cx = walker::Cx::new("agent.toml", text);
+        for offset in 0..text.len() + 3 {
+            let end = offset.min(text.len());
+            let want = text.as_bytes()[..end]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
+            assert_eq!(cx.line(offset), want, "{text:?} at {offset}");
+        }
+    }
+}
+
+/// A file of thousands of errors: every one carries its own line. (The
+/// agent_toml fuzz target found this shape quadratic; its cost is a figure
+/// of the fuzz runs in docs/reliability.md, not a timed assertion here.)
+#[test]
+fn thousands_of_errors_each_name_their_line() {
+    let text: String = (0..3000).map(|i| format!("unknown_{i} = 1\n")).collect();
+    let errors = parse_str(&text, "agent.toml").unwrap_err();
+    assert_eq!(errors.0.len(), 3000);
+    for (i, e) in errors.0.iter().enumerate() {
+        assert_eq!(e.line, i + 1, "{e}");
+    }
+}
