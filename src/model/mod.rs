@@ -17,6 +17,7 @@ pub mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -38,7 +39,11 @@ pub struct DesiredState {
     pub vips: Vec<Vip>,
     /// Frontends by name (sorted: rendering and planning are deterministic).
     pub frontends: BTreeMap<Name, Frontend>,
-    pub pools: BTreeMap<Name, Pool>,
+    /// Pools by name, each shared (`Arc`): a state patched from another
+    /// (the etcd source's incremental path) shares every pool it did not
+    /// change, so copying a state is O(pools), and a consumer can skip an
+    /// unchanged pool by pointer ([`std::sync::Arc::ptr_eq`]).
+    pub pools: BTreeMap<Name, Arc<Pool>>,
     pub logic: BTreeMap<Name, Logic>,
     pub maps: BTreeMap<Name, MapDef>,
     pub acls: BTreeMap<Name, AclDef>,

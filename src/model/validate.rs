@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -663,7 +664,7 @@ fn validate(
                     format!("duplicate pool name {}", pool.name),
                 );
             } else {
-                pools.insert(pool.name.clone(), pool);
+                pools.insert(pool.name.clone(), Arc::new(pool));
             }
         }
     }

@@ -85,7 +85,7 @@ pub fn backends(d: &DesiredState) -> Vec<Backend<'_>> {
                 }
             }
             _ if p.stickiness == Stickiness::Source => out.push(Backend {
-                pool: Cow::Owned(source_hashed(p.clone())),
+                pool: Cow::Owned(source_hashed(Pool::clone(p))),
                 base: p,
                 role: Role::Plain,
             }),

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use proptest::prelude::*;
 
@@ -46,7 +47,7 @@ fn state_with(pools: Vec<(&str, &str, Vec<Server>)>) -> DesiredState {
             logic: Vec::new(),
             options: Default::default(),
         };
-        d.pools.insert(pool.name.clone(), pool);
+        d.pools.insert(pool.name.clone(), Arc::new(pool));
     }
     d
 }
@@ -226,7 +227,7 @@ fn static_pool_without_slots_needs_reload_dynamic_pool_adds() {
 fn structure_changes_need_reload_with_reason() {
     let a = state_with(vec![("www", "roundrobin", vec![])]);
     let mut b = a.clone();
-    b.pools.get_mut("www").unwrap().balance = Balance("leastconn".into());
+    Arc::make_mut(b.pools.get_mut("www").unwrap()).balance = Balance("leastconn".into());
     let st_a = Structure::of(&a, "g");
     let st_b = Structure::of(&b, "g");
     let sim = SimHaproxy::load(&a, SlotPolicy::Pow2);
@@ -366,8 +367,8 @@ fn arb_pair() -> impl Strategy<Value = (DesiredState, DesiredState, bool)> {
                 logic: Vec::new(),
                 options: Default::default(),
             };
-            a.pools.insert(name.clone(), mk(sa));
-            b.pools.insert(name.clone(), mk(sb));
+            a.pools.insert(name.clone(), Arc::new(mk(sa)));
+            b.pools.insert(name.clone(), Arc::new(mk(sb)));
         }
         (a, b, pow2)
     })
@@ -433,7 +434,7 @@ fn texts(r: &[crate::plan::ReloadReason]) -> Vec<String> {
 #[test]
 fn added_servers_carry_slowstart() {
     let mut d = state_with(vec![("p", "roundrobin", vec![])]);
-    let p = d.pools.values_mut().next().unwrap();
+    let p = Arc::make_mut(d.pools.values_mut().next().unwrap());
     assert_eq!(super::server_keywords(p).as_deref(), Some("check"));
     p.options.slowstart = Some(std::time::Duration::from_secs(10));
     assert_eq!(

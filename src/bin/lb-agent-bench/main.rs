@@ -204,7 +204,7 @@ fn change_servers(d: &DesiredState, n: usize, back: bool) -> DesiredState {
     let mut d2 = d.clone();
     let mut k = 0;
     'outer: for pool in d2.pools.values_mut() {
-        for s in pool.servers.values_mut() {
+        for s in std::sync::Arc::make_mut(pool).servers.values_mut() {
             if k >= n {
                 break 'outer;
             }
@@ -243,7 +243,11 @@ fn fig_plan(sz: &Sizes) -> Result<(String, String, DesiredState, Plan)> {
             .values_mut()
             .nth(run % sz.pools)
             .context("no pool")?;
-        let s = pool.servers.values_mut().next().context("no server")?;
+        let s = std::sync::Arc::make_mut(pool)
+            .servers
+            .values_mut()
+            .next()
+            .context("no server")?;
         s.weight = 11 + (run % 200) as u16;
         let t = Instant::now();
         let st = Structure::of(&d2, "bench");

@@ -2,6 +2,8 @@
 //! issue wants at runtime (health aside, which HAProxy does itself) plans to
 //! runtime commands on the simulator with no reload.
 
+use std::sync::Arc;
+
 use super::*;
 use crate::config::SlotPolicy;
 use crate::model::validate::{parse_document, ValidateContext};
@@ -164,9 +166,9 @@ fn what_needs_a_reload_does() {
     let mut zones = base.clone();
     zones.availability_zones.as_mut().unwrap().zones.pop();
     let mut sticky = base.clone();
-    sticky.pools.get_mut("www").unwrap().stickiness = Stickiness::Cookie;
+    Arc::make_mut(sticky.pools.get_mut("www").unwrap()).stickiness = Stickiness::Cookie;
     let mut plain = base.clone();
-    plain.pools.get_mut("www").unwrap().routing = Routing::None;
+    Arc::make_mut(plain.pools.get_mut("www").unwrap()).routing = Routing::None;
     for (what, d) in [("zones", zones), ("stickiness", sticky), ("routing", plain)] {
         let diff = Structure::of(&base, "g").diff(&Structure::of(&d, "g"));
         assert!(!diff.is_empty(), "{what} changed without a reload");

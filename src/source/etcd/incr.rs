@@ -111,7 +111,7 @@ impl Patcher {
         let new = changed_pools(state, store, keys, self.max_document_bytes)?;
         let patched = Arc::make_mut(state);
         for p in new {
-            patched.pools.insert(p.name.clone(), p);
+            patched.pools.insert(p.name.clone(), Arc::new(p));
         }
         patched.revision = store.revision();
         Some(Arc::clone(state))
