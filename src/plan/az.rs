@@ -67,8 +67,16 @@ pub fn zone_backend(pool: &Name, zone: &Name) -> Name {
 /// Every backend of `d`, in a stable order (by pool, the spill backend
 /// first, then the zones in document order).
 pub fn backends(d: &DesiredState) -> Vec<Backend<'_>> {
+    backends_of(d, d.pools.values().map(|p| &**p))
+}
+
+/// The backends of `pools` (pools of `d`), in the order of [`backends`].
+pub fn backends_of<'a>(
+    d: &'a DesiredState,
+    pools: impl Iterator<Item = &'a Pool>,
+) -> Vec<Backend<'a>> {
     let mut out = Vec::with_capacity(d.pools.len());
-    for p in d.pools.values() {
+    for p in pools {
         match (p.routing, d.availability_zones.as_ref()) {
             (Routing::Az, Some(az)) => {
                 out.push(Backend {

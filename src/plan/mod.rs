@@ -23,13 +23,14 @@ pub mod command;
 pub mod data;
 pub mod layout;
 pub mod reason;
+pub mod scope;
 pub mod sim;
 mod structure;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::observed::{ObservedBackend, ObservedServer, ObservedServers};
-use crate::model::{DesiredState, Pool, Server, ServerState};
+use crate::model::{DesiredState, Name, Pool, Server, ServerState};
 
 pub use command::Command;
 pub use layout::{check_keywords, is_slot_name, pool_layout, slot_count, SlotLine, SLOT_PREFIX};
@@ -109,9 +110,44 @@ pub fn plan_with_data(
     p
 }
 
+/// [`plan`] of the pools in `pools` alone, for a server-scoped change
+/// ([`scope::server_scope`]) over a HAProxy that ran the previous state
+/// exactly: the same plan as [`plan`], reading only those pools' backends
+/// of `observed` (so an observation of those alone,
+/// [`scope::scope_backends`], is enough). Only best-effort cleanup left
+/// over in other pools (a `del server` HAProxy refused) waits for the next
+/// full pass.
+pub fn plan_scoped(
+    desired: &DesiredState,
+    desired_structure: &Structure,
+    loaded: Option<&Structure>,
+    observed: &ObservedServers,
+    pools: &BTreeSet<Name>,
+    opts: PlanOptions,
+) -> Plan {
+    let of = pools
+        .iter()
+        .filter_map(|n| desired.pools.get(n))
+        .map(|p| &**p);
+    let backends = az::backends_of(desired, of);
+    let mut p = plan_backends(backends, desired_structure, loaded, observed);
+    p.limit_runtime_ops(opts.max_runtime_ops);
+    p
+}
+
 /// Structure and server planning, without the runtime-ops limit.
 fn plan_servers(
     desired: &DesiredState,
+    desired_structure: &Structure,
+    loaded: Option<&Structure>,
+    observed: &ObservedServers,
+) -> Plan {
+    plan_backends(az::backends(desired), desired_structure, loaded, observed)
+}
+
+/// The structure's reload reasons and the server plan of `backends`.
+fn plan_backends(
+    backends: Vec<az::Backend<'_>>,
     desired_structure: &Structure,
     loaded: Option<&Structure>,
     observed: &ObservedServers,
@@ -122,7 +158,7 @@ fn plan_servers(
         Some(l) => p.reload.extend(l.diff(desired_structure)),
     }
     // Routed pools are several backends (`az`), each planned like a pool.
-    for b in az::backends(desired) {
+    for b in backends {
         let pool = b.pool.as_ref();
         match observed.backends.get(pool.name.as_str()) {
             Some(be) => plan_pool(pool, be, &mut p),

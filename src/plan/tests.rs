@@ -15,7 +15,7 @@ const OPTS: PlanOptions = PlanOptions {
     max_runtime_ops: 10_000,
 };
 
-fn server(name: &str, addr: &str, port: u16, weight: u16, state: ServerState) -> Server {
+pub(super) fn server(name: &str, addr: &str, port: u16, weight: u16, state: ServerState) -> Server {
     Server {
         name: Name::try_new(name).unwrap(),
         address: addr.parse().unwrap(),
@@ -324,7 +324,7 @@ fn arb_state() -> impl Strategy<Value = ServerState> {
 }
 
 /// Servers drawn from a small universe so that two states overlap.
-fn arb_servers() -> impl Strategy<Value = BTreeMap<Name, Server>> {
+pub(super) fn arb_servers() -> impl Strategy<Value = BTreeMap<Name, Server>> {
     proptest::collection::btree_map(0u8..12, (0u8..3, 0u16..3, 0u16..=256, arb_state()), 0..9)
         .prop_map(|m| {
             m.into_iter()
