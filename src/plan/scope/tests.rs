@@ -207,12 +207,12 @@ fn state(pools: &[(bool, bool, bool, BTreeMap<Name, Server>)]) -> DesiredState {
     d
 }
 
-fn arb_steps() -> impl Strategy<
-    Value = (
-        Vec<(bool, bool, bool)>,
-        Vec<Vec<Option<BTreeMap<Name, Server>>>>,
-    ),
-> {
+/// Per pool: dynamic balance, routed, sticky.
+type Kinds = Vec<(bool, bool, bool)>;
+/// Per step, per pool: its new servers, or unchanged.
+type Steps = Vec<Vec<Option<BTreeMap<Name, Server>>>>;
+
+fn arb_steps() -> impl Strategy<Value = (Kinds, Steps)> {
     (1..4usize).prop_flat_map(|n| {
         let kinds = proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>()), n);
         // Each step replaces the servers of some pools (None: unchanged).
