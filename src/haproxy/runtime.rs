@@ -265,6 +265,22 @@ impl Session {
         Ok(parse::servers_state(&text)?)
     }
 
+    /// `show servers state <backend>`: the servers of one backend (a
+    /// scoped pass reads only the backends it plans). An unknown backend
+    /// is an error (HAProxy answers "Can't find backend.").
+    pub async fn servers_state_of(
+        &mut self,
+        backend: &str,
+    ) -> Result<ObservedServers, RuntimeError> {
+        if backend.is_empty() || backend.contains(char::is_whitespace) {
+            return Err(RuntimeError::BadLine(backend.chars().take(120).collect()));
+        }
+        let text = self
+            .command(&format!("show servers state {backend}"))
+            .await?;
+        Ok(parse::servers_state(&text)?)
+    }
+
     /// `show servers state` as raw text (for the server-state file).
     pub async fn servers_state_raw(&mut self) -> Result<String, RuntimeError> {
         self.command("show servers state").await

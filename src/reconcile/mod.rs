@@ -23,6 +23,7 @@
 
 pub mod ops;
 pub mod policy;
+mod scoped;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -45,6 +46,7 @@ use crate::plan::{plan_with_data, Plan, PlanOptions, ReloadReason, Structure};
 use crate::timeutil::sleep_until_opt;
 
 use ops::{HaproxyOps, Observed, RealHaproxy};
+use policy::scope::{pass_scope, PassScope, ScopeInputs};
 use policy::{
     accept, after_apply, identity_changed, install_view, resolve_loaded, Acceptance, AfterApply,
     Identity, Install, Kick, LoadedRecord, Refusal, ReloadState, RELOAD_BACKOFF,
@@ -192,6 +194,11 @@ pub struct Reconciler<H: HaproxyOps = RealHaproxy> {
     /// Watchdog ping period (half of systemd's WatchdogSec), sent from this loop
     /// so that a wedged reconcile loop gets the agent restarted.
     watchdog: Option<Duration>,
+    /// The document HAProxy ran exactly at the end of the last pass (a
+    /// server-only change of it may take the scoped pass, [`scoped`]).
+    verified: Option<scoped::Verified>,
+    /// The config file lags the runtime state (after scoped passes).
+    persist_lag: Option<scoped::PersistLag>,
 }
 
 impl Reconciler<RealHaproxy> {
@@ -225,6 +232,8 @@ impl<H: HaproxyOps> Reconciler<H> {
             install_tx: None,
             haproxy: None,
             watchdog: None,
+            verified: None,
+            persist_lag: None,
         }
     }
 
@@ -272,9 +281,14 @@ impl<H: HaproxyOps> Reconciler<H> {
             let reload_at = self
                 .reload
                 .due(self.s.haproxy.min_reload_interval, Instant::now());
+            let persist_at = self.persist_lag.map(|l| l.due());
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                _ = sleep_until_opt(persist_at), if persist_at.is_some() => {
+                    self.persist_lagging().await;
+                    self.ops.close().await;
+                }
                 _ = sleep_until_opt(reload_at), if reload_at.is_some() => {
                     Box::pin(self.reload()).await;
                     crate::mem::release_free_memory();
@@ -305,8 +319,19 @@ impl<H: HaproxyOps> Reconciler<H> {
                 }
             }
         }
+        // HAProxy may start from the file while the agent is away.
+        self.persist_lagging().await;
         self.ops.close().await;
         debug!("reconciler stopped");
+    }
+
+    /// The structure of `d`: the verified one's when `d` is it (a scoped
+    /// pass computes none).
+    fn structure_of(&self, d: &Arc<DesiredState>) -> Arc<Structure> {
+        match &self.verified {
+            Some(v) if Arc::ptr_eq(&v.desired, d) => v.structure.clone(),
+            _ => Arc::new(self.ops.structure(d)),
+        }
     }
 
     fn update(&self, f: impl FnOnce(&mut HaproxyStatus)) {
@@ -375,7 +400,7 @@ impl<H: HaproxyOps> Reconciler<H> {
                 Some(c) => FrontendInstall {
                     revision: Some(c.desired.revision),
                     frontends: install_view(
-                        &self.ops.structure(&c.desired),
+                        &self.structure_of(&c.desired),
                         self.loaded.as_ref(),
                         &self.reload,
                         self.reachable,
@@ -435,6 +460,19 @@ impl<H: HaproxyOps> Reconciler<H> {
             let warnings = d.warnings.clone();
             self.update(|st| st.document_warnings = warnings);
         }
+        let scope = pass_scope(ScopeInputs {
+            verified: self.verified.as_ref().map(|v| &*v.desired),
+            next: &d,
+            fresh,
+            reload_pending: !self.reload.wanted.is_empty() || self.reload.failure.is_some(),
+        });
+        if let PassScope::Pools(pools) = scope {
+            if self.scoped_pass(&target, &pools, started).await {
+                return;
+            }
+        }
+        // A full pass re-verifies everything.
+        self.verified = None;
         let structure = self.ops.structure(&d);
         self.observe_identity().await;
         let observed = match self.ops.observe(&d).await {
@@ -462,15 +500,7 @@ impl<H: HaproxyOps> Reconciler<H> {
         let Some(changed) = self.converge(&d, &structure, &mut p).await else {
             return;
         };
-        if !p.cleanup.is_empty() {
-            if let Ok(r) = self.ops.apply(&p.cleanup).await {
-                debug!(
-                    deleted = r.ok,
-                    deferred = r.soft.len(),
-                    "removed servers cleaned up"
-                );
-            }
-        }
+        self.cleanup(&p.cleanup).await;
         self.ops.close().await;
         if !p.reload.is_empty() {
             for r in self.reload.want(&p.reload) {
@@ -488,6 +518,11 @@ impl<H: HaproxyOps> Reconciler<H> {
             self.on_invalid(fresh, previous, &d, e);
             return;
         }
+        self.persist_lag = None;
+        self.verified = Some(scoped::Verified {
+            desired: d.clone(),
+            structure: Arc::new(structure),
+        });
         self.converged(&target, started, changed || fresh);
     }
 

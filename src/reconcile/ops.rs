@@ -63,6 +63,13 @@ pub trait HaproxyOps: Send + 'static {
         &mut self,
         d: &DesiredState,
     ) -> impl Future<Output = Result<Observed, String>> + Send;
+    /// Opens the runtime session (if not open) and reads the servers of
+    /// `backends` alone: the observation of a scoped pass
+    /// ([`crate::plan::scope`]).
+    fn observe_backends(
+        &mut self,
+        backends: &[String],
+    ) -> impl Future<Output = Result<ObservedServers, String>> + Send;
     /// Sends runtime commands on the open session.
     fn apply(
         &mut self,
@@ -259,6 +266,26 @@ impl HaproxyOps for RealHaproxy {
         .await;
         if r.is_err() {
             // A broken session is not reused.
+            self.session = None;
+        }
+        r
+    }
+
+    async fn observe_backends(&mut self, backends: &[String]) -> Result<ObservedServers, String> {
+        let r = async {
+            let s = self.session().await?;
+            let mut out = ObservedServers::default();
+            for b in backends {
+                let one = s
+                    .servers_state_of(b)
+                    .await
+                    .map_err(|e| format!("{b}: {e}"))?;
+                out.backends.extend(one.backends);
+            }
+            Ok(out)
+        }
+        .await;
+        if r.is_err() {
             self.session = None;
         }
         r

@@ -16,7 +16,9 @@
 //! - **HAProxy restarts** ([`identity_changed`], [`resolve_loaded`]): what the
 //!   running HAProxy loaded after a restart nobody announced;
 //! - **installation** ([`install_view`]): which frontends of the document the
-//!   running HAProxy serves, which wait for a reload, which failed to install.
+//!   running HAProxy serves, which wait for a reload, which failed to install;
+//! - **pass scope** ([`scope`]): a server-only change after a converged pass
+//!   reads and plans only the pools it touches; the config file follows.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -411,6 +413,8 @@ pub fn install_view(
         })
         .collect()
 }
+
+pub mod scope;
 
 #[cfg(test)]
 mod tests;

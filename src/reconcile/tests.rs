@@ -104,10 +104,26 @@ impl HaproxyOps for Scripted {
             if s.down {
                 return Err("connection refused".into());
             }
+            s.note("observe");
             Ok(Observed {
                 servers: s.sim.observe(),
                 data: ObservedData::default(),
             })
+        })
+    }
+
+    async fn observe_backends(
+        &mut self,
+        backends: &[String],
+    ) -> Result<crate::model::observed::ObservedServers, String> {
+        self.with(|s| {
+            if s.down {
+                return Err("connection refused".into());
+            }
+            s.note(format!("observe {}", backends.join(",")));
+            let mut all = s.sim.observe();
+            all.backends.retain(|k, _| backends.contains(k));
+            Ok(all)
         })
     }
 
@@ -525,5 +541,124 @@ async fn a_burst_of_reload_changes_coalesces_into_one_reload_per_min_reload_inte
         loaded.structure.digest(),
         ops.structure(&doc(10, &fes(10))).digest()
     );
+    l.stop().await;
+}
+
+/// `doc(revision, ["www"])` with server `s1` of pool `p` at `weight`.
+fn weighted(revision: u64, weight: u16) -> Arc<DesiredState> {
+    let mut d = (*doc(revision, &["www"])).clone();
+    let p = Arc::make_mut(d.pools.get_mut("p").unwrap());
+    p.servers.values_mut().for_each(|s| s.weight = weight);
+    Arc::new(d)
+}
+
+fn weight_in_haproxy(ops: &Scripted) -> u16 {
+    ops.with(|s| {
+        s.sim.observe().backends["p"]
+            .servers
+            .iter()
+            .find(|o| o.name == "s1")
+            .unwrap()
+            .uweight
+    })
+}
+
+/// A server change after a converged pass reads and plans its pool alone,
+/// and the config file follows 2 s later (once).
+#[tokio::test(start_paused = true)]
+async fn a_server_change_takes_the_scoped_pass_and_the_file_follows() {
+    let ops = Scripted::new();
+    let l = Loop::start(ops.clone(), &weighted(1, 10));
+    l.offer(weighted(1, 10));
+    run_for(1.0).await;
+    assert_eq!(
+        ops.times("observe").len(),
+        1,
+        "the first document: a full pass"
+    );
+    assert_eq!(ops.times("persist"), vec![0]);
+    l.offer(weighted(2, 20));
+    run_for(0.5).await;
+    assert_eq!(weight_in_haproxy(&ops), 20);
+    assert_eq!(
+        ops.times("observe p"),
+        vec![1000, 1000],
+        "pool p alone: read, apply, read back"
+    );
+    assert_eq!(ops.times("observe").len(), 1, "no full observation");
+    assert_eq!(ops.times("persist"), vec![0], "the file waits");
+    let st = l.status.borrow().clone();
+    assert!(st.converged && st.revision == Some(2), "{st:#?}");
+    run_for(2.0).await;
+    assert_eq!(ops.times("persist"), vec![0, 3000], "2 s after the change");
+    l.stop().await;
+}
+
+/// A steady stream of server changes writes the file every 10 s, and what
+/// is still lagging when the agent stops is written at the stop.
+#[tokio::test(start_paused = true)]
+async fn a_stream_of_changes_writes_the_file_at_most_every_ten_seconds() {
+    let ops = Scripted::new();
+    let l = Loop::start(ops.clone(), &weighted(1, 10));
+    l.offer(weighted(1, 10));
+    for i in 1..=15u16 {
+        run_for(1.0).await;
+        l.offer(weighted(1 + u64::from(i), 10 + i));
+    }
+    run_for(0.5).await;
+    assert_eq!(weight_in_haproxy(&ops), 25);
+    assert_eq!(ops.times("observe").len(), 1, "every change scoped");
+    assert_eq!(ops.times("persist"), vec![0, 11000]);
+    run_for(3.0).await;
+    assert_eq!(ops.times("persist"), vec![0, 11000, 17000], "2 s of quiet");
+    l.offer(weighted(20, 40));
+    run_for(0.5).await;
+    l.stop().await;
+    assert_eq!(
+        ops.times("persist"),
+        vec![0, 11000, 17000, 19000],
+        "at the stop"
+    );
+}
+
+/// Anything but a server change after a converged pass is a full pass: a
+/// new frontend, a HAProxy restarted by someone else, the verify tick.
+#[tokio::test(start_paused = true)]
+async fn other_changes_and_doubt_take_the_full_pass() {
+    let ops = Scripted::new();
+    let l = Loop::start(ops.clone(), &weighted(1, 10));
+    l.offer(weighted(1, 10));
+    run_for(1.0).await;
+    // Someone else restarted HAProxy (with the same config).
+    ops.with(|s| {
+        s.master += 10;
+        s.worker += 10;
+    });
+    l.offer(weighted(2, 20));
+    run_for(1.0).await;
+    assert_eq!(weight_in_haproxy(&ops), 20);
+    assert!(ops.times("observe p").is_empty(), "a new master: full pass");
+    assert_eq!(ops.times("observe").len(), 3, "read, apply, read back");
+    // Now verified again: a server change is scoped.
+    l.offer(weighted(3, 30));
+    run_for(1.0).await;
+    assert_eq!(ops.times("observe p").len(), 2);
+    // A new frontend is not a server change.
+    let mut d = (*doc(4, &["www", "api"])).clone();
+    let p = Arc::make_mut(d.pools.get_mut("p").unwrap());
+    p.servers.values_mut().for_each(|s| s.weight = 30);
+    l.offer(Arc::new(d));
+    run_for(1.0).await;
+    assert_eq!(ops.times("observe p").len(), 2, "a frontend: full pass");
+    assert_eq!(ops.times("reload").len(), 1, "the new frontend is reloaded");
+    assert_eq!(
+        ops.times("observe").len(),
+        5,
+        "before the reload and after it"
+    );
+    // The verify tick is always full.
+    let before = ops.times("observe").len();
+    run_for(61.0).await;
+    assert!(ops.times("observe").len() > before, "the verify tick");
     l.stop().await;
 }
