@@ -255,6 +255,14 @@ async fn server_changes_apply_at_runtime_without_reload() {
         })
         .await;
     wait_served(fe, &["b", "d"], Duration::from_secs(10)).await;
+    // Server changes take the scoped pass (their pool alone is read and
+    // planned); the file follows within seconds.
+    let st = agent
+        .wait("the config file", Duration::from_secs(15), |s| {
+            s.converged && !s.config_file_behind
+        })
+        .await;
+    assert_eq!(st.scoped_passes, 2, "{st:#?}");
     // The file on disk holds the full desired state (a reload would keep it): s_new is a named server there.
     let cfg = std::fs::read_to_string(&lab.config).unwrap();
     assert!(

@@ -108,6 +108,11 @@ pub struct HaproxyStatus {
     pub az_routing: Vec<crate::plan::az::PoolRoutes>,
     /// Fields of the document in force that the agent ignored.
     pub document_warnings: Vec<String>,
+    /// Passes that read and planned only the pools a server change touched.
+    pub scoped_passes: u64,
+    /// The config file on disk lags the runtime state (it follows within
+    /// 10 s of a scoped pass, and at stop).
+    pub config_file_behind: bool,
 }
 
 /// Which frontends of the document in force the running HAProxy serves.
@@ -519,6 +524,7 @@ impl<H: HaproxyOps> Reconciler<H> {
             return;
         }
         self.persist_lag = None;
+        self.update(|st| st.config_file_behind = false);
         self.verified = Some(scoped::Verified {
             desired: d.clone(),
             structure: Arc::new(structure),

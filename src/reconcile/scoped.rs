@@ -100,6 +100,10 @@ impl<H: HaproxyOps> Reconciler<H> {
         let now = Instant::now();
         let first = self.persist_lag.map_or(now, |l| l.first);
         self.persist_lag = Some(PersistLag { first, last: now });
+        self.update(|st| {
+            st.scoped_passes += 1;
+            st.config_file_behind = true;
+        });
         self.verified = Some(Verified {
             desired: d.clone(),
             structure: v.structure,
@@ -147,7 +151,10 @@ impl<H: HaproxyOps> Reconciler<H> {
             return;
         };
         match self.ops.persist(&target.desired, true).await {
-            Ok(wrote) => debug!(wrote, "config file caught up with the runtime state"),
+            Ok(wrote) => {
+                debug!(wrote, "config file caught up with the runtime state");
+                self.update(|st| st.config_file_behind = false);
+            }
             Err(e) => {
                 warn!(error = %e, "the applied document no longer renders a valid config");
                 self.update(|st| {
