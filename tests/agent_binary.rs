@@ -11,7 +11,7 @@ use common::{agent, backend, fake_api, haproxy};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use agent::{Agent, AgentToml};
+use agent::{write_lab_toml, Agent};
 use backend::{free_port, get, Backend};
 use fake_api::{FakeApi, Reply, Step};
 use haproxy::{Haproxy, Lab};
@@ -26,19 +26,6 @@ fn doc(rev: u64, vip: &str, fe: SocketAddr, servers: &[(&str, &Backend, u16)]) -
             "name": n, "address": "127.0.0.1", "port": b.addr.port(), "weight": w
         })).collect::<Vec<_>>()}]
     })
-}
-
-/// Writes the lab's agent.toml with `url` as the source; returns its path.
-fn agent_toml(lab: &Lab, url: String) -> std::path::PathBuf {
-    AgentToml {
-        dir: lab.dir.path(),
-        url,
-        haproxy_config: &lab.config,
-        admin: &lab.admin,
-        master: &lab.master,
-        extra: "",
-    }
-    .write()
 }
 
 /// Polls (bounded) until `addr` answers with `want`.
@@ -75,9 +62,9 @@ async fn boots_from_the_cache_with_the_api_down() {
     )
     .unwrap();
     let closed = free_port("127.0.0.1");
-    let cfg = agent_toml(
+    let cfg = write_lab_toml(
         &lab,
-        format!("http://127.0.0.1:{closed}/v1/groups/blue/config"),
+        &format!("http://127.0.0.1:{closed}/v1/groups/blue/config"),
     );
     // Under systemd without a journal socket: logs fall back to stderr, no panic.
     let agent = Agent::start(&cfg, &[("JOURNAL_STREAM", "8:12345")]);
@@ -122,7 +109,7 @@ async fn long_polled_change_reaches_haproxy_quickly() {
             .reply(Reply::idle()),
     ])
     .await;
-    let cfg = agent_toml(&lab, api.url());
+    let cfg = write_lab_toml(&lab, &api.url());
     let agent = Agent::start(&cfg, &[]);
     wait_body(fe, "a", Duration::from_secs(20), &agent).await;
     api.wait_for_requests(2, Duration::from_secs(10)).await;
@@ -164,7 +151,7 @@ async fn file_source_changes_are_applied() {
     let fe: SocketAddr = format!("{vip}:{}", free_port(vip)).parse().unwrap();
     let desired = lab.dir.path().join("desired.json");
     std::fs::write(&desired, doc(1, vip, fe, &[("s_a", &a, 1)]).to_string()).unwrap();
-    let cfg = agent_toml(&lab, format!("file://{}", desired.display()));
+    let cfg = write_lab_toml(&lab, &format!("file://{}", desired.display()));
     let agent = Agent::start(&cfg, &[]);
     wait_body(fe, "a", Duration::from_secs(20), &agent).await;
     // Add a server and put the old one in maintenance: runtime changes, noticed within poll_interval.
@@ -215,7 +202,7 @@ async fn sd_notify_ready_watchdog_reload_stopping() {
     let fe: SocketAddr = format!("{vip}:{}", free_port(vip)).parse().unwrap();
     let desired = lab.dir.path().join("desired.json");
     std::fs::write(&desired, doc(1, vip, fe, &[("s_a", &a, 1)]).to_string()).unwrap();
-    let cfg = agent_toml(&lab, format!("file://{}", desired.display()));
+    let cfg = write_lab_toml(&lab, &format!("file://{}", desired.display()));
     let notify_path = lab.dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     let agent = Agent::start(
@@ -326,7 +313,7 @@ async fn every_cli_command_against_a_running_agent() {
     let fe: SocketAddr = format!("{vip}:{}", free_port(vip)).parse().unwrap();
     let desired = lab.dir.path().join("desired.json");
     std::fs::write(&desired, doc(3, vip, fe, &[("s_a", &a, 1)]).to_string()).unwrap();
-    let cfg = agent_toml(&lab, format!("file://{}", desired.display()));
+    let cfg = write_lab_toml(&lab, &format!("file://{}", desired.display()));
     let agent = Agent::start(&cfg, &[]);
     wait_body(fe, "a", Duration::from_secs(20), &agent).await;
     let sock = lab.dir.path().join("status.sock");
@@ -497,7 +484,7 @@ async fn api_faults_never_touch_what_haproxy_serves() {
             .reply(Reply::idle()),
     ])
     .await;
-    let cfg = agent_toml(&lab, api.url());
+    let cfg = write_lab_toml(&lab, &api.url());
     // A short long-poll, so a request that is never answered times out in
     // long_poll + connect_timeout = 2 s.
     let text = std::fs::read_to_string(&cfg).unwrap().replace(

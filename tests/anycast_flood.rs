@@ -21,7 +21,6 @@ use common::{lab, netns};
 
 use std::time::{Duration, Instant};
 
-use lb_agent::config::OnStop;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -79,8 +78,7 @@ async fn a_descriptor_flood_never_keeps_a_frozen_haproxy_announced() {
     {
         let lb = &mut lab.lbs[0];
         lb.agent_nofile = Some(AGENT_NOFILE);
-        lb.status_extra = format!("metrics_listen = \"{METRICS}\"");
-        lb.write_agent_toml(OnStop::Withdraw, "");
+        lb.write_agent_toml_with(|t| t.metrics_listen(METRICS.parse().unwrap()));
         lb.start_agent();
     }
     lab.wait_nexthops(VIP, 1, Duration::from_secs(30)).await;

@@ -417,7 +417,7 @@ async fn keep_restart_never_drops_the_route_and_unknown_prefixes_are_purged() {
         ..Default::default()
     })
     .await;
-    lab.lbs[0].write_agent_toml(OnStop::Keep, "");
+    lab.lbs[0].write_agent_toml_with(|t| t.on_stop(OnStop::Keep));
     for lb in &mut lab.lbs {
         lb.start_agent();
     }
@@ -548,7 +548,7 @@ async fn an_include_bird_rejects_is_never_left_in_place() {
     // agent.toml now names a drain variable that bird.conf defines too
     // (LB_RESERVED): every include the agent renders is refused by BIRD
     // (`8002 ... already defined`). SIGHUP applies it.
-    lb.write_agent_toml(OnStop::Withdraw, "drain_variable = \"LB_RESERVED\"");
+    lb.write_agent_toml_with(|t| t.drain_variable("LB_RESERVED"));
     // Neither SIGHUP (generations hand announcements over) nor the refused
     // includes may cost the ToR the route: polled from here to the end.
     let poller = TorPoller::start(&lab.tor, VIP);
@@ -604,7 +604,7 @@ async fn an_include_bird_rejects_is_never_left_in_place() {
     );
 
     // Fix agent.toml: the next generation publishes normally again.
-    lb.write_agent_toml(OnStop::Withdraw, "");
+    lb.write_agent_toml();
     lb.agent.as_ref().unwrap().signal(Signal::SIGHUP);
     lb.wait_vip_status("announced after the fix", Duration::from_secs(10), |v| {
         v["announced"] == true

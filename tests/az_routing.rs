@@ -335,12 +335,7 @@ async fn az_routing_locality_spill_evacuation_and_cross_az() {
             }
         }
         backends.push(v);
-        let toml = std::fs::read_to_string(&lb.agent_toml).unwrap();
-        let toml = toml.replace(
-            "group = \"blue\"\n",
-            &format!("group = \"blue\"\naz = \"az{}\"\n", lb.n),
-        );
-        std::fs::write(&lb.agent_toml, toml).unwrap();
+        lb.write_agent_toml_with(|t| t.az(&format!("az{}", lb.n)));
     }
     let mut az = AzLab {
         lab,

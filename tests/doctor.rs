@@ -11,7 +11,7 @@ use common::{agent, bird, haproxy};
 use std::path::Path;
 use std::process::Command;
 
-use agent::AgentToml;
+use agent::write_lab_toml;
 use bird::Bird;
 use haproxy::{Haproxy, Lab};
 
@@ -65,15 +65,10 @@ fn doctor_on_a_live_host() {
         return;
     }
     let lab = Lab::new();
-    let config = AgentToml {
-        dir: lab.dir.path(),
-        url: format!("file://{}/desired.json", lab.dir.path().display()),
-        haproxy_config: &lab.config,
-        admin: &lab.admin,
-        master: &lab.master,
-        extra: "",
-    }
-    .write();
+    let config = write_lab_toml(
+        &lab,
+        &format!("file://{}/desired.json", lab.dir.path().display()),
+    );
     let bird_dir = lab.dir.path().join("bird");
     let include = bird_dir.join("lb-agent-prefixes.conf");
     // The dummy-only include the agent writes at reset.
@@ -178,15 +173,7 @@ fn doctor_with_haproxy_down() {
     // Nothing started: the socket checks fail with their fixes; the
     // host checks still pass.
     let lab = Lab::new();
-    let config = AgentToml {
-        dir: lab.dir.path(),
-        url: "file:///nonexistent.json".into(),
-        haproxy_config: &lab.config,
-        admin: &lab.admin,
-        master: &lab.master,
-        extra: "",
-    }
-    .write();
+    let config = write_lab_toml(&lab, "file:///nonexistent.json");
     let (code, out, err) = doctor(&config, &lab.dir.path().join("missing-bird.conf"), false);
     println!("--- nothing running:\n{out}{err}");
     assert_eq!(code, 1, "{out}{err}");

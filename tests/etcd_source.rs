@@ -888,15 +888,7 @@ async fn the_agent_binary_serves_haproxy_from_etcd() {
         })
     };
     publish_doc(c.endpoints(), &doc_for(1, "maint")).await;
-    let cfg = agent::AgentToml {
-        dir: lab.dir.path(),
-        url: format!("etcd://{}/lb/blue", c.endpoints().join(",")),
-        haproxy_config: &lab.config,
-        admin: &lab.admin,
-        master: &lab.master,
-        extra: "",
-    }
-    .write();
+    let cfg = agent::write_lab_toml(&lab, &format!("etcd://{}/lb/blue", c.endpoints().join(",")));
     let agent = agent::Agent::start(&cfg, &[]);
     let wait_body = |want: &'static str, limit: Duration| {
         let agent = &agent;

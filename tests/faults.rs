@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lb_agent::config::OnStop;
+use lb_agent::config::{OnStop, OnUnhealthy};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -376,7 +376,7 @@ async fn an_agent_killed_with_sigkill_keeps_or_fails_closed_as_configured() {
     })
     .await;
     for lb in &mut lab.lbs {
-        lb.write_agent_toml(OnStop::Keep, "");
+        lb.write_agent_toml_with(|t| t.on_stop(OnStop::Keep));
         lb.start_agent();
     }
     lab.wait_nexthops(VIP, 2, Duration::from_secs(30)).await;
@@ -667,7 +667,7 @@ async fn demote_keeps_a_vip_reachable_when_every_host_fails_at_once() {
     })
     .await;
     for lb in &mut lab.lbs {
-        lb.write_agent_toml(OnStop::Withdraw, "on_unhealthy = \"demote\"");
+        lb.write_agent_toml_with(|t| t.on_unhealthy(OnUnhealthy::Demote));
         lb.start_agent();
     }
     // Demoted routes count as nexthops too (a host whose services have not

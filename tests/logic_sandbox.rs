@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use agent::{Agent, AgentToml};
+use agent::{write_lab_toml, Agent};
 use haproxy::{Lab, HAPROXY};
 use lb_agent::haproxy::reload::{Installer, ReloadError};
 use lb_agent::model::validate::{parse_document, ValidateContext};
@@ -143,15 +143,7 @@ async fn hostile_templates_are_rejected_and_the_agent_stays_responsive() {
     }
     let lab = Lab::new();
     let desired = lab.dir.path().join("desired.json");
-    let cfg = AgentToml {
-        dir: lab.dir.path(),
-        url: format!("file://{}", desired.display()),
-        haproxy_config: &lab.config,
-        admin: &lab.admin,
-        master: &lab.master,
-        extra: "",
-    }
-    .write();
+    let cfg = write_lab_toml(&lab, &format!("file://{}", desired.display()));
     let sock = lab.dir.path().join("status.sock");
     let sock = sock.to_str().unwrap().to_string();
     let nested = format!(

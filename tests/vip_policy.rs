@@ -14,6 +14,7 @@ use common::netns;
 use std::path::Path;
 
 use lb_agent::config;
+use lb_agent::config::builder::AgentToml;
 use lb_agent::vip::HostValidator;
 use netns::{skip_without_netns_loudly, veth, Netns};
 use serde_json::json;
@@ -41,25 +42,15 @@ fn agent_toml(dir: &Path) -> std::path::PathBuf {
     )
     .unwrap();
     let p = dir.join("agent.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"[node]
-group = "blue"
-state_dir = "{state}"
-
-[haproxy]
-data_dir = "{dir}/data"
-
-[vip]
-interface = "lo"
-allowed_prefixes = ["192.0.2.0/24", "10.77.0.0/16", "198.51.100.0/24"]
-"#,
-            state = state.display(),
-            dir = dir.display()
-        ),
-    )
-    .unwrap();
+    let allowed = ["192.0.2.0/24", "10.77.0.0/16", "198.51.100.0/24"].map(|n| n.parse().unwrap());
+    AgentToml::new()
+        .group("blue")
+        .state_dir(&state)
+        .data_dir(&dir.join("data"))
+        .vip_interface("lo")
+        .allowed_prefixes(&allowed)
+        .write(&p)
+        .unwrap();
     p
 }
 

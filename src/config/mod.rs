@@ -6,6 +6,7 @@
 //! values are reported all at once, each with file, line and key, so an
 //! operator fixes a broken file in one round trip.
 
+pub mod builder;
 mod parse;
 mod warnings;
 

@@ -1,81 +1,62 @@
 //! Test harness: the real `lb-agent` binary, configured for a test lab.
 //!
 //! Writes an agent.toml whose every path lives in the lab's temp dir
-//! (VIP management off unless a test runs it inside its own namespace),
-//! spawns `lb-agent run`, and stops it by PID on drop (SIGTERM, then SIGKILL).
+//! (VIP management off unless a test runs it inside its own namespace) with
+//! `lb_agent::config::builder::AgentToml`, spawns `lb-agent run`, and stops
+//! it by PID on drop (SIGTERM, then SIGKILL).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use lb_agent::config::builder::AgentToml;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// Values that differ between tests; everything else comes from the lab dir.
-pub struct AgentToml<'a> {
-    pub dir: &'a Path,
-    pub url: String,
-    pub haproxy_config: &'a Path,
-    pub admin: &'a Path,
-    pub master: &'a Path,
-    pub extra: &'a str,
+use super::haproxy::Lab;
+
+/// What every harness lab's agent.toml shares: the agent's files below
+/// `dir` ([`AgentToml::in_dir`]), group `blue`, timers short enough for a
+/// test, reloads on the master socket, a status socket owned by root.
+pub fn harness_toml(dir: &Path, name: &str) -> AgentToml {
+    AgentToml::in_dir(dir)
+        .name(name)
+        .group("blue")
+        .poll_interval(Duration::from_millis(200))
+        .reload_command(&[])
+        .min_reload_interval(Duration::from_millis(500))
+        .hard_stop_after(Duration::from_secs(5))
+        .verify_interval(Duration::from_secs(2))
+        .status_group("root")
 }
 
-impl AgentToml<'_> {
-    /// Writes `<dir>/agent.toml` and returns its path.
-    pub fn write(&self) -> PathBuf {
-        let d = self.dir;
-        let text = format!(
-            r#"[node]
-name = "lb-test"
-group = "blue"
-state_dir = "{d}/state"
+/// The agent.toml of the one-host lab ([`Lab`]): `url` as the source, the
+/// lab's HAProxy, VIP management off.
+pub fn lab_toml(lab: &Lab, url: &str) -> AgentToml {
+    harness_toml(lab.dir.path(), "lb-test")
+        .url(url)
+        .long_poll(Duration::from_secs(30))
+        .haproxy_config(&lab.config)
+        .runtime_socket(&lab.admin)
+        .master_socket(&lab.master)
+        .manage_vips(false)
+        // The tests' VIPs are loopback addresses (127.0.0.3x) in the root
+        // namespace: a special-purpose range, so it must be listed explicitly.
+        .allowed_prefixes(&["127.0.0.0/24".parse().unwrap()])
+}
 
-[source]
-url = "{url}"
-poll_interval = "200ms"
-long_poll = "30s"
-cache = "{d}/state/last-good.json"
+/// Writes `toml` to `<dir>/agent.toml` (creating `<dir>/bird`) and returns
+/// its path.
+pub fn write_toml(dir: &Path, toml: &AgentToml) -> PathBuf {
+    std::fs::create_dir_all(dir.join("bird")).unwrap();
+    let p = dir.join("agent.toml");
+    toml.write(&p).unwrap();
+    p
+}
 
-[haproxy]
-config = "{cfg}"
-runtime_socket = "{admin}"
-master_socket = "{master}"
-reload_command = []
-templates = "{d}/templates"
-min_reload_interval = "500ms"
-state_file = "{d}/server-state"
-data_dir = "{d}/data"
-hard_stop_after = "5s"
-verify_interval = "2s"
-
-[bird]
-include_file = "{d}/bird/lb-agent-prefixes.conf"
-control_socket = "{d}/bird/bird.ctl"
-
-[vip]
-manage = false
-# The tests' VIPs are loopback addresses (127.0.0.3x) in the root namespace:
-# a special-purpose range, so it must be listed explicitly.
-allowed_prefixes = ["127.0.0.0/24"]
-
-[status]
-socket = "{d}/status.sock"
-group = "root"
-{extra}
-"#,
-            d = d.display(),
-            url = self.url,
-            cfg = self.haproxy_config.display(),
-            admin = self.admin.display(),
-            master = self.master.display(),
-            extra = self.extra,
-        );
-        std::fs::create_dir_all(d.join("bird")).unwrap();
-        let p = d.join("agent.toml");
-        std::fs::write(&p, text).unwrap();
-        p
-    }
+/// [`lab_toml`] written to the lab's dir; returns its path.
+pub fn write_lab_toml(lab: &Lab, url: &str) -> PathBuf {
+    write_toml(lab.dir.path(), &lab_toml(lab, url))
 }
 
 /// A running `lb-agent run`.

@@ -35,11 +35,13 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
+use super::agent;
 use super::bird::{tor_bird_conf, Bird, LAB_BFD, TIMERS};
 use super::netns::{veth, Netns};
 use lb_agent::bird::control::ProtocolRow;
 use lb_agent::bird::include::{self, IncludeLayout};
 use lb_agent::bird::{BirdControl, ControlOptions, DesiredAnnouncements};
+use lb_agent::config::builder::AgentToml;
 use lb_agent::config::{BirdConfig, OnStop, OnUnhealthy};
 
 /// The VIP every LB serves.
@@ -468,8 +470,6 @@ pub struct LbHost {
     starts: u32,
     revision: u64,
     web_weight: u16,
-    /// Extra `[status]` lines of agent.toml (e.g. `metrics_listen`).
-    pub status_extra: String,
     /// `RLIMIT_NOFILE` (soft = hard) the agent is started with; `None`
     /// inherits the test's.
     pub agent_nofile: Option<u64>,
@@ -477,75 +477,43 @@ pub struct LbHost {
 }
 
 impl LbHost {
-    /// Writes agent.toml with `on_stop` and extra `[bird]` lines.
-    pub fn write_agent_toml(&self, on_stop: OnStop, bird_extra: &str) {
-        let d = self.dir.display();
-        let on_stop = match on_stop {
-            OnStop::Withdraw => "withdraw",
-            OnStop::Keep => "keep",
-        };
-        let text = format!(
-            r#"[node]
-name = "lb{n}"
-group = "blue"
-state_dir = "{d}/state"
+    /// The lab's agent.toml for this host: [`agent::harness_toml`], a
+    /// `file://` source, short health timers, export confirmation by the
+    /// `tor` protocol, the demote set defined, `on_stop = "withdraw"`, VIPs
+    /// managed on `lo` inside `192.0.2.0/24`.
+    pub fn agent_toml_base(&self) -> AgentToml {
+        agent::harness_toml(&self.dir, &format!("lb{}", self.n))
+            .url(&format!("file://{}", self.desired.display()))
+            .haproxy_config(&self.haproxy.config)
+            .runtime_socket(&self.haproxy.admin)
+            .master_socket(&self.haproxy.master)
+            .health_interval(INTERVAL)
+            .health_timeout(TIMEOUT)
+            .rise(RISE)
+            .fall(FALL)
+            .fast_interval(FAST_INTERVAL)
+            .include_file(&self.bird_cfg.include_file)
+            .control_socket(&self.bird_cfg.control_socket)
+            .export_protocols(&["tor"])
+            .demote_variable("ACAST_PS_DEMOTE")
+            .on_stop(OnStop::Withdraw)
+            .vip_interface("lo")
+            .manage_vips(true)
+            .allowed_prefixes(&["192.0.2.0/24".parse().unwrap()])
+            .status_socket(&self.status_socket)
+    }
 
-[source]
-url = "file://{desired}"
-poll_interval = "200ms"
-cache = "{d}/state/last-good.json"
+    /// Writes [`LbHost::agent_toml_base`] to `agent_toml`.
+    pub fn write_agent_toml(&self) {
+        self.write_agent_toml_with(|t| t);
+    }
 
-[haproxy]
-config = "{cfg}"
-runtime_socket = "{admin}"
-master_socket = "{master}"
-reload_command = []
-templates = "{d}/templates"
-min_reload_interval = "500ms"
-state_file = "{d}/server-state"
-data_dir = "{d}/data"
-hard_stop_after = "5s"
-verify_interval = "2s"
-
-[health]
-interval = "{interval}ms"
-timeout = "{timeout}ms"
-rise = {RISE}
-fall = {FALL}
-fast_interval = "{fast}ms"
-
-[bird]
-include_file = "{include}"
-control_socket = "{ctl}"
-export_protocols = ["tor"]
-demote_variable = "ACAST_PS_DEMOTE"
-on_stop = "{on_stop}"
-{bird_extra}
-
-[vip]
-interface = "lo"
-manage = true
-allowed_prefixes = ["192.0.2.0/24"]
-
-[status]
-socket = "{status}"
-group = "root"
-{status_extra}
-"#,
-            status_extra = self.status_extra,
-            n = self.n,
-            desired = self.desired.display(),
-            cfg = self.haproxy.config.display(),
-            admin = self.haproxy.admin.display(),
-            master = self.haproxy.master.display(),
-            interval = INTERVAL.as_millis(),
-            timeout = TIMEOUT.as_millis(),
-            fast = FAST_INTERVAL.as_millis(),
-            include = self.bird_cfg.include_file.display(),
-            ctl = self.bird_cfg.control_socket.display(),
-            status = self.status_socket.display(),
-        );
-        std::fs::write(&self.agent_toml, text).unwrap();
+    /// Writes [`LbHost::agent_toml_base`] changed by `edit` (say
+    /// `|t| t.on_stop(OnStop::Keep)`) to `agent_toml`.
+    pub fn write_agent_toml_with(&self, edit: impl FnOnce(AgentToml) -> AgentToml) {
+        edit(self.agent_toml_base())
+            .write(&self.agent_toml)
+            .unwrap();
     }
 
     /// Writes the desired state (a new revision each time): VIP 192.0.2.10
@@ -884,11 +852,10 @@ impl Lab {
                 starts: 0,
                 revision: 0,
                 web_weight: 1,
-                status_extra: String::new(),
                 agent_nofile: None,
                 ns,
             };
-            lb.write_agent_toml(OnStop::Withdraw, "");
+            lb.write_agent_toml();
             lb.write_desired();
             lbs.push(lb);
         }

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use lb_agent::config::builder::AgentToml;
 use serde_json::json;
 
 use crate::ach::{self, Ach};
@@ -252,64 +253,37 @@ impl Lab {
     }
 
     fn agent_toml(&self, doc: &Path) -> Result<PathBuf> {
-        let p = |n: &str| self.p(n).display().to_string();
-        std::fs::create_dir_all(self.p("state"))?;
+        let state = self.p("state");
+        std::fs::create_dir_all(&state)?;
         std::fs::create_dir_all(self.p("data"))?;
-        let toml = format!(
-            r#"[node]
-name = "bench"
-group = "bench"
-state_dir = "{state}"
-
-[source]
-url = "file://{doc}"
-poll_interval = "1s"
-cache = "{state}/last-good.json"
-
-[haproxy]
-config = "{cfg}"
-runtime_socket = "{admin}"
-master_socket = "{master}"
-binary = "{haproxy}"
-reload_command = []
-min_reload_interval = "1s"
-state_file = "{state}/server-state"
-data_dir = "{data}"
-reload_timeout = "60s"
-
-[health]
-interval = "{interval}ms"
-timeout = "{timeout}ms"
-rise = 2
-fall = 3
-
-[bird]
-include_file = "{include}"
-control_socket = "{ctl}"
-
-[vip]
-interface = "lo"
-manage = false
-
-[status]
-socket = "{status}"
-group = "root"
-"#,
-            state = p("state"),
-            doc = doc.display(),
-            cfg = p("haproxy.cfg"),
-            admin = p("admin.sock"),
-            master = p("master.sock"),
-            haproxy = crate::HAPROXY,
-            data = p("data"),
-            interval = (INTERVAL_S * 1000.0) as u64,
-            timeout = (TIMEOUT_S * 1000.0) as u64,
-            include = p("prefixes.conf"),
-            ctl = p("bird.ctl"),
-            status = p("status.sock"),
-        );
         let path = self.p("agent.toml");
-        std::fs::write(&path, toml)?;
+        AgentToml::new()
+            .name("bench")
+            .group("bench")
+            .state_dir(&state)
+            .url(&format!("file://{}", doc.display()))
+            .poll_interval(Duration::from_secs(1))
+            .cache(&state.join("last-good.json"))
+            .haproxy_config(&self.p("haproxy.cfg"))
+            .runtime_socket(&self.p("admin.sock"))
+            .master_socket(&self.p("master.sock"))
+            .haproxy_binary(Path::new(crate::HAPROXY))
+            .reload_command(&[])
+            .min_reload_interval(Duration::from_secs(1))
+            .haproxy_state_file(&state.join("server-state"))
+            .data_dir(&self.p("data"))
+            .reload_timeout(Duration::from_secs(60))
+            .health_interval(Duration::from_secs_f64(INTERVAL_S))
+            .health_timeout(Duration::from_secs_f64(TIMEOUT_S))
+            .rise(2)
+            .fall(3)
+            .include_file(&self.p("prefixes.conf"))
+            .control_socket(&self.p("bird.ctl"))
+            .vip_interface("lo")
+            .manage_vips(false)
+            .status_socket(&self.p("status.sock"))
+            .status_group("root")
+            .write(&path)?;
         Ok(path)
     }
 }

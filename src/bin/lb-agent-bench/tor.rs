@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::TryStreamExt;
+use lb_agent::config::builder::AgentToml;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 
 use crate::ach;
@@ -231,7 +232,7 @@ fn run_agent(lab: &Lab, agent: &Path, t: &Timing) -> Result<Samples> {
     let doc = dir.join("blue.json");
     std::fs::write(&doc, document())?;
     let toml = dir.join("agent.toml");
-    std::fs::write(&toml, agent_toml(lab, &dir, &doc, t))?;
+    agent_toml(lab, &dir, &doc, t).write(&toml)?;
     let out = Command::new(agent)
         .args(["check-config", "--config"])
         .arg(&toml)
@@ -297,60 +298,31 @@ fn document() -> String {
     )
 }
 
-fn agent_toml(lab: &Lab, dir: &Path, doc: &Path, t: &Timing) -> String {
-    let (d, lb) = (dir.display(), lab.lb_dir().display().to_string());
-    format!(
-        r#"[node]
-name = "lb1"
-group = "blue"
-state_dir = "{d}/state"
-
-[source]
-url = "file://{doc}"
-poll_interval = "500ms"
-cache = "{d}/state/last-good.json"
-
-[haproxy]
-config = "{lb}/haproxy.cfg"
-runtime_socket = "{lb}/admin.sock"
-master_socket = "{lb}/master.sock"
-binary = "{HAPROXY}"
-reload_command = []
-templates = "{d}/templates"
-min_reload_interval = "1s"
-state_file = "{d}/server-state"
-data_dir = "{d}/data"
-hard_stop_after = "5s"
-
-[health]
-interval = "{iv}ms"
-timeout = "{to}ms"
-rise = {rise}
-fall = {fall}
-fast_interval = "{fi}ms"
-
-[bird]
-include_file = "{inc}"
-control_socket = "{sock}"
-export_protocols = ["tor"]
-
-[vip]
-interface = "lo"
-manage = false
-
-[status]
-socket = "{d}/status.sock"
-group = "root"
-"#,
-        doc = doc.display(),
-        iv = ms(t.interval),
-        to = ms(t.timeout),
-        rise = t.rise,
-        fall = t.fall,
-        fi = ms(t.fast_interval),
-        inc = lab.include.display(),
-        sock = lab.lb_sock.display(),
-    )
+fn agent_toml(lab: &Lab, dir: &Path, doc: &Path, t: &Timing) -> AgentToml {
+    let lb = lab.lb_dir();
+    AgentToml::in_dir(dir)
+        .name("lb1")
+        .group("blue")
+        .url(&format!("file://{}", doc.display()))
+        .poll_interval(Duration::from_millis(500))
+        .haproxy_config(&lb.join("haproxy.cfg"))
+        .runtime_socket(&lb.join("admin.sock"))
+        .master_socket(&lb.join("master.sock"))
+        .haproxy_binary(Path::new(HAPROXY))
+        .reload_command(&[])
+        .min_reload_interval(Duration::from_secs(1))
+        .hard_stop_after(Duration::from_secs(5))
+        .health_interval(t.interval)
+        .health_timeout(t.timeout)
+        .rise(t.rise)
+        .fall(t.fall)
+        .fast_interval(t.fast_interval)
+        .include_file(&lab.include)
+        .control_socket(&lab.lb_sock)
+        .export_protocols(&["tor"])
+        .vip_interface("lo")
+        .manage_vips(false)
+        .status_group("root")
 }
 
 // ---------------------------------------------------------------- lab
