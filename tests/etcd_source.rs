@@ -1314,6 +1314,7 @@ fn agent_cost_of_a_one_server_change_at_20k_servers() {
     };
     let [mut apply, mut patch, mut structure, mut planning, mut assemble, mut validate] =
         std::array::from_fn(|_| Vec::new());
+    let [mut accept, mut scoping, mut scoped_plan] = std::array::from_fn(|_| Vec::new());
     for i in 0..20u64 {
         let (k, v) = server(500, 7, 30 + i as u32);
         let e = store::Event {
@@ -1326,11 +1327,26 @@ fn agent_cost_of_a_one_server_change_at_20k_servers() {
         cpu(&mut apply, || assert_eq!(s.apply(&[e]).revisions, 1));
         let changes = s.take_changes();
         let d = cpu(&mut patch, || patcher.patch(&s, &changes)).expect("incremental");
+        let accepted = cpu(&mut accept, || {
+            lb_agent::reconcile::policy::accept(Some(&*held), &d, 0.5)
+        });
+        assert_eq!(accepted, lb_agent::reconcile::policy::Acceptance::Fresh);
         let st = cpu(&mut structure, || Structure::of(&d, "bench"));
         let observed = sim.observe();
         let plan = cpu(&mut planning, || {
             plan::plan(&d, &st, Some(&loaded), &observed, opts)
         });
+        // The scoped pass: scope, then plan the changed pool from its
+        // backend alone (the structure is the verified one's).
+        let pools = cpu(&mut scoping, || plan::scope::server_scope(&held, &d)).expect("scoped");
+        assert_eq!(pools.len(), 1);
+        let mut seen = observed.clone();
+        let backends = plan::scope::scope_backends(&d, &pools);
+        seen.backends.retain(|k, _| backends.contains(k));
+        let scoped = cpu(&mut scoped_plan, || {
+            plan::plan_scoped(&d, &loaded, Some(&loaded), &seen, &pools, opts)
+        });
+        assert_eq!(scoped, plan, "scoped == full");
         assert!(plan.reload.is_empty(), "{:?}", plan.reload);
         assert_eq!(plan.commands.len(), 1, "{:?}", plan.commands);
         // The baseline: the full path on the same revision.
@@ -1357,6 +1373,15 @@ fn agent_cost_of_a_one_server_change_at_20k_servers() {
         med(&mut planning),
     );
     let (asm, val) = (med(&mut assemble), med(&mut validate));
+    let (acc, sc, sp) = (med(&mut accept), med(&mut scoping), med(&mut scoped_plan));
+    println!(
+        "the reconciler, scoped pass: acceptance (removal guard) {acc:.3} ms + scope {sc:.3} ms + plan of the changed pool {sp:.3} ms = {:.3} ms\n\
+         incremental to planned, scoped: {:.3} ms (against the full path {:.2} ms + full planning {:.2} ms in the same run)",
+        acc + sc + sp,
+        a + pa + acc + sc + sp,
+        a + asm + val,
+        st + pl,
+    );
     println!(
         "one-server change at 1,000 pools x 20 servers, agent thread CPU, median of 20, {} build:\n\
          incremental: apply {a:.3} ms + patch (copy of the held state included) {pa:.3} ms = {:.3} ms to the accepted document\n\

@@ -12,6 +12,7 @@ pub mod hostnet;
 mod names;
 pub mod observed;
 pub mod options;
+pub mod removal;
 pub mod unknown;
 pub mod validate;
 

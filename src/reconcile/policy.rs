@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::model::validate::removal_guard;
+use crate::model::removal::removal_guard;
 use crate::model::{DesiredState, Revision};
 use crate::plan::{ReloadReason, Structure};
 

@@ -436,11 +436,11 @@ fn median_u64(mut v: Vec<u64>) -> u64 {
 // ------------------------------------------------------------- etcd
 
 /// An etcd member on loopback ports with its data in a temp dir; stopped by PID on drop.
-struct Etcd {
+pub(super) struct Etcd {
     // Before `_dir`: etcd stops before its directory is removed.
     daemon: sys::Daemon,
     _dir: tempfile::TempDir,
-    client: SocketAddr,
+    pub client: SocketAddr,
 }
 
 fn free_port() -> Result<u16> {
@@ -449,7 +449,8 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-async fn start_etcd() -> Result<Etcd> {
+/// A one-member etcd on free loopback ports, ready to serve.
+pub(super) async fn start_etcd() -> Result<Etcd> {
     let dir = tempfile::Builder::new()
         .prefix("lb-agent-bench-etcd.")
         .tempdir()?;

@@ -9,6 +9,7 @@
 #![allow(clippy::disallowed_methods)] // it measures real elapsed time
 
 mod ach;
+mod change;
 mod fleet;
 mod gating;
 mod sys;
@@ -1001,9 +1002,9 @@ fn machine_info(quick: bool) -> String {
 // ---------------------------------------------------------------- main
 
 const USAGE: &str = "usage: lb-agent-bench [--quick] [--out FILE] [--agent PATH] [--ach-venv DIR] \
-[--only plan,runtime,burst,publish,fleet,gating,tor] [--watchers N] [--profile 'CMD {pid}']";
-const FIGURES: [&str; 7] = [
-    "plan", "runtime", "burst", "publish", "fleet", "gating", "tor",
+[--only plan,runtime,burst,publish,fleet,change,gating,tor] [--watchers N] [--profile 'CMD {pid}']";
+const FIGURES: [&str; 8] = [
+    "plan", "runtime", "burst", "publish", "fleet", "change", "gating", "tor",
 ];
 
 struct Args {
@@ -1216,6 +1217,23 @@ fn main() -> Result<()> {
                 )),
             ));
         }
+    }
+    if a.wants("change") {
+        let cs = change::ChangeSizes::new(a.quick);
+        let fig = format!(
+            "whole agent CPU per one-server change at {} pools × {} servers: real lb-agent binary and HAProxy (goal < 1 ms)",
+            cs.pools, cs.servers
+        );
+        step(
+            "change",
+            "one-server changes through etcd, then through a file:// source".into(),
+        );
+        let r = if have_haproxy {
+            rt.block_on(change::fig_change(&cs, &a.agent))
+        } else {
+            no_haproxy()
+        };
+        rows.push(row(fig, r));
     }
     rt.shutdown_timeout(Duration::from_secs(5));
 
