@@ -15,7 +15,7 @@
 //! holds the check fields frontends and pools share, `model::az` the
 //! availability zones.
 //!
-//! [`removal_guard`] (in `removal`) is separate because it compares two
+//! [`removal_guard`] (in [`crate::model::removal`]) is separate because it compares two
 //! documents: it is run by the reconciler against the state currently applied.
 
 mod data;
@@ -23,7 +23,6 @@ mod frontends;
 mod health;
 mod logic;
 mod pools;
-mod removal;
 mod vips;
 mod wire;
 
@@ -35,8 +34,8 @@ use serde::Deserialize;
 use super::hostnet::VipPolicy;
 use super::*;
 use crate::logic::LogicHost;
+pub use crate::model::removal::removal_guard;
 pub use pools::revalidate_pool;
-pub use removal::removal_guard;
 use wire::{WireDocument, WireVip};
 
 /// One problem in a document, with the JSON path of the offending value.
