@@ -75,7 +75,7 @@ pub fn backends_of<'a>(
     d: &'a DesiredState,
     pools: impl Iterator<Item = &'a Pool>,
 ) -> Vec<Backend<'a>> {
-    let mut out = Vec::with_capacity(d.pools.len());
+    let mut out = Vec::with_capacity(pools.size_hint().0);
     for p in pools {
         match (p.routing, d.availability_zones.as_ref()) {
             (Routing::Az, Some(az)) => {

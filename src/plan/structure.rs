@@ -184,6 +184,10 @@ fn diff_map(
     a: &BTreeMap<String, String>,
     b: &BTreeMap<String, String>,
 ) {
+    // The common case (nothing changed) in one ordered walk, no lookups.
+    if a.len() == b.len() && a.iter().eq(b.iter()) {
+        return;
+    }
     for (k, v) in b {
         match a.get(k) {
             None => out.push(change(what, k, Change::Added)),
