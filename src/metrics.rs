@@ -1060,6 +1060,82 @@ mod tests {
         );
     }
 
+    /// [`snapshot`] with every optional part of the exposition present:
+    /// reloads of no known reason, a wanted reload, AZ routing with a
+    /// spilling zone, a second VIP of unknown export, check observations
+    /// (one of a service the snapshot no longer has).
+    fn rich_metrics() -> Metrics {
+        let mut s = snapshot();
+        s.drained = true;
+        s.haproxy.reloads = 5;
+        s.haproxy.pending_reload = vec!["new frontend".into()];
+        s.haproxy.reload_attempts = 2;
+        s.haproxy.next_reload_at = Some(Timestamp(UNIX_EPOCH + Duration::from_secs(1_700_000_030)));
+        let zone =
+            |zone: &str, servers, healthy, reason: Option<&str>| crate::plan::az::ZoneRoute {
+                zone: zone.into(),
+                servers,
+                healthy,
+                evacuated: false,
+                to: vec![zone.into()],
+                reason: reason.map(Into::into),
+            };
+        s.haproxy.az_routing = vec![crate::plan::az::PoolRoutes {
+            pool: "www".into(),
+            zones: vec![
+                zone("az1", 2, 2, None),
+                zone("az2", 1, 0, Some("az2 has no usable server")),
+            ],
+        }];
+        s.vips.push(VipStatus {
+            address: "2001:db8:10::10/128".into(),
+            announced: false,
+            exported: None,
+            services: vec![ServiceStatus {
+                name: "www_https".into(),
+                healthy: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        // The receiver keeps the last value after the sender is gone.
+        let (_, rx) = watch::channel(s);
+        let m = Metrics::new(rx);
+        m.observe_apply(0.02);
+        m.observe_apply(3.0);
+        for (vip, service, outcome, ms) in [
+            ("192.0.2.10/32", "www_https", CheckOutcome::Ok, 1),
+            ("192.0.2.10/32", "www_https", CheckOutcome::Fail, 40),
+            ("192.0.2.10/32", "git_ssh", CheckOutcome::Timeout, 500),
+            ("2001:db8:10::10/128", "www_https", CheckOutcome::Ok, 2),
+            ("198.51.100.1/32", "gone", CheckOutcome::Fail, 1),
+        ] {
+            m.observe_check(vip, service, outcome, Duration::from_millis(ms));
+        }
+        m
+    }
+
+    /// The whole exposition of [`rich_metrics`], byte for byte: families,
+    /// order, HELP and UNIT lines. `UPDATE_GOLDEN=1 cargo test --lib metrics`
+    /// rewrites the golden file; review its diff like any other change.
+    #[test]
+    fn the_exposition_is_the_golden_file() {
+        let text = rich_metrics().encode().unwrap();
+        let golden =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/golden/metrics.txt");
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&golden, &text).unwrap();
+        }
+        let want = std::fs::read_to_string(&golden)
+            .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", golden.display()));
+        assert_eq!(
+            text,
+            want,
+            "{} differs from the exposition",
+            golden.display()
+        );
+    }
+
     #[test]
     fn label_values_are_escaped() {
         let mut snap = snapshot();
