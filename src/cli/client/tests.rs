@@ -383,3 +383,20 @@ fn status_view_colours_each_section() {
     );
     assert_eq!(healthy[3..5], ["32:converged", "32:ok"], "{healthy:?}");
 }
+
+/// The whole man page, byte for byte (the version as `@VERSION@`).
+/// `UPDATE_GOLDEN=1 cargo test --lib cli::client` rewrites the golden file;
+/// review its diff like any other change.
+#[test]
+fn man_page_is_the_golden_file() {
+    let page = man_page()
+        .unwrap()
+        .replace(env!("CARGO_PKG_VERSION"), "@VERSION@");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/golden/lb-agent.8");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &page).unwrap();
+    }
+    let want = std::fs::read_to_string(&golden)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", golden.display()));
+    assert_eq!(page, want, "{} differs from the man page", golden.display());
+}
