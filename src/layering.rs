@@ -68,7 +68,7 @@ const RULES: &[(&str, &[&str], &str)] = &[
         &["metrics", "daemon", "cli", "setup"],
         "surface (status server)",
     ),
-    ("metrics.rs", &["daemon", "cli"], "surface (metrics)"),
+    ("metrics", &["daemon", "cli"], "surface (metrics)"),
     ("cli", &["daemon"], "surface (CLI)"),
     ("setup.rs", &["daemon", "cli"], "surface (builders)"),
 ];

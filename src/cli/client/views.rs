@@ -5,7 +5,9 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-use crate::status::types::{Snapshot, SourceState, Timestamp, VipStatus};
+use crate::status::types::{
+    BirdStatus, HaproxyStatus, Snapshot, SourceState, SourceStatus, Timestamp, VipStatus,
+};
 
 use super::table::{sanitize, table, Cell, Colour, Style};
 
@@ -33,10 +35,7 @@ fn whole_secs(d: Duration) -> humantime::FormattedDuration {
 /// One line per zone of each AZ-routed pool: `www 2/2 healthy: az1 → az1`,
 /// spills in yellow (`az1 → az2+az3 (az1 evacuated)`), a zone going
 /// nowhere in red.
-fn az_routing_lines(
-    pools: &[crate::plan::az::PoolRoutes],
-    style: Style,
-) -> Vec<(&'static str, String)> {
+fn az_routing_lines(pools: &[crate::plan::az::PoolRoutes], style: Style) -> Vec<Line> {
     let mut out = Vec::new();
     for p in pools {
         for z in &p.zones {
@@ -61,10 +60,34 @@ fn az_routing_lines(
     out
 }
 
+/// One line of the summary block of `lb-agent status`: its label (`""` on a
+/// continuation line) and its value.
+type Line = (&'static str, String);
+
 /// The human view of `lb-agent status`: a summary block, then the VIP table.
-// long: the status view line by line in output order; to be split by section (issue 13, not done yet)
 pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
-    let mut lines: Vec<(&str, String)> = Vec::new();
+    let mut lines = node_lines(s, now, style);
+    lines.extend(source_lines(&s.source, now, style));
+    lines.extend(haproxy_lines(&s.haproxy, now, style));
+    lines.extend(az_routing_lines(&s.haproxy.az_routing, style));
+    lines.extend(bird_lines(&s.bird, now, style));
+    let announced = s.vips.iter().filter(|v| v.announced).count();
+    lines.push(("vips", format!("{announced}/{} announced", s.vips.len())));
+
+    let mut out = String::new();
+    for (label, value) in lines {
+        let _ = writeln!(out, "{:<10}{}", label, value);
+    }
+    if !s.vips.is_empty() {
+        out.push('\n');
+        out.push_str(&vip_table(&s.vips, style));
+    }
+    out
+}
+
+/// `node` (name, group, version, uptime), `revision` and `drained` (why,
+/// since when, by whom).
+fn node_lines(s: &Snapshot, now: SystemTime, style: Style) -> Vec<Line> {
     let mut node = format!(
         "{} (group {}), lb-agent {}",
         sanitize(&s.node),
@@ -78,13 +101,9 @@ pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
             humantime::format_duration(Duration::from_secs(t.age(now).as_secs()))
         );
     }
-    lines.push(("node", node));
-    lines.push((
-        "revision",
-        s.revision
-            .map_or_else(|| "none applied yet".to_string(), |r| r.to_string()),
-    ));
-
+    let revision = s
+        .revision
+        .map_or_else(|| "none applied yet".to_string(), |r| r.to_string());
     let drained = if s.drained {
         let mut d = style.paint(Colour::Yellow, "yes");
         if let Some(info) = &s.drain {
@@ -100,9 +119,13 @@ pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
     } else {
         "no".to_string()
     };
-    lines.push(("drained", drained));
+    vec![("node", node), ("revision", revision), ("drained", drained)]
+}
 
-    let src = &s.source;
+/// `source`: its state in colour, URL, last success, the cached document;
+/// the watch of a watch-based source; the last error.
+fn source_lines(src: &SourceStatus, now: SystemTime, style: Style) -> Vec<Line> {
+    let mut lines = Vec::new();
     let state_colour = match src.state {
         SourceState::Ok => Colour::Green,
         SourceState::Init | SourceState::Error => Colour::Yellow,
@@ -148,8 +171,14 @@ pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
             style.paint(Colour::Red, &format!("error{times}: {}", sanitize(e))),
         ));
     }
+    lines
+}
 
-    let h = &s.haproxy;
+/// `haproxy`: converged, reloads, runtime commands, failed and retried
+/// reloads, old workers; the last error, the pending reload; `rejected`
+/// and `warnings` of the document.
+fn haproxy_lines(h: &HaproxyStatus, now: SystemTime, style: Style) -> Vec<Line> {
+    let mut lines = Vec::new();
     let mut haproxy = if h.converged {
         style.paint(Colour::Green, "converged")
     } else {
@@ -203,9 +232,12 @@ pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
             style.paint(Colour::Yellow, &sanitize(w)),
         ));
     }
-    lines.extend(az_routing_lines(&h.az_routing, style));
+    lines
+}
 
-    let b = &s.bird;
+/// `bird`: ok, last reconfigure; the last error; the export check.
+fn bird_lines(b: &BirdStatus, now: SystemTime, style: Style) -> Vec<Line> {
+    let mut lines = Vec::new();
     let mut bird = if b.ok {
         style.paint(Colour::Green, "ok")
     } else {
@@ -226,49 +258,38 @@ pub fn render_status(s: &Snapshot, now: SystemTime, style: Style) -> String {
     if let Some(line) = export_line(b) {
         lines.push(("", style.paint(Colour::Yellow, &line)));
     }
+    lines
+}
 
-    let announced = s.vips.iter().filter(|v| v.announced).count();
-    lines.push(("vips", format!("{announced}/{} announced", s.vips.len())));
-
-    let mut out = String::new();
-    for (label, value) in lines {
-        let _ = writeln!(out, "{:<10}{}", label, value);
-    }
-    if !s.vips.is_empty() {
-        out.push('\n');
-        let rows: Vec<Vec<Cell>> = s
-            .vips
-            .iter()
-            .map(|v| {
-                let healthy = v.services.iter().filter(|s| s.healthy).count();
-                let all = healthy == v.services.len() && !v.services.is_empty();
-                vec![
-                    (sanitize(&v.address), Colour::None),
-                    announced_cell(v),
-                    (
-                        format!("{healthy}/{}", v.services.len()),
-                        if all { Colour::Green } else { Colour::Red },
-                    ),
-                    (
-                        v.reason
-                            .as_deref()
-                            .map_or_else(|| "-".to_string(), sanitize),
-                        Colour::None,
-                    ),
-                ]
-            })
-            .collect();
-        out.push_str(&table(
-            &["ADDRESS", "ANNOUNCED", "HEALTHY", "REASON"],
-            &rows,
-            style,
-        ));
-    }
-    out
+/// The VIP table under the summary: address, announced, healthy services,
+/// reason.
+fn vip_table(vips: &[VipStatus], style: Style) -> String {
+    let rows: Vec<Vec<Cell>> = vips
+        .iter()
+        .map(|v| {
+            let healthy = v.services.iter().filter(|s| s.healthy).count();
+            let all = healthy == v.services.len() && !v.services.is_empty();
+            vec![
+                (sanitize(&v.address), Colour::None),
+                announced_cell(v),
+                (
+                    format!("{healthy}/{}", v.services.len()),
+                    if all { Colour::Green } else { Colour::Red },
+                ),
+                (
+                    v.reason
+                        .as_deref()
+                        .map_or_else(|| "-".to_string(), sanitize),
+                    Colour::None,
+                ),
+            ]
+        })
+        .collect();
+    table(&["ADDRESS", "ANNOUNCED", "HEALTHY", "REASON"], &rows, style)
 }
 
 /// The export check's line under `bird`, when it has something to say.
-fn export_line(b: &crate::status::types::BirdStatus) -> Option<String> {
+fn export_line(b: &BirdStatus) -> Option<String> {
     let protocols: Vec<String> = b.export_protocols.iter().map(|p| sanitize(p)).collect();
     if !b.not_exported.is_empty() {
         let p: Vec<String> = b.not_exported.iter().map(|p| sanitize(p)).collect();
