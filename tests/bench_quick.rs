@@ -52,6 +52,7 @@ fn bench_quick_prints_every_figure() {
             "| fleet, change → applied by every agent: ",
             "| fleet, server CPU and RSS during the change: ",
             "| fleet, memory and initial load: ",
+            "| whole agent CPU per one-server change at ",
         ]);
     } else {
         eprintln!("!!! fleet rows not checked: etcd not installed (apt-get install etcd-server)");
@@ -72,11 +73,12 @@ fn bench_quick_prints_every_figure() {
                 !ours.starts_with("n/a"),
                 "{figure:?} was not measured: {ours}\nstderr:\n{stderr}"
             );
-            // Both sides of the fleet figure run on this machine (etcd and
-            // the bench's own long-poll server).
+            // Both sides of the fleet and whole-agent figures run on this
+            // machine (etcd, the bench's own long-poll server, a file).
             let other = rows[0].split(" | ").nth(2).unwrap_or("");
             assert!(
-                !figure.starts_with("| fleet") || !other.starts_with("n/a"),
+                !(figure.starts_with("| fleet") || figure.starts_with("| whole agent"))
+                    || !other.starts_with("n/a"),
                 "{figure:?}: the HTTP side was not measured: {other}\nstderr:\n{stderr}"
             );
         }
