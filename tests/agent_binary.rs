@@ -528,6 +528,10 @@ async fn api_faults_never_touch_what_haproxy_serves() {
         errors_seen.len() >= 2,
         "the status named the faults: {errors_seen:?} {st:#}"
     );
+    // The source long-polls on from revision 2 (the "quiet" step). The
+    // request follows the applied revision, not the status, so wait for it
+    // (bounded) rather than race it on a slow machine.
+    api.wait_for_requests(6, Duration::from_secs(15)).await;
     let status = agent.stop();
     assert!(status.success(), "{status:?}");
     api.finish().await;

@@ -334,14 +334,15 @@ async fn burst_of_reload_changes_coalesces() {
     let ports: Vec<SocketAddr> = (0..10)
         .map(|_| format!("{vip}:{}", free_port(vip)).parse().unwrap())
         .collect();
-    let mut agent = Agent::start(&lab, Duration::from_secs(3));
+    let min_reload = Duration::from_secs(3);
+    let mut agent = Agent::start(&lab, min_reload);
     agent.push(&doc(
         1,
         vip,
         vec![frontend("f0", ports[0])],
         vec![server("s_a", &a, 1, "ready")],
     ));
-    agent
+    let first = agent
         .wait("first", Duration::from_secs(20), |s| {
             s.converged && s.revision == Some(1)
         })
@@ -357,14 +358,24 @@ async fn burst_of_reload_changes_coalesces() {
     }
     let pushed = started.elapsed();
     let st = agent
-        .wait("burst converged", Duration::from_secs(30), |s| {
+        .wait("burst converged", Duration::from_secs(60), |s| {
             s.converged && s.revision == Some(10)
         })
         .await;
-    println!("burst: 9 reload-needing documents over {pushed:?} -> {} reloads after the initial one (converged after {:?})", st.reloads - 1, started.elapsed());
+    let took = started.elapsed();
+    let attempts = (st.reloads + st.reload_failures) - (first.reloads + first.reload_failures);
+    println!(
+        "burst: 9 reload-needing documents over {pushed:?} -> {attempts} reload attempts ({} failed) after the initial one, converged after {took:?}",
+        st.reload_failures - first.reload_failures
+    );
+    // The rule, independent of the machine's speed: at most one attempt per
+    // min_reload_interval over the window, the first of them at the earliest
+    // one interval after the initial reload. (The exact count, 1, is pinned
+    // under paused time in src/reconcile/tests.rs.)
+    let bound = 1 + (took.as_secs_f64() / min_reload.as_secs_f64()).floor() as u64;
     assert!(
-        st.reloads - 1 <= 2,
-        "9 changes within 1.4 s must coalesce into at most 2 reloads: {st:#?}"
+        attempts <= bound && attempts < 9,
+        "9 changes over {pushed:?} must coalesce: {attempts} attempts in {took:?}, at most {bound} allowed: {st:#?}"
     );
     for p in &ports {
         wait_served(*p, &["a"], Duration::from_secs(10)).await;
