@@ -210,6 +210,19 @@ fn reloads(enc: &mut DescriptorEncoder, h: &HaproxyStatus) -> std::fmt::Result {
         "Passes whose read-back disagreed with what was applied",
         h.convergence_failures,
     )?;
+    counter(
+        enc,
+        "lb_agent_scoped_passes",
+        "Passes that read and planned only the pools a server change touched",
+        h.scoped_passes,
+    )?;
+    gauge(
+        enc,
+        "lb_agent_haproxy_config_file_behind",
+        "1 while the config file on disk lags the runtime state after a scoped pass",
+        None,
+        Some(flag(h.config_file_behind)),
+    )?;
     gauge(
         enc,
         "lb_agent_haproxy_old_workers",

@@ -195,7 +195,7 @@ fn lock(m: &Mutex<CheckMap>) -> MutexGuard<'_, CheckMap> {
 
 /// Names of every metric family, as they appear on `# TYPE` lines (for
 /// documentation and tests).
-pub const FAMILIES: [(&str, &str); 30] = [
+pub const FAMILIES: [(&str, &str); 32] = [
     ("lb_agent_apply_duration_seconds", "histogram"),
     ("lb_agent_build", "info"),
     ("lb_agent_applied_revision", "gauge"),
@@ -211,6 +211,8 @@ pub const FAMILIES: [(&str, &str); 30] = [
     ("lb_agent_reloads", "counter"),
     ("lb_agent_reload_failures", "counter"),
     ("lb_agent_convergence_failures", "counter"),
+    ("lb_agent_scoped_passes", "counter"),
+    ("lb_agent_haproxy_config_file_behind", "gauge"),
     ("lb_agent_haproxy_old_workers", "gauge"),
     ("lb_agent_haproxy_reload_pending", "gauge"),
     ("lb_agent_haproxy_reload_attempts", "gauge"),

@@ -33,6 +33,8 @@ fn snapshot() -> Snapshot {
             reload_failures: 5,
             old_workers: 1,
             rejections: 6,
+            scoped_passes: 9,
+            config_file_behind: true,
             ..Default::default()
         },
         bird: BirdStatus {
@@ -178,6 +180,16 @@ fn snapshot_values_become_samples() {
     assert_eq!(
         value(&s, "lb_agent_document_rejections_total", &[]),
         Some(6.0),
+        "{d}"
+    );
+    assert_eq!(
+        value(&s, "lb_agent_scoped_passes_total", &[]),
+        Some(9.0),
+        "{d}"
+    );
+    assert_eq!(
+        value(&s, "lb_agent_haproxy_config_file_behind", &[]),
+        Some(1.0),
         "{d}"
     );
     assert_eq!(

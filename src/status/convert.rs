@@ -84,6 +84,8 @@ impl From<&crate::reconcile::HaproxyStatus> for HaproxyStatus {
             rejections: h.rejections,
             az_routing: h.az_routing.clone(),
             document_warnings: h.document_warnings.clone(),
+            scoped_passes: h.scoped_passes,
+            config_file_behind: h.config_file_behind,
         }
     }
 }

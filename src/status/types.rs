@@ -343,6 +343,14 @@ pub struct HaproxyStatus {
     /// (`pools[0].timeout: unknown field, ignored ...`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub document_warnings: Vec<String>,
+    /// Extra: passes that read and planned only the pools a server change
+    /// touched (docs/etcd.md, O(change) on the agent).
+    #[serde(default)]
+    pub scoped_passes: u64,
+    /// Extra: the config file on disk lags the runtime state after a scoped
+    /// pass; it follows within 10 s, and at stop.
+    #[serde(default)]
+    pub config_file_behind: bool,
 }
 
 /// The `bird` section.
