@@ -691,32 +691,11 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, ParseError> {
 /// `{a,b}` patterns: lb-agent never writes them), and the same checks BIRD
 /// makes are applied (valid address, length, no host bits, no duplicate
 /// name, no mixed families), so a file this accepts is one BIRD accepts.
-// long: one recursive-descent parser with a nested expect helper over a shared token iterator; to split by statement later
 pub fn parse(text: &str) -> Result<IncludeFile, ParseError> {
     let tokens = tokenize(text)?;
-    let last_line = text.lines().count().max(1);
-    let mut it = tokens.into_iter().peekable();
+    let eof = text.lines().count().max(1);
+    let mut it = tokens.into_iter();
     let mut defines: Vec<Define> = Vec::new();
-
-    fn expect(
-        it: &mut impl Iterator<Item = (usize, Token)>,
-        want: char,
-        what: &str,
-        eof_line: usize,
-    ) -> Result<usize, ParseError> {
-        match it.next() {
-            Some((line, Token::Punct(c))) if c == want => Ok(line),
-            Some((line, tok)) => Err(ParseError {
-                line,
-                message: format!("expected '{want}' {what}, found {}", show(&tok)),
-            }),
-            None => Err(ParseError {
-                line: eof_line,
-                message: format!("expected '{want}' {what}, found end of file"),
-            }),
-        }
-    }
-
     while let Some((line, tok)) = it.next() {
         match tok {
             Token::Word(w) if w == "define" => {}
@@ -727,80 +706,17 @@ pub fn parse(text: &str) -> Result<IncludeFile, ParseError> {
                 })
             }
         }
-        let name = match it.next() {
-            Some((_, Token::Word(n))) if is_symbol(&n) => n,
-            Some((l, t)) => {
-                return Err(ParseError {
-                    line: l,
-                    message: format!("expected a symbol name after 'define', found {}", show(&t)),
-                })
-            }
-            None => {
-                return Err(ParseError {
-                    line: last_line,
-                    message: "expected a symbol name after 'define', found end of file".into(),
-                })
-            }
-        };
+        let name = define_name(&mut it, eof)?;
         if let Some(prev) = defines.iter().find(|d| d.name == name) {
             return Err(ParseError {
                 line,
                 message: format!("symbol '{name}' already defined on line {}", prev.line),
             });
         }
-        expect(&mut it, '=', &format!("after '{name}'"), last_line)?;
-        expect(
-            &mut it,
-            '[',
-            &format!("opening the set of '{name}'"),
-            last_line,
-        )?;
-        let mut prefixes: Vec<IpNet> = Vec::new();
-        let mut want_item = true;
-        loop {
-            match it.next() {
-                Some((_, Token::Punct(']'))) if !want_item || prefixes.is_empty() => break,
-                Some((l, Token::Word(w))) if want_item => {
-                    let net =
-                        parse_prefix(&w).map_err(|message| ParseError { line: l, message })?;
-                    if let Some(first) = prefixes.first() {
-                        if Family::of(first) != Family::of(&net) {
-                            return Err(ParseError {
-                                line: l,
-                                message: format!(
-                                    "mixed IPv4/IPv6 prefixes in the set of '{name}' ({first}, {net})"
-                                ),
-                            });
-                        }
-                    }
-                    prefixes.push(net);
-                    want_item = false;
-                }
-                Some((_, Token::Punct(','))) if !want_item => want_item = true,
-                Some((l, t)) => {
-                    return Err(ParseError {
-                        line: l,
-                        message: format!(
-                            "in the set of '{name}': expected {}, found {}",
-                            if want_item { "a prefix" } else { "',' or ']'" },
-                            show(&t)
-                        ),
-                    })
-                }
-                None => {
-                    return Err(ParseError {
-                        line: last_line,
-                        message: format!("set of '{name}' is not closed with ']'"),
-                    })
-                }
-            }
-        }
-        expect(
-            &mut it,
-            ';',
-            &format!("after the set of '{name}'"),
-            last_line,
-        )?;
+        expect(&mut it, '=', &format!("after '{name}'"), eof)?;
+        expect(&mut it, '[', &format!("opening the set of '{name}'"), eof)?;
+        let prefixes = prefix_set(&mut it, &name, eof)?;
+        expect(&mut it, ';', &format!("after the set of '{name}'"), eof)?;
         defines.push(Define {
             name,
             line,
@@ -808,6 +724,94 @@ pub fn parse(text: &str) -> Result<IncludeFile, ParseError> {
         });
     }
     Ok(IncludeFile { defines })
+}
+
+/// The symbol after `define`. `eof` is the line an end of file is reported on.
+fn define_name(
+    it: &mut impl Iterator<Item = (usize, Token)>,
+    eof: usize,
+) -> Result<String, ParseError> {
+    match it.next() {
+        Some((_, Token::Word(n))) if is_symbol(&n) => Ok(n),
+        Some((line, t)) => Err(ParseError {
+            line,
+            message: format!("expected a symbol name after 'define', found {}", show(&t)),
+        }),
+        None => Err(ParseError {
+            line: eof,
+            message: "expected a symbol name after 'define', found end of file".into(),
+        }),
+    }
+}
+
+/// The punctuation `want`; `what` says where, for the error.
+fn expect(
+    it: &mut impl Iterator<Item = (usize, Token)>,
+    want: char,
+    what: &str,
+    eof: usize,
+) -> Result<usize, ParseError> {
+    match it.next() {
+        Some((line, Token::Punct(c))) if c == want => Ok(line),
+        Some((line, tok)) => Err(ParseError {
+            line,
+            message: format!("expected '{want}' {what}, found {}", show(&tok)),
+        }),
+        None => Err(ParseError {
+            line: eof,
+            message: format!("expected '{want}' {what}, found end of file"),
+        }),
+    }
+}
+
+/// The prefixes of `name`'s set after its `[`, through the closing `]`: one
+/// family, comma-separated, possibly empty.
+fn prefix_set(
+    it: &mut impl Iterator<Item = (usize, Token)>,
+    name: &str,
+    eof: usize,
+) -> Result<Vec<IpNet>, ParseError> {
+    let mut prefixes: Vec<IpNet> = Vec::new();
+    let mut want_item = true;
+    loop {
+        match it.next() {
+            Some((_, Token::Punct(']'))) if !want_item || prefixes.is_empty() => {
+                return Ok(prefixes)
+            }
+            Some((l, Token::Word(w))) if want_item => {
+                let net = parse_prefix(&w).map_err(|message| ParseError { line: l, message })?;
+                if let Some(first) = prefixes.first() {
+                    if Family::of(first) != Family::of(&net) {
+                        return Err(ParseError {
+                            line: l,
+                            message: format!(
+                                "mixed IPv4/IPv6 prefixes in the set of '{name}' ({first}, {net})"
+                            ),
+                        });
+                    }
+                }
+                prefixes.push(net);
+                want_item = false;
+            }
+            Some((_, Token::Punct(','))) if !want_item => want_item = true,
+            Some((l, t)) => {
+                return Err(ParseError {
+                    line: l,
+                    message: format!(
+                        "in the set of '{name}': expected {}, found {}",
+                        if want_item { "a prefix" } else { "',' or ']'" },
+                        show(&t)
+                    ),
+                })
+            }
+            None => {
+                return Err(ParseError {
+                    line: eof,
+                    message: format!("set of '{name}' is not closed with ']'"),
+                })
+            }
+        }
+    }
 }
 
 fn show(tok: &Token) -> String {

@@ -268,52 +268,11 @@ impl Renderer {
     }
 
     /// Renders `d` with data-file paths below `data_dir` (the real one, or a
-    /// staging directory for validation).
-    // long: one pass over the document collecting every file of the render; to be split by file kind (issue 13, not done yet)
+    /// staging directory for validation): the data files, the checked logic,
+    /// the template contexts, then the main template.
     pub fn render(&self, d: &DesiredState, data_dir: &Path) -> Result<Rendered, RenderError> {
         let s = &self.settings;
-        let mut files = BTreeMap::new();
-        let mut maps = BTreeMap::new();
-        for m in crate::plan::az::all_maps(d) {
-            let rel = map_path(m.name.as_str());
-            let mut body = String::new();
-            for (k, v) in &m.entries {
-                body.push_str(k);
-                body.push(' ');
-                body.push_str(v);
-                body.push('\n');
-            }
-            maps.insert(
-                m.name.to_string(),
-                data_dir.join(&rel).display().to_string(),
-            );
-            files.insert(rel, body.into_bytes());
-        }
-        let mut acls = BTreeMap::new();
-        for a in d.acls.values() {
-            let rel = acl_path(a.name.as_str());
-            let mut body = String::new();
-            for e in &a.entries {
-                body.push_str(e);
-                body.push('\n');
-            }
-            acls.insert(
-                a.name.to_string(),
-                data_dir.join(&rel).display().to_string(),
-            );
-            files.insert(rel, body.into_bytes());
-        }
-        for c in d.certificates.values() {
-            let rel = cert_path(c.name.as_str());
-            let mut pem = c.pem.clone();
-            if !pem.ends_with('\n') {
-                pem.push('\n');
-            }
-            files.insert(rel, pem.into_bytes());
-        }
-        let node =
-            serde_json::json!({ "name": s.node_name, "group": s.node_group, "az": s.node_az });
-
+        let data = data_files(d, data_dir);
         let host = crate::logic::LogicHost {
             node_name: s.node_name.clone(),
             node_group: s.node_group.clone(),
@@ -323,21 +282,7 @@ impl Renderer {
         // Rendered, bounded and checked by the logic sandbox: only
         // `CheckedSnippet`s reach the config, so no candidate that `haproxy -c`
         // sees carries a snippet that left its section.
-        let mut logic = crate::logic::render_logic(d, &host).map_err(|errs| {
-            let first = &errs[0];
-            RenderError::Logic {
-                logic: first.logic.to_string(),
-                target: first
-                    .target
-                    .as_ref()
-                    .map(|t| t.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                message: match &first.problem {
-                    crate::logic::Problem::Template(e) => e.to_string(),
-                    crate::logic::Problem::Violation(v) => v.to_string(),
-                },
-            }
-        })?;
+        let mut logic = crate::logic::render_logic(d, &host).map_err(logic_error)?;
         let mut pools = Vec::new();
         let mut checked_snippets = logic.frontends.values().map(Vec::len).sum::<usize>();
         for b in crate::plan::az::backends(d) {
@@ -349,51 +294,7 @@ impl Renderer {
             checked_snippets += snippets.len();
             pools.push(pool_ctx(&b, s.slot_policy(), snippets));
         }
-        let client_map = data_dir
-            .join(map_path(crate::plan::az::CLIENT_MAP))
-            .display()
-            .to_string();
-        let mut frontends = Vec::new();
-        for f in d.frontends.values() {
-            let logic = logic
-                .frontends
-                .remove(&f.name)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|c| Snippet {
-                    name: c.name().to_string(),
-                    lines: c.lines().to_vec(),
-                })
-                .collect();
-            let certificates: Vec<String> = f
-                .tls
-                .as_ref()
-                .map(|t| {
-                    t.certificates
-                        .iter()
-                        .map(|c| data_dir.join(cert_path(c.as_str())).display().to_string())
-                        .collect()
-                })
-                .unwrap_or_default();
-            frontends.push(FrontendCtx {
-                name: f.name.to_string(),
-                mode: f.mode.as_str(),
-                tls: !certificates.is_empty(),
-                binds: f.bind.iter().map(|b| b.to_string()).collect(),
-                certificates,
-                maxconn: f.maxconn,
-                default_pool: f.default_pool.as_ref().map(|p| p.to_string()),
-                logic,
-                routing: f
-                    .default_pool
-                    .as_ref()
-                    .and_then(|p| d.pools.get(p))
-                    .map(|p| {
-                        crate::plan::az::frontend_rules(d, p, &client_map, s.node_az.as_deref())
-                    })
-                    .unwrap_or_default(),
-            });
-        }
+        let frontends = self.frontend_ctxs(d, data_dir, &mut logic);
 
         let mut ctx = tera::Context::new();
         ctx.insert(
@@ -404,31 +305,15 @@ impl Renderer {
                 "structure": self.structure(d).digest(),
             }),
         );
-        ctx.insert("node", &node);
         ctx.insert(
-            "global",
-            &serde_json::json!({
-                "runtime_socket": s.runtime_socket,
-                "state_file": s.state_file,
-                "hard_stop_after_ms": s.hard_stop_after.as_millis() as u64,
-                "data_dir": data_dir,
-                "log": s.global.log,
-                "nbthread": s.global.nbthread,
-                "cpu_map": s.global.cpu_map,
-                "maxconn": s.global.maxconn,
-                "tls_min_version": s.global.tls_min_version,
-                "prometheus": s.global.prometheus_listen.as_ref().map(|l| serde_json::json!({
-                    "name": crate::haproxy::global::PROMETHEUS_FRONTEND, "bind": l,
-                })),
-                "stats": s.global.stats_listen.as_ref().map(|l| serde_json::json!({
-                    "name": crate::haproxy::global::STATS_FRONTEND, "bind": l, "uri": s.global.stats_uri,
-                })),
-            }),
+            "node",
+            &serde_json::json!({ "name": s.node_name, "group": s.node_group, "az": s.node_az }),
         );
+        ctx.insert("global", &self.global_ctx(data_dir));
         ctx.insert("frontends", &frontends);
         ctx.insert("pools", &pools);
-        ctx.insert("maps", &maps);
-        ctx.insert("acls", &acls);
+        ctx.insert("maps", &data.maps);
+        ctx.insert("acls", &data.acls);
         let config = self
             .tera
             .render(MAIN, &ctx)
@@ -438,9 +323,154 @@ impl Renderer {
             })?;
         Ok(Rendered {
             config: tidy(&config),
-            files,
+            files: data.files,
             checked_snippets,
         })
+    }
+
+    /// Every frontend's template context; takes each one's checked snippets
+    /// out of `logic`.
+    fn frontend_ctxs(
+        &self,
+        d: &DesiredState,
+        data_dir: &Path,
+        logic: &mut crate::logic::RenderedLogic,
+    ) -> Vec<FrontendCtx> {
+        let client_map = data_dir
+            .join(map_path(crate::plan::az::CLIENT_MAP))
+            .display()
+            .to_string();
+        let node_az = self.settings.node_az.as_deref();
+        d.frontends
+            .values()
+            .map(|f| {
+                let logic = logic
+                    .frontends
+                    .remove(&f.name)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|c| Snippet {
+                        name: c.name().to_string(),
+                        lines: c.lines().to_vec(),
+                    })
+                    .collect();
+                let certificates: Vec<String> = f
+                    .tls
+                    .as_ref()
+                    .map(|t| {
+                        t.certificates
+                            .iter()
+                            .map(|c| data_dir.join(cert_path(c.as_str())).display().to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                FrontendCtx {
+                    name: f.name.to_string(),
+                    mode: f.mode.as_str(),
+                    tls: !certificates.is_empty(),
+                    binds: f.bind.iter().map(|b| b.to_string()).collect(),
+                    certificates,
+                    maxconn: f.maxconn,
+                    default_pool: f.default_pool.as_ref().map(|p| p.to_string()),
+                    logic,
+                    routing: f
+                        .default_pool
+                        .as_ref()
+                        .and_then(|p| d.pools.get(p))
+                        .map(|p| crate::plan::az::frontend_rules(d, p, &client_map, node_az))
+                        .unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    /// The `global` template context: agent.toml's host settings.
+    fn global_ctx(&self, data_dir: &Path) -> serde_json::Value {
+        let s = &self.settings;
+        serde_json::json!({
+            "runtime_socket": s.runtime_socket,
+            "state_file": s.state_file,
+            "hard_stop_after_ms": s.hard_stop_after.as_millis() as u64,
+            "data_dir": data_dir,
+            "log": s.global.log,
+            "nbthread": s.global.nbthread,
+            "cpu_map": s.global.cpu_map,
+            "maxconn": s.global.maxconn,
+            "tls_min_version": s.global.tls_min_version,
+            "prometheus": s.global.prometheus_listen.as_ref().map(|l| serde_json::json!({
+                "name": crate::haproxy::global::PROMETHEUS_FRONTEND, "bind": l,
+            })),
+            "stats": s.global.stats_listen.as_ref().map(|l| serde_json::json!({
+                "name": crate::haproxy::global::STATS_FRONTEND, "bind": l, "uri": s.global.stats_uri,
+            })),
+        })
+    }
+}
+
+/// The map, ACL and certificate files of a render, and the paths the
+/// template names them by.
+struct DataFiles {
+    /// Relative path → content.
+    files: BTreeMap<PathBuf, Vec<u8>>,
+    /// Map / ACL name → absolute path below the data directory.
+    maps: BTreeMap<String, String>,
+    acls: BTreeMap<String, String>,
+}
+
+fn data_files(d: &DesiredState, data_dir: &Path) -> DataFiles {
+    let mut out = DataFiles {
+        files: BTreeMap::new(),
+        maps: BTreeMap::new(),
+        acls: BTreeMap::new(),
+    };
+    let abs = |rel: &Path| data_dir.join(rel).display().to_string();
+    for m in crate::plan::az::all_maps(d) {
+        let rel = map_path(m.name.as_str());
+        let mut body = String::new();
+        for (k, v) in &m.entries {
+            body.push_str(k);
+            body.push(' ');
+            body.push_str(v);
+            body.push('\n');
+        }
+        out.maps.insert(m.name.to_string(), abs(&rel));
+        out.files.insert(rel, body.into_bytes());
+    }
+    for a in d.acls.values() {
+        let rel = acl_path(a.name.as_str());
+        let mut body = String::new();
+        for e in &a.entries {
+            body.push_str(e);
+            body.push('\n');
+        }
+        out.acls.insert(a.name.to_string(), abs(&rel));
+        out.files.insert(rel, body.into_bytes());
+    }
+    for c in d.certificates.values() {
+        let mut pem = c.pem.clone();
+        if !pem.ends_with('\n') {
+            pem.push('\n');
+        }
+        out.files
+            .insert(cert_path(c.name.as_str()), pem.into_bytes());
+    }
+    out
+}
+
+/// The first error of the logic sandbox, as a render error.
+fn logic_error(errs: Vec<crate::logic::LogicError>) -> RenderError {
+    let first = &errs[0];
+    RenderError::Logic {
+        logic: first.logic.to_string(),
+        target: first
+            .target
+            .as_ref()
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "-".into()),
+        message: match &first.problem {
+            crate::logic::Problem::Template(e) => e.to_string(),
+            crate::logic::Problem::Violation(v) => v.to_string(),
+        },
     }
 }
 

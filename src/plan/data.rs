@@ -13,7 +13,7 @@ use sha1::{Digest, Sha1};
 
 use crate::model::files::{acl_path, cert_path, map_path};
 use crate::model::observed::ObservedData;
-use crate::model::DesiredState;
+use crate::model::{AclDef, Certificate, DesiredState, MapDef};
 
 use super::{Command, Plan};
 
@@ -31,116 +31,133 @@ pub fn pem_fingerprint(pem: &str) -> Option<String> {
 }
 
 /// Appends the commands converging maps, ACLs and certificates to `p`.
-// long: maps, ACLs and certificates converged in one pass; left to the plan owner (issue 13)
 pub fn plan_data(d: &DesiredState, data_dir: &Path, obs: &ObservedData, p: &mut Plan) {
     for m in super::az::all_maps(d) {
-        let file = data_dir
-            .join(map_path(m.name.as_str()))
-            .display()
-            .to_string();
-        let Some(have) = obs.maps.get(&file) else {
-            continue;
-        };
-        let mut count: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for (k, v) in have {
-            count.entry(k.as_str()).or_default().push(v.as_str());
-        }
-        let mut cmds = Vec::new();
-        for (k, v) in &m.entries {
-            match count.get(k.as_str()) {
-                None => cmds.push(Command::AddMap {
-                    file: file.clone(),
-                    key: k.clone(),
-                    value: v.clone(),
-                }),
-                Some(vals) if vals.len() > 1 => {
-                    cmds.push(Command::DelMap {
-                        file: file.clone(),
-                        key: k.clone(),
-                    });
-                    cmds.push(Command::AddMap {
-                        file: file.clone(),
-                        key: k.clone(),
-                        value: v.clone(),
-                    });
-                }
-                Some(vals) if vals[0] != v => cmds.push(Command::SetMap {
-                    file: file.clone(),
-                    key: k.clone(),
-                    value: v.clone(),
-                }),
-                Some(_) => {}
-            }
-        }
-        for k in count.keys().filter(|k| !m.entries.contains_key(**k)) {
-            cmds.push(Command::DelMap {
-                file: file.clone(),
-                key: k.to_string(),
-            });
-        }
-        if cmds.len() > ENTRY_CHANGES_BEFORE_REPLACE {
-            p.commands.push(Command::ReplaceMap {
-                file,
-                entries: m
-                    .entries
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            });
-        } else {
-            p.commands.extend(cmds);
-        }
+        plan_map(&m, data_dir, obs, p);
     }
     for a in d.acls.values() {
-        let file = data_dir
-            .join(acl_path(a.name.as_str()))
-            .display()
-            .to_string();
-        let Some(have) = obs.acls.get(&file) else {
-            continue;
-        };
-        let have_set: BTreeSet<&str> = have.iter().map(String::as_str).collect();
-        let want: BTreeSet<&str> = a.entries.iter().map(String::as_str).collect();
-        let mut cmds: Vec<Command> = want
-            .difference(&have_set)
-            .map(|x| Command::AddAcl {
-                file: file.clone(),
-                pattern: x.to_string(),
-            })
-            .collect();
-        cmds.extend(have_set.difference(&want).map(|x| Command::DelAcl {
-            file: file.clone(),
-            pattern: x.to_string(),
-        }));
-        let duplicates = have.len() != have_set.len();
-        if cmds.len() > ENTRY_CHANGES_BEFORE_REPLACE || duplicates {
-            p.commands.push(Command::ReplaceAcl {
-                file,
-                patterns: a.entries.clone(),
-            });
-        } else {
-            p.commands.extend(cmds);
-        }
+        plan_acl(a, data_dir, obs, p);
     }
     for c in d.certificates.values() {
-        let file = data_dir
-            .join(cert_path(c.name.as_str()))
-            .display()
-            .to_string();
-        let Some(have) = obs.certs.get(&file) else {
-            continue;
-        };
-        if pem_fingerprint(&c.pem).as_deref() != Some(have.as_str()) {
-            if c.pem.len() > crate::model::grammar::MAX_PAYLOAD {
-                p.reload.push(super::ReloadReason::CertificateTooLarge {
-                    name: c.name.to_string(),
+        plan_cert(c, data_dir, obs, p);
+    }
+}
+
+/// One map: entry by entry, or one atomic replacement past
+/// [`ENTRY_CHANGES_BEFORE_REPLACE`] changes.
+fn plan_map(m: &MapDef, data_dir: &Path, obs: &ObservedData, p: &mut Plan) {
+    let file = data_dir
+        .join(map_path(m.name.as_str()))
+        .display()
+        .to_string();
+    let Some(have) = obs.maps.get(&file) else {
+        return;
+    };
+    let mut count: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (k, v) in have {
+        count.entry(k.as_str()).or_default().push(v.as_str());
+    }
+    let mut cmds = Vec::new();
+    for (k, v) in &m.entries {
+        match count.get(k.as_str()) {
+            None => cmds.push(Command::AddMap {
+                file: file.clone(),
+                key: k.clone(),
+                value: v.clone(),
+            }),
+            Some(vals) if vals.len() > 1 => {
+                cmds.push(Command::DelMap {
+                    file: file.clone(),
+                    key: k.clone(),
                 });
-            } else {
-                p.commands.push(Command::SetCert {
-                    file,
-                    pem: c.pem.clone(),
+                cmds.push(Command::AddMap {
+                    file: file.clone(),
+                    key: k.clone(),
+                    value: v.clone(),
                 });
             }
+            Some(vals) if vals[0] != v => cmds.push(Command::SetMap {
+                file: file.clone(),
+                key: k.clone(),
+                value: v.clone(),
+            }),
+            Some(_) => {}
+        }
+    }
+    for k in count.keys().filter(|k| !m.entries.contains_key(**k)) {
+        cmds.push(Command::DelMap {
+            file: file.clone(),
+            key: k.to_string(),
+        });
+    }
+    if cmds.len() > ENTRY_CHANGES_BEFORE_REPLACE {
+        p.commands.push(Command::ReplaceMap {
+            file,
+            entries: m
+                .entries
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        });
+    } else {
+        p.commands.extend(cmds);
+    }
+}
+
+/// One ACL: pattern by pattern, or one atomic replacement past
+/// [`ENTRY_CHANGES_BEFORE_REPLACE`] changes or when HAProxy holds duplicates.
+fn plan_acl(a: &AclDef, data_dir: &Path, obs: &ObservedData, p: &mut Plan) {
+    let file = data_dir
+        .join(acl_path(a.name.as_str()))
+        .display()
+        .to_string();
+    let Some(have) = obs.acls.get(&file) else {
+        return;
+    };
+    let have_set: BTreeSet<&str> = have.iter().map(String::as_str).collect();
+    let want: BTreeSet<&str> = a.entries.iter().map(String::as_str).collect();
+    let mut cmds: Vec<Command> = want
+        .difference(&have_set)
+        .map(|x| Command::AddAcl {
+            file: file.clone(),
+            pattern: x.to_string(),
+        })
+        .collect();
+    cmds.extend(have_set.difference(&want).map(|x| Command::DelAcl {
+        file: file.clone(),
+        pattern: x.to_string(),
+    }));
+    let duplicates = have.len() != have_set.len();
+    if cmds.len() > ENTRY_CHANGES_BEFORE_REPLACE || duplicates {
+        p.commands.push(Command::ReplaceAcl {
+            file,
+            patterns: a.entries.clone(),
+        });
+    } else {
+        p.commands.extend(cmds);
+    }
+}
+
+/// One certificate: `set ssl cert` when its fingerprint differs, a reload
+/// when it is over the runtime payload limit.
+fn plan_cert(c: &Certificate, data_dir: &Path, obs: &ObservedData, p: &mut Plan) {
+    let file = data_dir
+        .join(cert_path(c.name.as_str()))
+        .display()
+        .to_string();
+    let Some(have) = obs.certs.get(&file) else {
+        return;
+    };
+    if pem_fingerprint(&c.pem).as_deref() != Some(have.as_str()) {
+        if c.pem.len() > crate::model::grammar::MAX_PAYLOAD {
+            p.reload.push(super::ReloadReason::CertificateTooLarge {
+                name: c.name.to_string(),
+            });
+        } else {
+            p.commands.push(Command::SetCert {
+                file,
+                pem: c.pem.clone(),
+            });
         }
     }
 }
@@ -148,7 +165,7 @@ pub fn plan_data(d: &DesiredState, data_dir: &Path, obs: &ObservedData, p: &mut 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AclDef, MapDef, Name};
+    use crate::model::Name;
 
     fn state(entries: &[(&str, &str)], acl: &[&str]) -> DesiredState {
         let mut d = DesiredState::empty("blue");
