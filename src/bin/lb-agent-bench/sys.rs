@@ -203,6 +203,32 @@ pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> Result<bool>
 /// (utime + cutime, stime + cstime in /proc/PID/stat): a checker that forks
 /// a command per check pays for those commands here.
 pub fn cpu_times(pid: u32) -> Result<(Duration, Duration)> {
+    let c = cpu_split(pid)?;
+    Ok((c.utime + c.cutime, c.stime + c.cstime))
+}
+
+/// A process's own CPU and that of its reaped children, apart.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuSplit {
+    pub utime: Duration,
+    pub stime: Duration,
+    pub cutime: Duration,
+    pub cstime: Duration,
+}
+
+impl CpuSplit {
+    /// The process's own threads, user + system.
+    pub fn own(&self) -> Duration {
+        self.utime + self.stime
+    }
+    /// Its children that it waited for (`haproxy -c`, for the agent).
+    pub fn children(&self) -> Duration {
+        self.cutime + self.cstime
+    }
+}
+
+/// utime, stime, cutime, cstime of /proc/PID/stat.
+pub fn cpu_split(pid: u32) -> Result<CpuSplit> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces; fields after ')' are plain.
@@ -221,7 +247,12 @@ pub fn cpu_times(pid: u32) -> Result<(Duration, Duration)> {
         .flatten()
         .unwrap_or(100) as u64;
     let d = |ticks: u64| Duration::from_nanos(ticks * 1_000_000_000 / hz);
-    Ok((d(utime + cutime), d(stime + cstime)))
+    Ok(CpuSplit {
+        utime: d(*utime),
+        stime: d(*stime),
+        cutime: d(*cutime),
+        cstime: d(*cstime),
+    })
 }
 
 /// A `kB` field of /proc/PID/status (`VmRSS:`, `VmHWM:`), in kB.
